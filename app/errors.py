@@ -1,0 +1,114 @@
+"""Typed errors. Every one maps to the single JSON error shape::
+
+    {"error": {"type": ..., "message": ..., "request_id": ..., **details}}
+
+Services raise these; ``app.main`` installs the handlers that render them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class VGateError(Exception):
+    status_code: int = 500
+    type: str = "internal_error"
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        type: str | None = None,
+        retry_after_s: float | None = None,
+        **details: Any,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if status_code is not None:
+            self.status_code = status_code
+        if type is not None:
+            self.type = type
+        self.retry_after_s = retry_after_s
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"type": self.type, "message": self.message}
+        if self.retryable:
+            err["retryable"] = True
+        if self.retry_after_s is not None:
+            err["retry_after_s"] = self.retry_after_s
+        err.update(self.details)
+        return err
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after_s is not None:
+            return {"Retry-After": str(max(1, round(self.retry_after_s)))}
+        return {}
+
+
+# --- the caller's fault (4xx) ---------------------------------------------
+
+
+class InvalidRequestError(VGateError):
+    status_code = 422
+    type = "invalid_request"
+
+
+class SignatureError(InvalidRequestError):
+    type = "invalid_signature"
+
+
+class NotFoundError(VGateError):
+    status_code = 404
+    type = "not_found"
+
+
+# --- the upstream's fault (5xx, with a retry hint) ---------------------------
+
+
+class UpstreamError(VGateError):
+    """The upstream answered with an error or something we could not use."""
+
+    status_code = 502
+    type = "upstream_error"
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after_s: float | None = 1.0, **kw: Any) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, **kw)
+
+
+class UpstreamUnavailableError(UpstreamError):
+    """Could not reach the upstream, or it is overloaded (429/503 after retries)."""
+
+    status_code = 503
+    type = "upstream_unavailable"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    status_code = 504
+    type = "upstream_timeout"
+
+
+class UpstreamBadRequestError(VGateError):
+    """The upstream refused the request as invalid (e.g. prompt longer than the context)."""
+
+    status_code = 400
+    type = "upstream_bad_request"
+
+
+class OutputValidationError(UpstreamError):
+    """The model's output does not match the declared signature. Carries the raw text."""
+
+    type = "output_validation_error"
+
+
+class OutputTruncatedError(UpstreamError):
+    """The model hit max_tokens before finishing its structured output."""
+
+    type = "output_truncated"
+    retryable = False
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        super().__init__(message, retry_after_s=None, **kw)

@@ -1,0 +1,91 @@
+"""Prometheus metrics, one registry per app (so tests can build many apps).
+
+Labels are bounded: routes are route templates, models are the configured or
+served names (anything else is reported as ``other``), statuses are codes or a
+small set of outcome words. Nothing per user or per request.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+
+        # HTTP layer
+        self.requests = Counter(
+            "vgate_requests", "HTTP requests handled", ["route", "method", "status"], registry=r
+        )
+        self.request_duration = Histogram(
+            "vgate_request_duration_seconds", "HTTP request duration", ["route"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.requests_in_flight = Gauge(
+            "vgate_requests_in_flight", "HTTP requests being handled", ["route"], registry=r
+        )
+        self.overhead = Histogram(
+            "vgate_overhead_seconds", "Gateway time not spent waiting on the upstream", ["route"],
+            buckets=FAST_BUCKETS, registry=r,
+        )
+
+        # Upstream (LM client)
+        self.upstream_requests = Counter(
+            "vgate_upstream_requests", "Upstream calls by outcome", ["model", "outcome"], registry=r
+        )
+        self.upstream_duration = Histogram(
+            "vgate_upstream_request_duration_seconds", "Upstream call duration (retries included)",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.upstream_ttft = Histogram(
+            "vgate_upstream_ttft_seconds", "Upstream time to first token", ["model"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.upstream_in_flight = Gauge(
+            "vgate_upstream_in_flight", "Requests in flight to the upstream", ["upstream"], registry=r
+        )
+        self.upstream_queued = Gauge(
+            "vgate_upstream_queued", "Requests waiting for an in-flight slot", ["upstream"], registry=r
+        )
+        self.upstream_errors = Counter(
+            "vgate_upstream_errors", "Failed upstream attempts", ["model", "type"], registry=r
+        )
+        self.upstream_retries = Counter(
+            "vgate_upstream_retries", "Upstream retries", ["model", "reason"], registry=r
+        )
+        self.prompt_tokens = Counter(
+            "vgate_prompt_tokens", "Prompt tokens", ["model", "route"], registry=r
+        )
+        self.completion_tokens = Counter(
+            "vgate_completion_tokens", "Completion tokens", ["model", "route"], registry=r
+        )
+        self.cost = Counter("vgate_cost_usd", "Cost in USD", ["model", "route"], registry=r)
+
+        # /predict
+        self.predictions = Counter(
+            "vgate_predictions", "Predictions by outcome", ["module", "outcome"], registry=r
+        )
+
+        # tools and agent
+        self.tool_calls = Counter(
+            "vgate_tool_calls", "Tool executions", ["tool", "status"], registry=r
+        )
+        self.tool_duration = Histogram(
+            "vgate_tool_duration_seconds", "Tool execution duration", ["tool"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.tools_in_flight = Gauge(
+            "vgate_tools_in_flight", "Tool executions running", registry=r
+        )
+        self.agent_runs = Counter(
+            "vgate_agent_runs", "Agent runs by outcome", ["outcome"], registry=r
+        )
+        self.agent_steps = Histogram(
+            "vgate_agent_steps", "Model calls per agent run", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
+            registry=r,
+        )

@@ -1,0 +1,131 @@
+"""Gateway configuration.
+
+Every field can be set from the environment with the ``VGATE_`` prefix (nested
+fields with ``__``, e.g. ``VGATE_PRICES='{"my-model": {"input_per_1k": 0, "output_per_1k": 0}}'``)
+or from a TOML file named by ``VGATE_CONFIG_FILE``. Environment variables win over the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class Price(BaseModel):
+    """USD per 1,000 tokens."""
+
+    input_per_1k: float = Field(0.01, ge=0)
+    output_per_1k: float = Field(0.03, ge=0)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_1k + completion_tokens * self.output_per_1k) / 1000.0
+
+
+class HttpToolConfig(BaseModel):
+    """A tool defined in configuration: an HTTP call described by a URL template."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+    description: str
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "GET"
+    url: str  # e.g. "https://api.example.com/weather?city={city}"
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VGATE_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    # --- serving ---------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    # --- upstream (vLLM OpenAI-compatible server) -------------------------
+    # One upstream today; a list later (load-aware routing), hence the plural-ready client design.
+    upstream_url: str = "http://127.0.0.1:8000"
+    upstream_api_key: SecretStr | None = None
+    # Model used when a request names none. Empty: the first model the upstream lists.
+    default_model: str | None = None
+
+    connect_timeout_s: float = Field(5.0, gt=0)
+    # Longest wait for the next byte (first token included: a busy vLLM queues requests).
+    read_timeout_s: float = Field(120.0, gt=0)
+    # Total deadline for one upstream call, retries and backoff included.
+    request_timeout_s: float = Field(300.0, gt=0)
+
+    max_retries: int = Field(3, ge=0, le=10)  # retries after the first attempt
+    retry_backoff_initial_s: float = Field(0.2, ge=0)
+    retry_backoff_max_s: float = Field(10.0, ge=0)
+
+    # Cap on requests in flight to one upstream. vLLM's default max_num_seqs is 256;
+    # staying at or above it keeps continuous batching full.
+    max_inflight_per_upstream: int = Field(256, ge=1)
+    # Pooled keep-alive connections (>= in-flight cap, so the pool never queues).
+    max_connections: int = Field(512, ge=1)
+
+    # --- cost ------------------------------------------------------------
+    prices: dict[str, Price] = Field(default_factory=dict)
+    default_price: Price = Field(default_factory=Price)
+
+    # --- /predict ---------------------------------------------------------
+    predict_default_max_tokens: int = Field(512, ge=1)
+    max_batch_size: int = Field(1000, ge=1)
+    programs_dir: Path = PACKAGE_DIR / "programs"
+
+    # --- tools and agent --------------------------------------------------
+    tool_timeout_s: float = Field(10.0, gt=0)
+    max_concurrent_tools: int = Field(16, ge=1)
+    web_search_url: str | None = None  # a SearxNG instance, e.g. http://127.0.0.1:8888
+    http_tools: list[HttpToolConfig] = Field(default_factory=list)
+    agent_max_steps: int = Field(8, ge=1)
+    agent_max_steps_limit: int = Field(32, ge=1)
+    agent_default_max_tokens: int = Field(1024, ge=1)
+    agent_session_ttl_s: float = Field(3600.0, gt=0)
+    agent_max_sessions: int = Field(1000, ge=1)
+    agent_resume_ttl_s: float = Field(300.0, gt=0)
+    sse_heartbeat_s: float = Field(15.0, gt=0)
+    cors_origins: list[str] = Field(default_factory=list)
+
+    # --- observability ----------------------------------------------------
+    log_format: Literal["json", "console"] = "json"
+    log_level: str = "INFO"
+    log_prompts: bool = False  # log prompts and completions (off: they may hold personal data)
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+    def price_for(self, model: str) -> Price:
+        return self.prices.get(model, self.default_price)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        config_file = os.environ.get("VGATE_CONFIG_FILE")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        sources.append(file_secret_settings)
+        return tuple(sources)
