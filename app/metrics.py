@@ -27,7 +27,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r,
         )
         self.requests_in_flight = Gauge(
-            "vgate_requests_in_flight", "HTTP requests being handled", ["route"], registry=r
+            "vgate_requests_in_flight", "HTTP requests being handled", registry=r
         )
         self.overhead = Histogram(
             "vgate_overhead_seconds", "Gateway time not spent waiting on the upstream", ["route"],

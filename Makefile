@@ -1,0 +1,34 @@
+# The two commands that matter:
+#   make demo   start the gateway in front of the embedded local model (fetched on first run)
+#   make test   run the whole test suite (starts and stops the simulator and the local model itself)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: demo test install serve sim lint bench clean
+
+$(BIN)/vgate: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[local,test]'
+	@touch $@
+
+install: $(BIN)/vgate
+
+demo: install
+	$(BIN)/vgate demo
+
+test: install
+	$(BIN)/python -m pytest
+
+serve: install
+	$(BIN)/vgate serve
+
+sim: install
+	$(BIN)/vgate sim
+
+bench: install
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,151 @@
+"""``vgate`` command line: serve the gateway, the simulator, the local model, or a demo of all."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEMO_CURLS = """
+vgate is up on http://{host}:{port} in front of the local model (SmolLM2-135M on llama.cpp, CPU).
+
+  curl -s http://{host}:{port}/predict -H 'content-type: application/json' \\
+    -d '{{"signature": "question -> answer: int", "inputs": {{"question": "What is 2 + 3?"}}}}'
+
+  curl -s http://{host}:{port}/predict -H 'content-type: application/json' \\
+    -d '{{"signature": "question -> answer", "module": "chain_of_thought", "inputs": {{"question": "Why is the sky blue?"}}}}'
+
+  curl -s http://{host}:{port}/predict -H 'content-type: application/json' \\
+    -d '{{"program": "sentiment", "batch": [{{"text": "I love it"}}, {{"text": "Awful service"}}]}}'
+
+  curl -s http://{host}:{port}/predict/programs
+  curl -s http://{host}:{port}/metrics | grep ^vgate_
+
+Ctrl-C stops both.
+"""
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    overrides = {"host": args.host, "port": args.port}
+    if args.upstream:
+        overrides["upstream_url"] = args.upstream
+    if args.model:
+        overrides["default_model"] = args.model
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,  # our structlog setup owns logging
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def _sim(args: argparse.Namespace) -> None:
+    from app.sim import cli as sim_cli
+
+    sim_cli.run(args)
+
+
+def _local_llm(args: argparse.Namespace) -> None:
+    from app import local_llm
+
+    local_llm.run(args.host, args.port, model_path=Path(args.model_path) if args.model_path else None,
+                  n_parallel=args.parallel, n_ctx=args.ctx)
+
+
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {host}:{port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from app import local_llm
+
+    local_llm.ensure_xllamacpp()
+    local_llm.ensure_model()
+    llm = subprocess.Popen([sys.executable, "-m", "app.cli", "local-llm", "--host", "127.0.0.1",
+                            "--port", str(args.llm_port)])
+    try:
+        wait_for_port("127.0.0.1", args.llm_port, 120, llm)
+        env = {**os.environ, "VGATE_UPSTREAM_URL": f"http://127.0.0.1:{args.llm_port}",
+               "VGATE_LOG_FORMAT": os.environ.get("VGATE_LOG_FORMAT", "console")}
+        gw = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--host", args.host,
+                               "--port", str(args.port)], env=env)
+        try:
+            wait_for_port(args.host, args.port, 60, gw)
+            print(DEMO_CURLS.format(host=args.host, port=args.port), flush=True)
+            gw.wait()
+        finally:
+            gw.terminate()
+            gw.wait(10)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        llm.terminate()
+        try:
+            llm.wait(10)
+        except subprocess.TimeoutExpired:
+            llm.kill()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vgate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the gateway (settings also from VGATE_* env)")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--upstream", default=None, help="vLLM base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--model", default=None, help="default model name (else the upstream's first)")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("sim", help="run the vLLM simulator")
+    from app.sim import cli as sim_cli
+
+    sim_cli.add_arguments(p)
+    p.set_defaults(func=_sim)
+
+    p = sub.add_parser("local-llm", help="run the real local model (llama.cpp, SmolLM2-135M, CPU)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model-path", default=None, help="a GGUF file (default: fetched into ~/.cache/vgate)")
+    p.add_argument("--parallel", type=int, default=4, help="concurrent sequences (llama.cpp slots)")
+    p.add_argument("--ctx", type=int, default=8192, help="total context, split between the slots")
+    p.set_defaults(func=_local_llm)
+
+    p = sub.add_parser("demo", help="start the local model and the gateway together")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--llm-port", type=int, default=8000)
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

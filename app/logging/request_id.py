@@ -1,0 +1,22 @@
+"""The request id: taken from the caller's ``X-Request-Id`` when it is sane, else generated."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from contextvars import ContextVar
+
+request_id_var: ContextVar[str | None] = ContextVar("vgate_request_id", default=None)
+
+_SAFE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def sanitize_request_id(value: str | None) -> str:
+    """Keep a caller-supplied id only if it is short and plain (it goes into logs and headers)."""
+    if value and _SAFE.match(value):
+        return value
+    return new_request_id()

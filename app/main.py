@@ -1,0 +1,134 @@
+"""Assemble the app: one ``create_app``; the lifespan owns every client; typed exception handlers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app import __version__
+from app.errors import VGateError
+from app.logging import configure_logging
+from app.metrics import Metrics
+from app.middleware import RequestContextMiddleware
+from app.routers import health, predict
+from app.services.lm import LMClient
+from app.services.predict import PredictService
+from app.services.programs import load_programs
+from app.settings import Settings
+
+log = structlog.get_logger("vgate")
+
+
+def _error_response(request: Request, status: int, body: dict[str, Any], headers: dict[str, str] | None = None):
+    body["request_id"] = request.scope.get("state", {}).get("request_id")
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(VGateError)
+    async def vgate_error(request: Request, exc: VGateError) -> JSONResponse:
+        if exc.status_code >= 500:
+            log.warning("request_failed", error_type=exc.type, error=exc.message, status=exc.status_code)
+        return _error_response(request, exc.status_code, exc.body(), exc.headers())
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return _error_response(request, 400, {"type": "invalid_json", "message": "request body is not valid JSON",
+                                                  "errors": _clean(errors)})
+        first = errors[0] if errors else {}
+        loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        msg = first.get("msg", "invalid request")
+        return _error_response(request, 422, {"type": "invalid_request",
+                                              "message": f"{loc}: {msg}" if loc else msg,
+                                              "errors": _clean(errors)})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error_response(request, exc.status_code, {"type": kind, "message": str(exc.detail)},
+                               dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled_error")
+        return _error_response(request, 500, {"type": "internal_error",
+                                              "message": "internal error; the request id is in the logs"})
+
+
+def _clean(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pydantic errors without the 'url' noise and with JSON-safe 'input'/'ctx'."""
+    out = []
+    for e in errors[:20]:
+        item = {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+        out.append(item)
+    return out
+
+
+def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.log_format, settings.log_level)
+    metrics = Metrics()
+    programs = load_programs(settings.programs_dir)  # fail at start on a broken program file
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        lm = LMClient(settings, metrics, transport=lm_transport)
+        tools_http = httpx.AsyncClient(timeout=settings.tool_timeout_s, follow_redirects=False)
+        app.state.lm = lm
+        app.state.predict = PredictService(lm, settings, metrics)
+        app.state.tools_http = tools_http
+        _start_tools(app, settings, metrics, tools_http)
+        log.info("startup", version=__version__, upstream=settings.upstream_url, programs=sorted(programs))
+        try:
+            yield
+        finally:
+            await lm.aclose()
+            await tools_http.aclose()
+            log.info("shutdown")
+
+    app = FastAPI(title="vgate", version=__version__, lifespan=lifespan,
+                  description="HTTP gateway in front of vLLM: /predict, /agent, /tools.")
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.programs = programs
+    _install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(predict.router)
+    _include_optional_routers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["x-request-id", "x-vgate-overhead-ms"],
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    return app
+
+
+def _start_tools(app: FastAPI, settings: Settings, metrics: Metrics, http: httpx.AsyncClient) -> None:
+    try:
+        from app.tools import build_tool_executor
+    except ImportError:  # tools package not built yet
+        return
+    app.state.tools = build_tool_executor(settings, metrics, http)
+
+
+def _include_optional_routers(app: FastAPI) -> None:
+    try:
+        from app.routers import tools
+    except ImportError:
+        return
+    app.include_router(tools.router)
