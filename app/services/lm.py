@@ -92,6 +92,7 @@ class LMResult:
     ttft_ms: float | None
     tokens_per_s: float | None
     attempts: int
+    upstream_id: str | None = None
 
 
 # Stream events handed to callers of ``stream_chat``.
@@ -220,9 +221,10 @@ def _sse_data(line: str) -> str | None:
 class _Accumulator:
     """Folds streamed chunks into one result."""
 
-    __slots__ = ("content", "reasoning", "tools", "finish_reason", "usage", "model", "chunks")
+    __slots__ = ("id", "content", "reasoning", "tools", "finish_reason", "usage", "model", "chunks")
 
     def __init__(self) -> None:
+        self.id: str | None = None
         self.content: list[str] = []
         self.reasoning: list[str] = []
         self.tools: dict[int, list[Any]] = {}  # index -> [id, name, [fragments]]
@@ -237,6 +239,8 @@ class _Accumulator:
             msg = err.get("message") if isinstance(err, dict) else str(err)
             raise UpstreamError(f"upstream failed mid-stream: {msg}", type="upstream_stream_error")
         self.chunks += 1
+        if self.id is None:
+            self.id = chunk.get("id")
         if chunk.get("model"):
             self.model = chunk["model"]
         if chunk.get("usage"):
@@ -385,10 +389,12 @@ class LMClient:
         model: str | None = None,
         route: str = "predict",
         request_id: str | None = None,
+        headers: dict[str, str] | None = None,
         **params: Any,
     ) -> LMResult:
         """One chat completion, aggregated. Raises a ``VGateError`` subclass on failure."""
-        stream = self.stream_chat(messages, model=model, route=route, request_id=request_id, **params)
+        stream = self.stream_chat(messages, model=model, route=route, request_id=request_id, headers=headers,
+                                  **params)
         async with aclosing(stream):
             async for event in stream:
                 if isinstance(event, Done):
@@ -402,6 +408,7 @@ class LMClient:
         model: str | None = None,
         route: str = "predict",
         request_id: str | None = None,
+        headers: dict[str, str] | None = None,
         **params: Any,
     ) -> AsyncIterator[StreamEvent]:
         """Stream one chat completion: deltas as they come, then ``Done`` with the accounting.
@@ -427,7 +434,7 @@ class LMClient:
         ttft: float | None = None
         try:
             async with self._slot():
-                opened = await self._open_with_retries(body, rid, label, deadline)
+                opened = await self._open_with_retries(body, rid, headers, label, deadline)
                 attempts = opened.attempts
                 try:
                     chunk = opened.first
@@ -504,7 +511,9 @@ class LMClient:
                                     type="upstream_malformed") from exc
         return None  # connection closed without [DONE]: take what we have
 
-    async def _open_once(self, body: dict[str, Any], rid: str, deadline: float) -> _Opened:
+    async def _open_once(
+        self, body: dict[str, Any], rid: str, extra_headers: dict[str, str] | None, deadline: float
+    ) -> _Opened:
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
             raise _AttemptFailed(UpstreamTimeoutError("upstream call exceeded its deadline"),
@@ -515,7 +524,9 @@ class LMClient:
             write=min(self.settings.read_timeout_s, remaining),
             pool=remaining,
         )
-        headers = {"x-request-id": rid} if rid else None
+        headers = dict(extra_headers or {})
+        if rid:
+            headers["x-request-id"] = rid
         try:
             request = self._http.build_request("POST", "/v1/chat/completions", json=body, headers=headers,
                                                timeout=timeout)
@@ -544,7 +555,9 @@ class LMClient:
             raise
         return _Opened(response=response, lines=lines, first=first, attempts=0)
 
-    async def _open_with_retries(self, body: dict[str, Any], rid: str, label: str, deadline: float) -> _Opened:
+    async def _open_with_retries(
+        self, body: dict[str, Any], rid: str, headers: dict[str, str] | None, label: str, deadline: float
+    ) -> _Opened:
         s = self.settings
         backoff = wait_exponential_jitter(initial=s.retry_backoff_initial_s, max=s.retry_backoff_max_s)
 
@@ -579,7 +592,7 @@ class LMClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    opened = await self._open_once(body, rid, deadline)
+                    opened = await self._open_once(body, rid, headers, deadline)
                     opened.attempts = attempt.retry_state.attempt_number
                     return opened
         except _AttemptFailed as failed:
@@ -612,6 +625,7 @@ class LMClient:
             ttft_ms=ttft * 1000 if ttft is not None else None,
             tokens_per_s=tps,
             attempts=attempts,
+            upstream_id=acc.id,
         )
 
     def _account(self, r: LMResult, label: str, route: str) -> None:

@@ -1,0 +1,33 @@
+"""Shared fixtures: upstream servers (simulator, real local model) that the tests start and stop."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import free_port, spawn
+
+
+@pytest.fixture(scope="session")
+def sim_url() -> Iterator[str]:
+    """The simulator in zero-latency mode."""
+    port = free_port()
+    with spawn(["sim", "--port", str(port)], port) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def sim_latency_url() -> Iterator[str]:
+    """The simulator with its continuous-batching latency model on."""
+    port = free_port()
+    with spawn(["sim", "--port", str(port), "--latency-model"], port) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def local_llm_url() -> Iterator[str]:
+    """The real local model (llama.cpp + SmolLM2-135M). Loading takes a few seconds."""
+    port = free_port()
+    with spawn(["local-llm", "--port", str(port), "--parallel", "4"], port, timeout=300) as url:
+        yield url

@@ -1,0 +1,218 @@
+"""/predict through the HTTP API against the simulator."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.support import free_port, gateway, sim_reset, sim_stats
+
+
+async def test_int_answer(sim_url):
+    async with gateway(sim_url) as gw:
+        r = await gw.client.post("/predict", json={"signature": "question -> answer: int",
+                                                    "inputs": {"question": "What is 2 + 3?"}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert isinstance(body["outputs"]["answer"], int)
+    assert set(body["outputs"]) == {"answer"}
+    assert body["usage"]["prompt_tokens"] > 0 and body["usage"]["completion_tokens"] > 0
+    assert body["cost_usd"] > 0 and body["latency_ms"] > 0 and body["model"] == "sim-model"
+    assert body["request_id"] == r.headers["x-request-id"]
+    assert float(r.headers["x-vgate-overhead-ms"]) >= 0
+
+
+async def test_typed_outputs_match_declared_types(sim_url):
+    sig = "context: list[str], question -> answer: str, confidence: float, tags: list[str], ok: bool"
+    async with gateway(sim_url) as gw:
+        r = await gw.client.post("/predict", json={"signature": sig,
+                                                    "inputs": {"context": ["a", "b"], "question": "q?"}})
+    out = r.json()["outputs"]
+    assert isinstance(out["answer"], str) and isinstance(out["confidence"], float)
+    assert isinstance(out["tags"], list) and isinstance(out["ok"], bool)
+
+
+async def test_json_signature_form_with_literal(sim_url):
+    spec = {"instructions": "Classify.", "inputs": {"text": {"type": "str"}},
+            "outputs": {"label": {"type": "Literal['spam', 'ham']", "desc": "the class"}}}
+    async with gateway(sim_url) as gw:
+        r = await gw.client.post("/predict", json={"signature": spec, "inputs": {"text": "win money"}})
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"]["label"] in ("spam", "ham")
+
+
+async def test_chain_of_thought_returns_reasoning(sim_url):
+    async with gateway(sim_url) as gw:
+        r = await gw.client.post("/predict", json={"signature": "question -> answer: int",
+                                                    "module": "chain_of_thought",
+                                                    "inputs": {"question": "2+2?"}})
+    body = r.json()
+    assert r.status_code == 200, r.text
+    assert isinstance(body["reasoning"], str) and body["reasoning"]
+    assert set(body["outputs"]) == {"answer"} and isinstance(body["outputs"]["answer"], int)
+
+
+async def test_request_id_is_echoed_and_sent_upstream(sim_url):
+    async with gateway(sim_url) as gw:
+        r = await gw.client.post("/predict", headers={"x-request-id": "client-42"},
+                                 json={"signature": "q -> a", "inputs": {"q": "x"}})
+    assert r.headers["x-request-id"] == "client-42" and r.json()["request_id"] == "client-42"
+
+
+async def test_batch_of_200_all_in_flight_at_once_in_order(sim_latency_url):
+    await sim_reset(sim_latency_url)
+    batch = [{"question": f"What is {i} + 1?"} for i in range(200)]
+    async with gateway(sim_latency_url) as gw:
+        r = await gw.client.post("/predict", json={"signature": "question -> answer: int", "batch": batch})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [x["index"] for x in body["results"]] == list(range(200))
+        assert all(isinstance(x["outputs"]["answer"], int) for x in body["results"])
+        assert body["succeeded"] == 200 and body["failed"] == 0
+        stats = await sim_stats(sim_latency_url)
+        assert stats["peak_running"] == 200  # the whole batch was in vLLM's batch at once
+        assert body["usage"]["prompt_tokens"] == sum(x["usage"]["prompt_tokens"] for x in body["results"])
+        assert body["cost_usd"] == pytest.approx(sum(x["cost_usd"] for x in body["results"]))
+        metrics = (await gw.client.get("/metrics")).text
+    assert gw.metric("vgate_prompt_tokens_total", model="sim-model", route="predict") == body["usage"]["prompt_tokens"]
+    assert gw.metric("vgate_cost_usd_total", model="sim-model", route="predict") == pytest.approx(body["cost_usd"])
+    assert 'vgate_completion_tokens_total{model="sim-model",route="predict"}' in metrics
+
+
+async def test_each_batch_item_succeeds_or_fails_alone(sim_url):
+    batch = [{"question": "ok"}, {"wrong": "field"}, {"question": "fine"}]
+    async with gateway(sim_url) as gw:
+        r = await gw.client.post("/predict", json={"signature": "question -> answer", "batch": batch})
+    body = r.json()
+    assert r.status_code == 200
+    assert body["succeeded"] == 2 and body["failed"] == 1
+    assert body["results"][1]["error"]["type"] == "invalid_request"
+    assert "question" in body["results"][1]["error"]["message"]
+    assert "outputs" in body["results"][0] and "outputs" in body["results"][2]
+
+
+@pytest.mark.parametrize("sig,needle", [
+    ("question answer", "->"),
+    ("question -> answer: tuple[int]", "tuple"),
+    ("question -> answer: __import__('os')", "answer"),
+    ("q, q -> a", "duplicate"),
+])
+async def test_malformed_signature_is_422(sim_url, sig, needle):
+    async with gateway(sim_url) as gw:
+        r = await gw.client.post("/predict", json={"signature": sig, "inputs": {"question": "x"}})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_signature" and needle in err["message"]
+    assert err["request_id"] == r.headers["x-request-id"]
+
+
+async def test_missing_and_extra_inputs_are_422(sim_url):
+    async with gateway(sim_url) as gw:
+        missing = await gw.client.post("/predict", json={"signature": "a, b -> c", "inputs": {"a": "1"}})
+        extra = await gw.client.post("/predict", json={"signature": "a -> c", "inputs": {"a": "1", "z": 2}})
+    assert missing.status_code == 422 and "b" in missing.json()["error"]["message"]
+    assert extra.status_code == 422 and "z" in extra.json()["error"]["message"]
+
+
+async def test_non_json_body_is_400(sim_url):
+    async with gateway(sim_url) as gw:
+        r = await gw.client.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_json"
+
+
+@pytest.mark.parametrize("payload,needle", [
+    ({"inputs": {"q": "x"}}, "signature"),
+    ({"signature": "q -> a", "inputs": {"q": "x"}, "batch": [{"q": "y"}]}, "inputs"),
+    ({"signature": "q -> a", "inputs": {"q": "x"}, "config": {"temprature": 1}}, "temprature"),
+    ({"signature": "q -> a", "inputs": {"q": "x"}, "bogus": 1}, "bogus"),
+    ({"signature": "q -> a", "inputs": {"q": "x"}, "module": "react"}, "module"),
+])
+async def test_request_shape_errors_are_422(sim_url, payload, needle):
+    async with gateway(sim_url) as gw:
+        r = await gw.client.post("/predict", json=payload)
+    assert r.status_code == 422, r.text
+    assert needle in json.dumps(r.json()["error"])
+
+
+async def test_batch_too_large_is_422(sim_url):
+    async with gateway(sim_url, max_batch_size=3) as gw:
+        r = await gw.client.post("/predict", json={"signature": "q -> a", "batch": [{"q": "x"}] * 4})
+    assert r.status_code == 422 and r.json()["error"]["type"] == "batch_too_large"
+
+
+async def test_unreachable_upstream_is_503_with_retry_after():
+    async with gateway(f"http://127.0.0.1:{free_port()}", max_retries=1, default_model="m") as gw:
+        r = await gw.client.post("/predict", json={"signature": "q -> a", "inputs": {"q": "x"}})
+        ready = await gw.client.get("/readyz")
+    assert r.status_code == 503
+    assert r.json()["error"]["type"] == "upstream_unavailable" and r.json()["error"]["retryable"] is True
+    assert int(r.headers["retry-after"]) >= 1
+    assert ready.status_code == 503
+
+
+async def test_truncated_output_is_a_clear_error(sim_url):
+    async with gateway(sim_url) as gw:
+        r = await gw.client.post("/predict", json={"signature": "q -> a, b: list[str]", "inputs": {"q": "x"},
+                                                    "config": {"max_tokens": 2}})
+        assert r.status_code == 502
+        err = r.json()["error"]
+        assert err["type"] == "output_truncated" and "max_tokens" in err["message"] and "raw" in err
+        assert gw.metric("vgate_predictions_total", module="predict", outcome="truncated") == 1
+
+
+async def test_output_failing_validation_carries_raw_text(sim_url):
+    """An upstream that ignores response_format: the reply is refused, never passed off as typed."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        chunks = [
+            {"id": "x", "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+            {"id": "x", "model": "m", "choices": [{"index": 0, "delta": {"content": '{"answer": "three"}'}}]},
+            {"id": "x", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+            {"id": "x", "model": "m", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 4}},
+        ]
+        body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    from app.main import create_app
+    from tests.support import make_settings
+
+    app = create_app(make_settings("http://upstream", default_model="m"), lm_transport=httpx.MockTransport(handler))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            r = await c.post("/predict", json={"signature": "q -> answer: int", "inputs": {"q": "x"}})
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert err["type"] == "output_validation_error" and err["raw"] == '{"answer": "three"}'
+
+
+async def test_programs_list_and_run(sim_url):
+    async with gateway(sim_url) as gw:
+        listed = (await gw.client.get("/predict/programs")).json()["programs"]
+        names = {p["name"] for p in listed}
+        assert {"qa", "sentiment", "extract_contacts", "math"} <= names
+        r = await gw.client.post("/predict", json={"program": "sentiment", "inputs": {"text": "great!"}})
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"]["sentiment"] in ("positive", "negative", "neutral")
+        assert r.json()["program"] == "sentiment"
+        math = await gw.client.post("/predict", json={"program": "math", "inputs": {"problem": "3 apples + 4"}})
+        assert "reasoning" in math.json() and isinstance(math.json()["outputs"]["answer"], int)
+        missing = await gw.client.post("/predict", json={"program": "nope", "inputs": {}})
+        assert missing.status_code == 404 and missing.json()["error"]["type"] == "program_not_found"
+
+
+async def test_health_ready_metrics_and_404_shape(sim_url):
+    async with gateway(sim_url) as gw:
+        assert (await gw.client.get("/healthz")).json() == {"status": "ok"}
+        assert (await gw.client.get("/readyz")).status_code == 200
+        await gw.client.post("/predict", json={"signature": "q -> a", "inputs": {"q": "x"}})
+        text = (await gw.client.get("/metrics")).text
+        nf = await gw.client.get("/nope")
+    for name in ("vgate_requests_total", "vgate_request_duration_seconds", "vgate_upstream_ttft_seconds",
+                 "vgate_upstream_request_duration_seconds", "vgate_upstream_in_flight", "vgate_prompt_tokens_total",
+                 "vgate_cost_usd_total", "vgate_overhead_seconds"):
+        assert name in text
+    assert 'vgate_requests_total{method="POST",route="/predict",status="200"} 1.0' in text
+    assert nf.status_code == 404 and nf.json()["error"]["type"] == "not_found"

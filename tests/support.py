@@ -1,0 +1,116 @@
+"""Test helpers: start servers, build gateways, read the simulator's counters."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+
+import httpx
+import uvicorn
+
+from app.main import create_app
+from app.settings import Settings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen | None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"port {port} not open after {timeout}s")
+
+
+@contextmanager
+def spawn(args: list[str], port: int, timeout: float = 60) -> Iterator[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, proc, timeout)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def make_settings(upstream: str, **kw) -> Settings:
+    base = dict(upstream_url=upstream, log_format="console", log_level="WARNING",
+                retry_backoff_initial_s=0.01, retry_backoff_max_s=0.05)
+    base.update(kw)
+    return Settings(**base)
+
+
+@dataclass
+class Gateway:
+    app: object
+    client: httpx.AsyncClient
+
+    @property
+    def state(self):
+        return self.app.state  # type: ignore[attr-defined]
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.state.metrics.registry.get_sample_value(name, labels)
+        return value or 0.0
+
+
+@asynccontextmanager
+async def gateway(upstream: str, **settings_kw) -> AsyncIterator[Gateway]:
+    """The real app with its lifespan, driven in-process over ASGI."""
+    app = create_app(make_settings(upstream, **settings_kw))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://vgate", timeout=60) as client:
+            yield Gateway(app, client)
+
+
+@contextmanager
+def live_gateway(upstream: str, **settings_kw) -> Iterator[tuple[str, object]]:
+    """The real app under uvicorn on a free port (for streaming and disconnect tests)."""
+    port = free_port()
+    app = create_app(make_settings(upstream, **settings_kw))
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", loop="asyncio")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_port(port, None, 30)
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+async def sim_stats(sim: str) -> dict:
+    async with httpx.AsyncClient() as c:
+        r = await c.get(f"{sim}/sim/stats")
+        r.raise_for_status()
+        return r.json()
+
+
+async def sim_reset(sim: str) -> None:
+    async with httpx.AsyncClient() as c:
+        (await c.post(f"{sim}/sim/reset")).raise_for_status()
+
