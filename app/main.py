@@ -19,11 +19,13 @@ from app.errors import VGateError
 from app.logging import configure_logging
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
-from app.routers import health, predict
+from app.routers import agent, health, predict, tools
+from app.services.agent import AgentService
 from app.services.lm import LMClient
 from app.services.predict import PredictService
 from app.services.programs import load_programs
 from app.settings import Settings
+from app.tools import build_tool_executor
 
 log = structlog.get_logger("vgate")
 
@@ -87,14 +89,17 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
         tools_http = httpx.AsyncClient(timeout=settings.tool_timeout_s, follow_redirects=False)
         app.state.lm = lm
         app.state.predict = PredictService(lm, settings, metrics)
-        app.state.tools_http = tools_http
-        _start_tools(app, settings, metrics, tools_http)
+        executor = build_tool_executor(settings, metrics, tools_http)
+        app.state.tools = executor
+        app.state.agent = AgentService(lm, executor, settings, metrics)
         log.info("startup", version=__version__, upstream=settings.upstream_url, programs=sorted(programs))
         try:
             yield
         finally:
+            await app.state.agent.aclose()
             await lm.aclose()
             await tools_http.aclose()
+            executor.close()
             log.info("shutdown")
 
     app = FastAPI(title="vgate", version=__version__, lifespan=lifespan,
@@ -105,7 +110,8 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
     _install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(predict.router)
-    _include_optional_routers(app)
+    app.include_router(agent.router)
+    app.include_router(tools.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -116,19 +122,3 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
         )
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
-
-
-def _start_tools(app: FastAPI, settings: Settings, metrics: Metrics, http: httpx.AsyncClient) -> None:
-    try:
-        from app.tools import build_tool_executor
-    except ImportError:  # tools package not built yet
-        return
-    app.state.tools = build_tool_executor(settings, metrics, http)
-
-
-def _include_optional_routers(app: FastAPI) -> None:
-    try:
-        from app.routers import tools
-    except ImportError:
-        return
-    app.include_router(tools.router)

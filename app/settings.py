@@ -97,7 +97,10 @@ class Settings(BaseSettings):
     agent_default_max_tokens: int = Field(1024, ge=1)
     agent_session_ttl_s: float = Field(3600.0, gt=0)
     agent_max_sessions: int = Field(1000, ge=1)
-    agent_resume_ttl_s: float = Field(300.0, gt=0)
+    agent_resume_ttl_s: float = Field(300.0, gt=0)  # finished runs stay resumable this long
+    # How long a run outlives its last disconnected client (a reconnect with Last-Event-ID within it
+    # continues live). 0: cancel at once, freeing vLLM's sequence and running tools.
+    agent_disconnect_grace_s: float = Field(0.0, ge=0)
     sse_heartbeat_s: float = Field(15.0, gt=0)
     cors_origins: list[str] = Field(default_factory=list)
 

@@ -1,0 +1,149 @@
+"""In-memory state of agent runs: the event log each run keeps for resumable streams, and the
+conversations kept for ``session_id``. Both are bounded in size and time.
+
+(Kept behind small classes so that a Redis-backed version can replace them for several
+gateway replicas without touching the agent loop.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class AgentEvent:
+    id: int
+    event: str
+    data: dict[str, Any]
+
+
+@dataclass
+class AgentRun:
+    run_id: str
+    model: str | None = None
+    session_id: str | None = None
+    events: list[AgentEvent] = field(default_factory=list)
+    finished_at: float | None = None
+    task: asyncio.Task | None = None
+    subscribers: int = 0
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+    def publish(self, event: str, data: dict[str, Any]) -> AgentEvent:
+        ev = AgentEvent(id=len(self.events) + 1, event=event, data=data)
+        self.events.append(ev)
+        self._wake()
+        return ev
+
+    def finish(self) -> None:
+        if self.finished_at is None:
+            self.finished_at = time.monotonic()
+            self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def follow(self, after_id: int = 0) -> AsyncIterator[AgentEvent]:
+        """Events with id > ``after_id``, then live ones until the run ends.
+        Ids are 1, 2, 3, ... so a resumed stream has no duplicates and no gaps."""
+        next_index = max(0, after_id)
+        while True:
+            while next_index < len(self.events):
+                yield self.events[next_index]
+                next_index += 1
+            if self.finished:
+                return
+            await self._changed.wait()
+
+
+class RunStore:
+    """Runs by id; finished runs stay ``ttl_s`` for clients that reconnect, at most ``max_runs`` in all."""
+
+    def __init__(self, ttl_s: float, max_runs: int) -> None:
+        self.ttl_s = ttl_s
+        self.max_runs = max_runs
+        self._runs: OrderedDict[str, AgentRun] = OrderedDict()
+
+    def create(self) -> AgentRun:
+        self._evict()
+        run = AgentRun(run_id="run_" + uuid.uuid4().hex)
+        self._runs[run.run_id] = run
+        return run
+
+    def get(self, run_id: str) -> AgentRun | None:
+        self._evict()
+        return self._runs.get(run_id)
+
+    def live(self) -> list[AgentRun]:
+        return [r for r in self._runs.values() if not r.finished]
+
+    def _evict(self) -> None:
+        now = time.monotonic()
+        for rid in [r for r, run in self._runs.items() if run.finished_at and now - run.finished_at > self.ttl_s]:
+            del self._runs[rid]
+        while len(self._runs) >= self.max_runs:
+            oldest = next((r for r, run in self._runs.items() if run.finished), None)
+            if oldest is None:
+                break  # every kept run is live; the cap on concurrent runs is elsewhere
+            del self._runs[oldest]
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+
+@dataclass
+class _Session:
+    messages: list[dict[str, Any]]
+    touched: float
+    busy: bool = False
+
+
+class SessionStore:
+    """Conversations by session id: LRU-bounded, expiring ``ttl_s`` after last use, history capped."""
+
+    def __init__(self, ttl_s: float, max_sessions: int, max_messages: int = 200) -> None:
+        self.ttl_s = ttl_s
+        self.max_sessions = max_sessions
+        self.max_messages = max_messages
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+
+    def acquire(self, session_id: str) -> list[dict[str, Any]] | None:
+        """The history (a copy) and the session marked busy; None if a run already uses it."""
+        self._evict()
+        s = self._sessions.get(session_id)
+        if s is None:
+            s = self._sessions[session_id] = _Session(messages=[], touched=time.monotonic())
+        if s.busy:
+            return None
+        s.busy = True
+        self._sessions.move_to_end(session_id)
+        return list(s.messages)
+
+    def release(self, session_id: str, messages: list[dict[str, Any]] | None) -> None:
+        s = self._sessions.get(session_id)
+        if s is None:
+            return
+        if messages is not None:
+            s.messages = messages[-self.max_messages:]
+        s.busy = False
+        s.touched = time.monotonic()
+
+    def _evict(self) -> None:
+        now = time.monotonic()
+        for sid in [k for k, s in self._sessions.items() if not s.busy and now - s.touched > self.ttl_s]:
+            del self._sessions[sid]
+        while len(self._sessions) >= self.max_sessions:
+            sid = next((k for k, s in self._sessions.items() if not s.busy), None)
+            if sid is None:
+                break
+            del self._sessions[sid]

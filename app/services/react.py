@@ -1,0 +1,108 @@
+"""ReAct text protocol: the fallback for upstreams without native tool calling.
+
+The model is told to answer in this shape, which the gateway parses::
+
+    Thought: <reasoning>
+    Action: <tool name>
+    Action Input: <JSON object>
+
+and, once it knows the answer::
+
+    Thought: <reasoning>
+    Final Answer: <answer>
+
+Tool results go back as a user message ``Observation: <result>``; ``Observation:`` is a stop
+sequence so the model cannot invent one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+STOP = ["\nObservation:"]
+
+_ACTION = re.compile(r"Action\s*:\s*(?P<name>[A-Za-z0-9_\-]+)\s*\n\s*Action\s*Input\s*:\s*(?P<args>.*)", re.S)
+_FINAL = re.compile(r"Final\s*Answer\s*:\s*(?P<answer>.*)", re.S)
+_THOUGHT = re.compile(r"Thought\s*:\s*(?P<thought>.*?)(?=\n\s*(?:Action|Final\s*Answer)\s*:|\Z)", re.S)
+
+
+@dataclass(slots=True)
+class ReactStep:
+    thought: str | None
+    action: str | None = None
+    arguments: dict[str, Any] | None = None
+    final: str | None = None
+    invalid_arguments: str | None = None  # raw Action Input that is not a JSON object
+
+
+def system_prompt(instructions: str | None, tools: list[dict[str, Any]]) -> str:
+    lines = []
+    if instructions:
+        lines += [instructions, ""]
+    lines += ["You can use these tools:"]
+    for t in tools:
+        fn = t["function"]
+        lines.append(f"- {fn['name']}: {fn.get('description', '')} Arguments (JSON schema): "
+                     f"{json.dumps(fn.get('parameters', {}), separators=(',', ':'))}")
+    lines += [
+        "",
+        "To use a tool, answer exactly:",
+        "Thought: <why>",
+        "Action: <tool name>",
+        "Action Input: <JSON object of arguments>",
+        "",
+        "You will get the result as 'Observation: ...'. When you know the answer, reply:",
+        "Thought: <why>",
+        "Final Answer: <the answer>",
+    ]
+    return "\n".join(lines)
+
+
+def parse(text: str) -> ReactStep:
+    """Read one model turn. Text that follows neither form is taken as the final answer."""
+    thought_m = _THOUGHT.search(text)
+    thought = thought_m.group("thought").strip() if thought_m else None
+    action = _ACTION.search(text)
+    final = _FINAL.search(text)
+    if action and (not final or action.start() < final.start()):
+        raw = action.group("args").strip()
+        raw = raw.split("\nObservation:", 1)[0].strip()
+        try:
+            args = json.loads(_first_json_object(raw))
+        except ValueError:
+            return ReactStep(thought=thought, action=action.group("name"), invalid_arguments=raw)
+        if not isinstance(args, dict):
+            return ReactStep(thought=thought, action=action.group("name"), invalid_arguments=raw)
+        return ReactStep(thought=thought, action=action.group("name"), arguments=args)
+    if final:
+        return ReactStep(thought=thought, final=final.group("answer").strip())
+    return ReactStep(thought=None, final=text.strip())
+
+
+def _first_json_object(raw: str) -> str:
+    """The first balanced {...} in ``raw`` (models often add text after the JSON)."""
+    start = raw.find("{")
+    if start < 0:
+        return raw
+    depth, in_str, esc = 0, False, False
+    for i in range(start, len(raw)):
+        c = raw[i]
+        if in_str:
+            if esc:
+                esc = False
+            elif c == "\\":
+                esc = True
+            elif c == '"':
+                in_str = False
+        elif c == '"':
+            in_str = True
+        elif c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return raw[start:i + 1]
+    return raw[start:]
