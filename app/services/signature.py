@@ -301,7 +301,9 @@ def _check_name(name: Any, *, what: str = "field name") -> str:
     if not isinstance(name, str):
         raise SignatureError(f"{what} must be a string, not {type(name).__name__}")
     if len(name) > MAX_NAME_CHARS:
-        raise SignatureError(f"{what} {name[:20]!r}... is too long (max {MAX_NAME_CHARS} chars)", field=name[:MAX_NAME_CHARS])
+        raise SignatureError(
+            f"{what} {name[:20]!r}... is too long (max {MAX_NAME_CHARS} chars)", field=name[:MAX_NAME_CHARS]
+        )
     if not _NAME_RE.fullmatch(name):
         raise SignatureError(
             f"invalid {what} {name!r}: use letters, digits and '_', not starting with a digit", field=name
@@ -336,9 +338,8 @@ class Field:
         _check_name(self.name)
         if not isinstance(self.type, TypeSpec):
             raise SignatureError(f"type of field {self.name!r} must be a TypeSpec", field=self.name)
-        object.__setattr__(
-            self, "desc", _clean_text(self.desc, what=f"desc of field {self.name!r}", limit=MAX_DESC_CHARS, field=self.name)
-        )
+        desc = _clean_text(self.desc, what=f"desc of field {self.name!r}", limit=MAX_DESC_CHARS, field=self.name)
+        object.__setattr__(self, "desc", desc)
 
     def __str__(self) -> str:
         return f"{self.name}: {self.type}"
@@ -462,9 +463,7 @@ class Signature:
             validated = model.model_validate(dict(inputs))
         except ValidationError as exc:
             errors = _clean_errors(exc)
-            raise InvalidRequestError(
-                "invalid inputs: " + _summarize(errors), errors=errors
-            ) from None
+            raise InvalidRequestError("invalid inputs: " + _summarize(errors), errors=errors) from None
         return validated.model_dump(by_alias=True)
 
     def parse_outputs(self, raw_text: str) -> dict[str, Any]:
@@ -538,7 +537,7 @@ def _fields_model(key: tuple[tuple[str, TypeSpec], ...], model_name: str) -> typ
         definitions[f"f{i}"] = (spec._validation_annotation(), PydanticField(default, alias=name))
     return create_model(  # type: ignore[call-overload,no-any-return]
         model_name,
-        __config__=ConfigDict(extra="ignore", validate_by_alias=True, validate_by_name=False),
+        __config__=ConfigDict(extra="ignore"),  # validated by alias only (populate_by_name is off)
         **definitions,
     )
 
@@ -598,7 +597,9 @@ _TOKEN_RE = re.compile(
     re.VERBOSE,
 )
 _INT_RE = re.compile(r"-?\d+")
-_SQ_ESCAPES = {"'": "'", '"': '"', "\\": "\\", "n": "\n", "t": "\t", "r": "\r", "0": "\0", "/": "/", "b": "\b", "f": "\f"}
+_SQ_ESCAPES = {
+    "'": "'", '"': '"', "\\": "\\", "/": "/", "n": "\n", "t": "\t", "r": "\r", "0": "\0", "b": "\b", "f": "\f",
+}
 
 
 class _Parser:

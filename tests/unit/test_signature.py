@@ -143,7 +143,11 @@ def test_instructions_are_separate_and_stripped() -> None:
         ("Optional[Optional[int]]", "Optional[int]", Optional[int]),  # noqa: UP007
         ("Optional[int] | None", "Optional[int]", Optional[int]),  # noqa: UP007
         ("Literal['pos', 'neg']", 'Literal["pos", "neg"]', Literal["pos", "neg"]),
-        ('Literal["a", 1, -2.5, true, False]', 'Literal["a", 1, -2.5, True, False]', Literal["a", 1, -2.5, True, False]),
+        (
+            'Literal["a", 1, -2.5, true, False]',
+            'Literal["a", 1, -2.5, True, False]',
+            Literal["a", 1, -2.5, True, False],
+        ),
         ("Literal[1e3]", "Literal[1000.0]", Literal[1000.0]),
         (
             "dict[str, list[Optional[Literal['x', 2]]]]",
@@ -198,7 +202,10 @@ def test_json_form() -> None:
         Field("context", TypeSpec.list_of(TypeSpec("str")), "Relevant passages."),
         Field("question", TypeSpec("str")),
     )
-    assert sig.outputs == (Field("answer", TypeSpec("str"), "Often 1-5 words."), Field("confidence", TypeSpec("float"), "0 to 1"))
+    assert sig.outputs == (
+        Field("answer", TypeSpec("str"), "Often 1-5 words."),
+        Field("confidence", TypeSpec("float"), "0 to 1"),
+    )
     assert str(sig) == "context: list[str], question: str -> answer: str, confidence: float"
 
 
@@ -219,7 +226,10 @@ def test_to_dict_round_trips() -> None:
     assert d == {
         "instructions": "Answer from the context.",
         "inputs": {"context": {"type": "list[str]", "desc": "Relevant passages."}, "question": {"type": "str"}},
-        "outputs": {"answer": {"type": "str", "desc": "Often 1-5 words."}, "confidence": {"type": "float", "desc": "0 to 1"}},
+        "outputs": {
+            "answer": {"type": "str", "desc": "Often 1-5 words."},
+            "confidence": {"type": "float", "desc": "0 to 1"},
+        },
     }
     assert json.loads(json.dumps(d)) == d
     assert parse_signature(d) == sig
@@ -717,3 +727,24 @@ def test_output_model_is_cached_per_signature_structure() -> None:
     a.parse_outputs('{"a": 2}')
     info = signature_module._fields_model.cache_info()
     assert info.misses == 1 and info.hits == 2
+
+
+def test_fuzzed_text_only_ever_raises_signature_error() -> None:
+    import random
+
+    pieces = list("abz_09 ,:|[]->'\"\\.()\n") + [
+        "list", "Dict", "str", "int", "Literal", "Optional", "None", "True", "->", "'a'", "1.5", "\\u00e9",
+    ]
+    rng = random.Random(1234)
+    parsed = 0
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 20)))
+        for parse in (parse_signature, parse_type):
+            try:
+                result = parse(text)
+            except SignatureError as exc:
+                assert exc.message and exc.status_code == 422
+                continue
+            parsed += 1
+            assert parse(str(result)) == result  # whatever parses round-trips canonically
+    assert parsed > 0
