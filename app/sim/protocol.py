@@ -1,0 +1,228 @@
+"""vLLM 0.33's OpenAI-compatible wire format: request validation, error bodies, response and SSE chunks."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from app.sim.config import SimConfig
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+DONE = b"data: [DONE]\n\n"
+
+
+class RequestError(Exception):
+    """A request vLLM would refuse; becomes an error response."""
+
+    def __init__(self, message: str, status: int = 400, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.param = param
+
+
+def error_type(status: int) -> str:
+    """vLLM's `type` for a status: BadRequestError, NotFoundError, InternalServerError, ..."""
+    if status == 400:
+        return "BadRequestError"
+    try:
+        name = HTTPStatus(status).phrase.replace(" ", "").replace("-", "")
+    except ValueError:
+        return "APIError"
+    return name if name.endswith("Error") else name + "Error"
+
+
+def error_object(message: str, status: int, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type(status), "param": param, "code": status}}
+
+
+def error_body(message: str, status: int, param: str | None = None) -> bytes:
+    return _dumps(error_object(message, status, param)).encode()
+
+
+@dataclass
+class ChatRequest:
+    messages: list[dict[str, Any]]
+    stream: bool = False
+    include_usage: bool = False
+    max_tokens: int | None = None  # max_completion_tokens, else max_tokens
+    min_tokens: int = 0
+    seed: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    output_format: tuple[str, Any] | None = None  # ("json_schema", schema) | ("json_object", None) | ("choice", [...])
+    enable_thinking: bool | None = None  # chat_template_kwargs.enable_thinking
+
+
+def _int_field(body: dict[str, Any], name: str, minimum: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise RequestError(f"`{name}` must be an integer >= {minimum}, got {value!r}", param=name)
+    return value
+
+
+def _output_format(body: dict[str, Any]) -> tuple[str, Any] | None:
+    structured = body.get("structured_outputs")
+    if structured is not None:
+        if not isinstance(structured, dict):
+            raise RequestError("`structured_outputs` must be an object", param="structured_outputs")
+        kinds = [k for k in ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
+                 if structured.get(k) not in (None, False)]
+        if len(kinds) != 1:
+            raise RequestError("You can only use one kind of constraints for structured outputs "
+                               f"(got {', '.join(kinds) or 'none'}).", param="structured_outputs")
+        kind = kinds[0]
+        if kind == "json":
+            schema = structured["json"]
+            if isinstance(schema, str):
+                try:
+                    schema = json.loads(schema)
+                except ValueError:
+                    raise RequestError("structured_outputs.json is not valid JSON",
+                                       param="structured_outputs") from None
+            return ("json_schema", schema)
+        if kind == "json_object":
+            return ("json_object", None)
+        if kind == "choice" and isinstance(structured["choice"], list) and structured["choice"]:
+            return ("choice", [str(c) for c in structured["choice"]])
+        raise RequestError(f"The simulator does not support structured_outputs.{kind}", param="structured_outputs")
+    fmt = body.get("response_format")
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return ("json_object", None)
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, (dict, bool)):
+            raise RequestError("response_format.json_schema.schema must be a JSON schema", param="response_format")
+        return ("json_schema", schema)
+    raise RequestError(f"Unsupported response_format type {kind!r}", param="response_format")
+
+
+def _tools(body: dict[str, Any], config: SimConfig) -> tuple[list[dict[str, Any]] | None, Any]:
+    tools = body.get("tools")
+    choice = body.get("tool_choice")
+    if tools is not None:
+        if not isinstance(tools, list) or not tools:
+            raise RequestError("`tools` must be a non-empty list; omit the field when there are no tools.",
+                               param="tools")
+        for tool in tools:
+            function = tool.get("function") if isinstance(tool, dict) else None
+            if tool.get("type", "function") != "function" or not isinstance(function, dict) \
+                    or not isinstance(function.get("name"), str):
+                raise RequestError("Each tool must be {'type': 'function', 'function': {'name': ...}}",
+                                   param="tools")
+    if choice is None:
+        return tools, ("auto" if tools else None)
+    if isinstance(choice, dict):
+        name = choice.get("function", {}).get("name") if isinstance(choice.get("function"), dict) else None
+        if not isinstance(name, str):
+            raise RequestError("tool_choice must name a function", param="tool_choice")
+        if not tools:
+            raise RequestError("When using `tool_choice`, `tools` must be set.", param="tool_choice")
+        if name not in {t["function"]["name"] for t in tools}:
+            raise RequestError(f"Tool '{name}' has not been passed in `tools`.", param="tool_choice")
+        return tools, choice
+    if choice not in ("none", "auto", "required"):
+        raise RequestError(f"Invalid tool_choice {choice!r}", param="tool_choice")
+    if choice == "required" and not tools:
+        raise RequestError("When using `tool_choice`, `tools` must be set.", param="tool_choice")
+    if choice == "auto" and tools and not config.enable_auto_tool_choice:
+        raise RequestError('"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set',
+                           param="tool_choice")
+    return tools, choice
+
+
+def parse_chat_request(raw: bytes, config: SimConfig) -> ChatRequest:
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise RequestError(f"JSON decode error: {exc}") from None
+    if not isinstance(body, dict):
+        raise RequestError("The request body must be a JSON object")
+    model = body.get("model")
+    if model is not None and model != config.model:
+        raise RequestError(f"The model `{model}` does not exist.", status=404, param="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages \
+            or not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+        raise RequestError("`messages` must be a non-empty list of messages with a `role`", param="messages")
+    stream = bool(body.get("stream") or False)
+    options = body.get("stream_options")
+    if options is not None and not stream:
+        raise RequestError("Stream options can only be defined when `stream=True`.", param="stream_options")
+    if body.get("n") not in (None, 1):
+        raise RequestError("The simulator supports only n=1", param="n")
+    max_completion = _int_field(body, "max_completion_tokens", 1)
+    max_tokens = _int_field(body, "max_tokens", 1)
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise RequestError("`seed` must be an integer", param="seed")
+    kwargs = body.get("chat_template_kwargs")
+    thinking = kwargs.get("enable_thinking") if isinstance(kwargs, dict) else None
+    tools, tool_choice = _tools(body, config)
+    return ChatRequest(
+        messages=messages,
+        stream=stream,
+        include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
+        max_tokens=max_completion if max_completion is not None else max_tokens,
+        min_tokens=_int_field(body, "min_tokens", 0) or 0,
+        seed=seed,
+        tools=tools,
+        tool_choice=tool_choice,
+        output_format=_output_format(body),
+        enable_thinking=thinking if isinstance(thinking, bool) else None,
+    )
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion_tokens,
+            "completion_tokens": completion_tokens}
+
+
+def completion_body(completion_id: str, created: int, model: str, message: dict[str, Any],
+                    finish_reason: str, usage_: dict[str, int]) -> bytes:
+    return _dumps({
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason,
+                     "stop_reason": None}],
+        "usage": usage_,
+    }).encode()
+
+
+class ChunkRenderer:
+    """Builds `data: {...}\\n\\n` events of one stream from a pre-rendered prefix (fast)."""
+
+    def __init__(self, completion_id: str, created: int, model: str) -> None:
+        self._base = (f'{{"id":{_dumps(completion_id)},"object":"chat.completion.chunk",'
+                      f'"created":{created},"model":{_dumps(model)},')
+        self._head = f"data: {self._base}" + '"choices":[{"index":0,"delta":'
+
+    def delta(self, delta_json: str, finish_reason: str | None = None) -> str:
+        finish = "null" if finish_reason is None else f'"{finish_reason}"'
+        return f'{self._head}{delta_json},"logprobs":null,"finish_reason":{finish}}}]}}\n\n'
+
+    def role(self) -> str:
+        return self.delta('{"role":"assistant","content":""}')
+
+    def usage(self, usage_: dict[str, int]) -> str:
+        return f'data: {self._base}"choices":[],"usage":{_dumps(usage_)}}}\n\n'
+
+    @staticmethod
+    def error(message: str, status: int) -> str:
+        return f"data: {_dumps(error_object(message, status))}\n\n"
+
+
+def dumps(value: Any) -> str:
+    return _dumps(value)

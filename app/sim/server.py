@@ -1,0 +1,311 @@
+"""The simulator's ASGI app: plain ASGI with a dict of routes, no framework on the hot path.
+
+Routes: POST /v1/chat/completions, GET /v1/models, GET /health, GET /ping,
+GET /version, GET /metrics, GET /sim/stats, POST /sim/reset.
+
+Request headers read on chat completions:
+    X-Request-Id     the response id becomes `chatcmpl-<X-Request-Id>`; retries share it (fault `times`)
+    x-sim-fault      a fault spec (faults.py), replacing SimConfig.fault for this request
+    x-sim-reasoning  1/0: think first or not (beats chat_template_kwargs.enable_thinking,
+                     which beats SimConfig.reasoning)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from app.sim.completion import Completion, build_completion
+from app.sim.config import SimConfig
+from app.sim.engine import Engine, Sequence
+from app.sim.faults import FaultInjector, FaultSpec, SimulatedDrop, hide_simulated_drops
+from app.sim.metrics import SimStats
+from app.sim.protocol import DONE, ChatRequest, ChunkRenderer, RequestError, completion_body, error_body, \
+    parse_chat_request, usage
+
+__all__ = ["SimApp", "SimConfig", "create_sim_app"]
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_JSON = [(b"content-type", b"application/json")]
+_SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+_TRUE = (b"1", b"true", b"yes", b"on")
+
+
+class ClientGone(Exception):
+    """The client disconnected before the request body arrived."""
+
+
+async def _read_body(receive: Receive) -> bytes:
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientGone
+    body = message.get("body", b"")
+    if not message.get("more_body"):
+        return body
+    parts = [body]
+    while message.get("more_body"):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        parts.append(message.get("body", b""))
+    return b"".join(parts)
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _until_disconnect(work: Coroutine[Any, Any, None], receive: Receive) -> bool:
+    """Run `work` unless the client leaves first; False (and `work` cancelled) if it left."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_wait_disconnect(receive))
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        gone.cancel()
+        raise
+    if task.done():
+        gone.cancel()
+        task.result()  # re-raise SimulatedDrop and real errors
+        return True
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    return False
+
+
+async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = _JSON) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class SimApp:
+    """A simulated vLLM 0.33 OpenAI-compatible server (an ASGI app)."""
+
+    def __init__(self, config: SimConfig | None = None) -> None:
+        self.config = config or SimConfig()
+        self.engine = Engine(self.config)
+        self.stats = SimStats(self.engine, self.config.model)
+        self.faults = FaultInjector(self.config.fault, self.config.seed)
+        self.started = int(time.time())
+        self._models_body = json.dumps({"object": "list", "data": [{
+            "id": self.config.model, "object": "model", "created": self.started, "owned_by": "vllm",
+            "root": self.config.model_root or self.config.model, "parent": None,
+            "max_model_len": self.config.max_model_len,
+            "permission": [{"id": f"modelperm-{uuid.uuid4().hex}", "object": "model_permission",
+                            "created": self.started, "allow_create_engine": False, "allow_sampling": True,
+                            "allow_logprobs": True, "allow_search_indices": False, "allow_view": True,
+                            "allow_fine_tuning": False, "organization": "*", "group": None,
+                            "is_blocking": False}],
+        }]}).encode()
+        self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
+            ("POST", "/v1/chat/completions"): self._chat,
+            ("GET", "/v1/models"): self._models,
+            ("GET", "/health"): self._health,
+            ("GET", "/ping"): self._health,
+            ("GET", "/version"): self._version,
+            ("GET", "/metrics"): self._metrics,
+            ("GET", "/sim/stats"): self._sim_stats,
+            ("POST", "/sim/reset"): self._sim_reset,
+        }
+        self._paths = {path for _, path in self._routes}
+        hide_simulated_drops()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            handler = self._routes.get((scope["method"], scope["path"]))
+            if handler is not None:
+                await handler(scope, receive, send)
+            elif scope["path"] in self._paths:
+                await _send(send, 405, b'{"detail":"Method Not Allowed"}')
+            else:
+                await _send(send, 404, b'{"detail":"Not Found"}')
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.engine.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # --- small endpoints ------------------------------------------------------------------
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _send(send, 200, self._models_body)
+
+    async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _send(send, 200, b"", [])
+
+    async def _version(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _send(send, 200, json.dumps({"version": self.config.version}).encode())
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _send(send, 200, self.stats.render(), [(b"content-type", CONTENT_TYPE_LATEST.encode())])
+
+    async def _sim_stats(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _send(send, 200, json.dumps(self.stats.snapshot()).encode())
+
+    async def _sim_reset(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.stats.reset()
+        self.faults.reset()
+        await _send(send, 200, json.dumps(self.stats.snapshot()).encode())
+
+    # --- chat completions -----------------------------------------------------------------
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.stats.requests_total += 1
+        try:
+            raw = await _read_body(receive)
+        except ClientGone:
+            self.stats.requests_aborted += 1
+            return
+        request_id = fault_header = reasoning_header = None
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                request_id = value.decode("latin-1")
+            elif key == b"x-sim-fault":
+                fault_header = value.decode("latin-1")
+            elif key == b"x-sim-reasoning":
+                reasoning_header = value
+        try:
+            req = parse_chat_request(raw, self.config)
+            if reasoning_header is not None:
+                reasoning = reasoning_header.strip().lower() in _TRUE
+            elif req.enable_thinking is not None:
+                reasoning = req.enable_thinking
+            else:
+                reasoning = self.config.reasoning
+            completion = build_completion(req, self.config, reasoning)
+            try:
+                fault = self.faults.pick(fault_header, request_id, raw)
+            except ValueError as exc:
+                raise RequestError(f"Bad x-sim-fault header: {exc}") from None
+        except RequestError as exc:
+            await _send(send, exc.status, error_body(exc.message, exc.status, exc.param))
+            return
+
+        if fault is not None:
+            self.stats.fault(fault.kind)
+            if fault.status is not None or (fault.stream_error is not None and not req.stream):
+                await self._send_fault_status(send, fault)
+                return
+            if fault.hang:
+                await _wait_disconnect(receive)
+                self.stats.requests_aborted += 1
+                return
+
+        completion_id = f"chatcmpl-{request_id or uuid.uuid4().hex}"
+        seq = Sequence(completion.prompt_tokens, len(completion.pieces))
+        self.engine.submit(seq)
+        respond = self._stream if req.stream else self._respond
+        work = respond(send, req, completion, seq, completion_id, fault)
+        try:
+            if seq.produced == seq.total and (fault is None or not fault.slow_first_token_ms):
+                await work  # zero-latency: nothing to wait for, so no disconnect watch
+            elif not await _until_disconnect(work, receive):
+                self.stats.finished("abort", completion.prompt_tokens if seq.produced else 0, seq.produced)
+        finally:
+            self.engine.release(seq)
+
+    async def _send_fault_status(self, send: Send, fault: FaultSpec) -> None:
+        status = fault.status or 500
+        headers = list(_JSON)
+        if fault.retry_after is not None:
+            headers.append((b"retry-after", f"{fault.retry_after:g}".encode()))
+        await _send(send, status, error_body(f"Simulated fault: HTTP {status}", status), headers)
+
+    async def _first_token(self, seq: Sequence, fault: FaultSpec | None) -> None:
+        if seq.produced == 0:
+            await seq.wait_beyond(0)
+        if fault is not None and fault.slow_first_token_ms:
+            await asyncio.sleep(fault.slow_first_token_ms / 1000.0)
+
+    async def _respond(self, send: Send, req: ChatRequest, completion: Completion, seq: Sequence,
+                       completion_id: str, fault: FaultSpec | None) -> None:
+        await self._first_token(seq, fault)
+        if seq.produced < seq.total:
+            await seq.wait_beyond(seq.total - 1)
+        body = completion_body(completion_id, int(time.time()), self.config.model, completion.message(),
+                               completion.finish_reason, usage(completion.prompt_tokens, seq.total))
+        if fault is not None and fault.malformed:
+            body = body[: len(body) // 2]
+        elif fault is not None and fault.drop_after_chunks is not None:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [*_JSON, (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
+            raise SimulatedDrop
+        await _send(send, 200, body)
+        self.stats.finished(completion.finish_reason, completion.prompt_tokens, seq.total)
+
+    async def _stream(self, send: Send, req: ChatRequest, completion: Completion, seq: Sequence,
+                      completion_id: str, fault: FaultSpec | None) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+        render = ChunkRenderer(completion_id, int(time.time()), self.config.model)
+        await self._first_token(seq, fault)
+        events = [render.role()]
+        emitted = sent = 0  # events written, pieces rendered
+        pieces, delta = completion.pieces, completion.delta
+        while True:
+            produced = seq.produced
+            events.extend(render.delta(delta(piece)) for piece in pieces[sent:produced])
+            sent = produced
+            last = sent == seq.total
+            if last:
+                finish = "{}" if completion.finish_reason == "tool_calls" else '{"content":""}'
+                events.append(render.delta(finish, completion.finish_reason))
+                if req.include_usage:
+                    events.append(render.usage(usage(completion.prompt_tokens, seq.total)))
+                events.append(DONE.decode())
+            drop = False
+            if fault is not None:
+                events, last, drop = _inject(events, emitted, fault, last)
+            emitted += len(events)
+            await send({"type": "http.response.body", "body": "".join(events).encode(), "more_body": not last})
+            if drop:
+                raise SimulatedDrop("simulated connection drop")
+            if last:
+                break
+            events = []
+            await seq.wait_beyond(sent)
+        if fault is None or fault.stream_error is None:
+            self.stats.finished(completion.finish_reason, completion.prompt_tokens, seq.total)
+
+
+def _inject(events: list[str], emitted: int, fault: FaultSpec, last: bool) -> tuple[list[str], bool, bool]:
+    """Apply a stream fault to the next batch of events (`emitted` were written before).
+
+    Returns the events to write, whether they end the stream, and whether to cut the connection after them.
+    """
+    if fault.malformed and emitted <= 1 < emitted + len(events):
+        i = 1 - emitted
+        events[i] = events[i][: len(events[i]) // 2] + "\n\n"
+    if fault.stream_error is not None and emitted + len(events) > fault.stream_error:
+        error = ChunkRenderer.error("Simulated fault: error after the stream started", 500)
+        return [*events[: fault.stream_error - emitted], error, DONE.decode()], True, False
+    if fault.drop_after_chunks is not None and emitted + len(events) >= fault.drop_after_chunks:
+        return events[: fault.drop_after_chunks - emitted], False, True
+    return events, last, False
+
+
+def create_sim_app(config: SimConfig | None = None) -> SimApp:
+    """The simulator as an ASGI app (its engine task starts with the first request)."""
+    return SimApp(config)
