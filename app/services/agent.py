@@ -132,11 +132,13 @@ class AgentService:
                 else:
                     try:
                         answer = await self._native_step(run, task, model, conversation, totals, step)
-                    except UpstreamBadRequestError as exc:
-                        if task.mode != "auto" or "tool" not in exc.message.lower() or totals.steps:
+                    except (UpstreamBadRequestError, _SwitchToReact) as exc:
+                        refused = isinstance(exc, UpstreamBadRequestError) and "tool" in exc.message.lower()
+                        if task.mode != "auto" or not (refused or isinstance(exc, _SwitchToReact)) or step > 1:
                             raise
-                        log.warning("native_tools_refused_fallback_to_react", model=model, error=exc.message)
-                        self._react_models.add(model)
+                        if refused:
+                            log.warning("native_tools_refused_fallback_to_react", model=model, error=exc.message)
+                            self._react_models.add(model)
                         react_mode = True
                         answer = await self._react_step(run, task, model, conversation, totals, step)
                 if answer is not None:
@@ -188,13 +190,21 @@ class AgentService:
         messages = ([{"role": "system", "content": task.instructions}] if task.instructions else []) + conversation
         tools = self.tools.registry.openai_tools(task.tool_names) if task.tool_names else None
         params = self._params(task)
+        forced = _forced_tool(task, step)
         if tools:
             params["tools"] = tools
             if step == 1 and task.tool_choice is not None:
                 params["tool_choice"] = task.tool_choice
-        result = await self._call(run, model, messages, params, stream_text=True)
+        # A forced step must not stream text: if the upstream ignores tool_choice, that text is discarded.
+        result = await self._call(run, model, messages, params, stream_text=not forced)
         totals.add(result)
         log.info("agent_step", step=step, tool_calls=len(result.tool_calls), finish_reason=result.finish_reason)
+        if forced and tools and not result.tool_calls:
+            # The upstream ignored tools/tool_choice (e.g. a chat template without tool support):
+            # use the gateway's own protocol for this model from now on.
+            log.warning("tool_choice_ignored_fallback_to_react", model=model)
+            self._react_models.add(model)
+            raise _SwitchToReact()
         if not result.tool_calls:
             conversation.append({"role": "assistant", "content": result.content})
             return result.content
@@ -211,10 +221,15 @@ class AgentService:
             _as_text_message(m) for m in conversation
         ]
         params = self._params(task)
-        params["stop"] = list(dict.fromkeys((params.get("stop") or []) + react.STOP))
+        forced = _forced_tool(task, step)
+        if forced and tools:
+            # Force the tool call with structured outputs: the reply must be a JSON action.
+            params["response_format"] = react.action_response_format(tools, None if forced is True else forced)
+        else:
+            params["stop"] = list(dict.fromkeys((params.get("stop") or []) + react.STOP))
         result = await self._call(run, model, messages, params, stream_text=False)
         totals.add(result)
-        parsed = react.parse(result.content)
+        parsed = react.parse_action_json(result.content) if forced and tools else react.parse(result.content)
         log.info("agent_step", step=step, mode="react", action=parsed.action)
         if parsed.thought:
             run.publish("reasoning", {"text": parsed.thought})
@@ -265,6 +280,21 @@ class AgentService:
             return r
 
         return list(await asyncio.gather(*(one(tc) for tc in calls)))
+
+
+class _SwitchToReact(Exception):
+    """The upstream ignored a forced tool call: redo the step with the ReAct protocol."""
+
+
+def _forced_tool(task: AgentTask, step: int) -> str | bool:
+    """The tool name the first step must call, True for any tool, False when not forced."""
+    if step != 1 or task.tool_choice is None:
+        return False
+    if task.tool_choice == "required":
+        return True
+    if isinstance(task.tool_choice, dict):
+        return (task.tool_choice.get("function") or {}).get("name") or True
+    return False
 
 
 def _loads_or_raw(text: str) -> Any:

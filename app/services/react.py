@@ -61,6 +61,41 @@ def system_prompt(instructions: str | None, tools: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def action_response_format(tools: list[dict[str, Any]], name: str | None) -> dict[str, Any]:
+    """A json_schema that makes the model emit one tool call, with arguments that fit the tool's
+    schema: ``name``'s, or any offered tool's (one alternative per tool)."""
+    fns = [t["function"] for t in tools if name is None or t["function"]["name"] == name] or [
+        t["function"] for t in tools
+    ]
+    # No free-text "thought": small models ramble in it until max_tokens.
+    options = [
+        {
+            "type": "object",
+            "properties": {
+                "action": {"type": "string", "enum": [fn["name"]]},
+                "action_input": fn.get("parameters") or {"type": "object"},
+            },
+            "required": ["action", "action_input"],
+            "additionalProperties": False,
+        }
+        for fn in fns
+    ]
+    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    return {"type": "json_schema", "json_schema": {"name": "tool_call", "schema": schema, "strict": True}}
+
+
+def parse_action_json(text: str) -> ReactStep:
+    """Read a reply constrained by ``action_response_format``."""
+    try:
+        data = json.loads(text)
+        return ReactStep(thought=None, action=str(data["action"]),
+                         arguments=data["action_input"] if isinstance(data["action_input"], dict) else None,
+                         invalid_arguments=None if isinstance(data["action_input"], dict)
+                         else json.dumps(data["action_input"]))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return parse(text)
+
+
 def parse(text: str) -> ReactStep:
     """Read one model turn. Text that follows neither form is taken as the final answer."""
     thought_m = _THOUGHT.search(text)
