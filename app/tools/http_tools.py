@@ -1,0 +1,158 @@
+"""Tools defined in configuration (``settings.http_tools``): one HTTP call each.
+
+A call validates its arguments against the configured JSON schema, fills the URL template's
+``{param}`` placeholders (URL-encoded), sends the other arguments as the query string (GET,
+DELETE) or a JSON body (POST, PUT, PATCH), and returns the response: parsed JSON when the
+content type says JSON, else text, capped at ``MAX_RESPONSE_BYTES`` (read as a stream, so a huge
+response is never downloaded whole). A non-2xx answer is an error carrying the status.
+
+Configuration mistakes (bad schema, a placeholder the schema does not require, a relative URL)
+fail at startup.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from app.settings import HttpToolConfig
+from app.tools.registry import ArgumentsError, Tool, ToolError, ToolRegistry, summarize_errors
+
+PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_\-]*)\}")
+MAX_RESPONSE_BYTES = 64 * 1024
+MAX_ERROR_SNIPPET_CHARS = 500
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def register_http_tools(
+    registry: ToolRegistry,
+    configs: list[HttpToolConfig],
+    http_client: httpx.AsyncClient,
+    *,
+    default_timeout_s: float,
+) -> None:
+    for i, config in enumerate(configs):
+        if config.name in registry:
+            raise ValueError(f"http_tools[{i}]: the name {config.name!r} is already taken by another tool")
+        registry.add(http_tool(config, http_client, default_timeout_s=default_timeout_s))
+
+
+def http_tool(config: HttpToolConfig, http_client: httpx.AsyncClient, *, default_timeout_s: float) -> Tool:
+    name, schema = config.name, config.parameters
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        raise ValueError(f"http tool {name!r}: invalid parameters schema: {exc.message}") from None
+    if schema.get("type") != "object":
+        raise ValueError(f"http tool {name!r}: parameters must be a JSON schema of type 'object'")
+    if not config.url.startswith(("http://", "https://")):
+        raise ValueError(f"http tool {name!r}: url must be absolute (http:// or https://)")
+    placeholders = set(PLACEHOLDER_RE.findall(config.url))
+    not_required = sorted(placeholders - set(schema.get("required", [])))
+    if not_required:
+        raise ValueError(
+            f"http tool {name!r}: url placeholder(s) {not_required} must be listed in parameters.required"
+        )
+    validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    timeout = httpx.Timeout(config.timeout_s or default_timeout_s)
+
+    def validate(arguments: dict[str, Any]) -> dict[str, Any]:
+        errors = [
+            {"loc": list(e.absolute_path), "msg": e.message, "type": str(e.validator)}
+            for e in validator.iter_errors(arguments)
+        ]
+        if errors:
+            raise ArgumentsError(f"invalid arguments for {name}: {summarize_errors(errors)}", errors)
+        return arguments
+
+    async def call(**arguments: Any) -> Any:
+        url = httpx.URL(PLACEHOLDER_RE.sub(lambda m: quote(_text(arguments[m[1]]), safe=""), config.url))
+        rest = {k: v for k, v in arguments.items() if k not in placeholders}
+        body: dict[str, Any] | None = None
+        if config.method in BODY_METHODS:
+            body = rest
+        elif rest:
+            url = url.copy_merge_params({k: _query_value(v) for k, v in rest.items() if v is not None})
+        try:
+            async with http_client.stream(
+                config.method, url, json=body, headers=config.headers, timeout=timeout
+            ) as response:
+                content, truncated = await _read_capped(response, MAX_RESPONSE_BYTES)
+        except httpx.TimeoutException:
+            raise ToolError(f"{name}: the service did not answer in time", type="tool_timeout") from None
+        except httpx.HTTPError as exc:
+            raise ToolError(
+                f"{name}: could not reach the service ({type(exc).__name__})", type="tool_upstream_error"
+            ) from None
+        return _result(name, response, content, truncated)
+
+    return Tool(
+        name=name,
+        description=config.description,
+        parameters=schema,
+        func=call,
+        is_async=True,
+        validate=validate,
+        timeout_s=config.timeout_s,
+    )
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            break  # leaving the stream closes the connection: the rest is never read
+    return b"".join(chunks)[:limit], size > limit
+
+
+def _result(name: str, response: httpx.Response, content: bytes, truncated: bool) -> Any:
+    text = _decode(content, response)
+    if not response.is_success:
+        snippet = text.strip()[:MAX_ERROR_SNIPPET_CHARS]
+        raise ToolError(
+            f"{name}: the service answered HTTP {response.status_code}" + (f": {snippet}" if snippet else ""),
+            type="tool_upstream_error",
+            upstream_status=response.status_code,
+        )
+    if not content:
+        return f"(empty response, HTTP {response.status_code})"
+    media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not truncated and (media_type == "application/json" or media_type.endswith("+json")):
+        try:
+            return json.loads(content)
+        except ValueError:
+            pass  # mislabelled: hand over the text
+    if truncated:
+        text += f"\n[truncated: the response exceeded {MAX_RESPONSE_BYTES} bytes]"
+    return text
+
+
+def _decode(content: bytes, response: httpx.Response) -> str:
+    try:
+        return content.decode(response.encoding or "utf-8", errors="replace")
+    except LookupError:  # an unknown charset
+        return content.decode("utf-8", errors="replace")
+
+
+def _text(value: Any) -> str:
+    """A placeholder value as text: JSON's spelling for true/false/null, compact JSON for structures."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or value is None or isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return str(value)
+
+
+def _query_value(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_text(v) for v in value]  # repeated parameter: ?tag=a&tag=b
+    return _text(value)

@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from app.metrics import Metrics
+from app.settings import HttpToolConfig
+from app.tools import build_tool_executor
+from app.tools.executor import ToolExecutor
+from app.tools.http_tools import MAX_RESPONSE_BYTES
+from tests.tools.conftest import LocalServer, make_settings, tool_calls
+
+CITY_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "minLength": 1},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "exact": {"type": "boolean"},
+    },
+    "required": ["city"],
+}
+
+
+def config(url: str, **kw: Any) -> dict[str, Any]:
+    return {"name": "weather", "description": "Weather for a city.", "parameters": CITY_SCHEMA, "url": url, **kw}
+
+
+def build(metrics: Metrics, client: httpx.AsyncClient, *tools: dict[str, Any], **settings: Any) -> ToolExecutor:
+    return build_tool_executor(make_settings(http_tools=list(tools), **settings), metrics, client)
+
+
+async def test_get_fills_placeholders_and_sends_the_rest_as_query(
+    metrics: Metrics, http_client: httpx.AsyncClient, local_server: LocalServer
+) -> None:
+    tools = build(metrics, http_client, config(
+        f"{local_server.url}/echo/weather/{{city}}?units=metric", headers={"X-Api-Key": "k1"}))
+
+    result = await tools.execute("weather", {"city": "São Paulo/../x?y", "days": 3, "tags": ["a", "b"],
+                                             "exact": True})
+    assert result.ok, result.error
+    echo = result.result
+    assert echo["method"] == "GET" and echo["body"] is None
+    assert echo["raw_path"].startswith("/echo/weather/S%C3%A3o%20Paulo%2F..%2Fx%3Fy?")  # one path segment
+    assert echo["query"] == {"units": ["metric"], "days": ["3"], "tags": ["a", "b"], "exact": ["true"]}
+    assert echo["headers"]["x-api-key"] == "k1"
+    assert tool_calls(metrics, "weather", "ok") == 1
+
+
+async def test_post_sends_the_rest_as_a_json_body(
+    metrics: Metrics, http_client: httpx.AsyncClient, local_server: LocalServer
+) -> None:
+    tools = build(metrics, http_client, config(f"{local_server.url}/echo/cities/{{city}}", method="POST"))
+    result = await tools.execute("weather", '{"city": "Lyon", "days": 2, "tags": ["x"]}')
+    assert result.ok, result.error
+    assert result.result["method"] == "POST"
+    assert result.result["path"] == "/echo/cities/Lyon"
+    assert result.result["body"] == {"days": 2, "tags": ["x"]}
+    assert result.result["query"] == {}
+
+
+async def test_arguments_are_checked_against_the_json_schema(
+    metrics: Metrics, http_client: httpx.AsyncClient, local_server: LocalServer
+) -> None:
+    tools = build(metrics, http_client, config(f"{local_server.url}/echo/{{city}}"))
+    result = await tools.execute("weather", {"city": "", "days": 9})
+    assert result.error is not None and result.error["type"] == "invalid_arguments"
+    assert {tuple(e["loc"]) for e in result.error["errors"]} == {("city",), ("days",)}
+    assert (await tools.execute("weather", {"days": 1})).error["errors"][0]["type"] == "required"  # type: ignore[index]
+    assert local_server.requests == []
+    assert tool_calls(metrics, "weather", "invalid_arguments") == 2
+
+
+async def test_text_responses_are_returned_and_capped(
+    metrics: Metrics, http_client: httpx.AsyncClient, local_server: LocalServer
+) -> None:
+    no_params = {"type": "object", "properties": {"size": {"type": "integer"}}}
+    tools = build(metrics, http_client, {"name": "text", "description": "Text.", "parameters": no_params,
+                                         "url": f"{local_server.url}/text"})
+    assert (await tools.execute("text", {"size": 5})).result == "xxxxx"
+    big = (await tools.execute("text", {"size": 10 * MAX_RESPONSE_BYTES})).result
+    assert big.startswith("x" * MAX_RESPONSE_BYTES + "\n[truncated")
+    assert len(big) < MAX_RESPONSE_BYTES + 100
+
+
+async def test_non_2xx_is_an_error_with_the_status(
+    metrics: Metrics, http_client: httpx.AsyncClient, local_server: LocalServer
+) -> None:
+    schema = {"type": "object", "properties": {"say": {"type": "string"}}}
+    tools = build(metrics, http_client, {"name": "status", "description": "S.", "parameters": schema,
+                                         "url": f"{local_server.url}/status/404"})
+    result = await tools.execute("status", {"say": "city not found"})
+    assert result.error == {"type": "tool_upstream_error", "upstream_status": 404,
+                            "message": "status: the service answered HTTP 404: city not found"}
+    assert tool_calls(metrics, "status", "error") == 1
+
+
+async def test_slow_service_times_out(
+    metrics: Metrics, http_client: httpx.AsyncClient, local_server: LocalServer
+) -> None:
+    tools = build(metrics, http_client, {"name": "slow", "description": "Slow.", "timeout_s": 0.1,
+                                         "url": f"{local_server.url}/slow?s=5"})
+    result = await tools.execute("slow", {})
+    assert result.error is not None and result.error["type"] == "tool_timeout"
+    assert tool_calls(metrics, "slow", "timeout") == 1
+
+
+async def test_unreachable_service(metrics: Metrics, http_client: httpx.AsyncClient) -> None:
+    tools = build(metrics, http_client, {"name": "down", "description": "Down.", "url": "http://127.0.0.1:1/x"})
+    result = await tools.execute("down", {})
+    assert result.error is not None and result.error["type"] == "tool_upstream_error"
+    assert "could not reach the service" in result.error["message"]
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        (httpx.Response(200, json={"a": 1}), {"a": 1}),
+        (httpx.Response(200, content=b'{"a": 1}', headers={"content-type": "application/problem+json"}), {"a": 1}),
+        (httpx.Response(200, content=b"not json", headers={"content-type": "application/json"}), "not json"),
+        (httpx.Response(200, content=b'{"a": 1}', headers={"content-type": "text/plain"}), '{"a": 1}'),
+        (httpx.Response(200, content="é".encode("latin-1"), headers={"content-type": "text/plain; charset=latin-1"}),
+         "é"),
+        (httpx.Response(204), "(empty response, HTTP 204)"),
+    ],
+)
+async def test_response_decoding(metrics: Metrics, response: httpx.Response, expected: Any) -> None:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(lambda request: response)) as client:
+        tools = build(metrics, client, {"name": "t", "description": "T.", "url": "https://api.example/x"})
+        assert (await tools.execute("t", {})).result == expected
+
+
+async def test_builtins_and_configured_tools_share_one_registry(metrics: Metrics,
+                                                                http_client: httpx.AsyncClient) -> None:
+    tools = build(metrics, http_client, config("https://api.example/{city}"), web_search_url="http://searx:8888")
+    assert tools.registry.names() == ["calculator", "current_time", "web_search", "weather"]
+    assert all(t.available for t in tools.registry)
+    weather = tools.registry.get("weather")
+    assert weather is not None and weather.parameters == CITY_SCHEMA and weather.timeout_s is None
+
+
+@pytest.mark.parametrize(
+    ("tools", "message"),
+    [
+        ([config("https://x/{city}", name="calculator")], "already taken"),
+        ([config("https://x/{city}"), config("https://x/{city}")], "already taken"),
+        ([config("https://x/{days}")], "must be listed in parameters.required"),
+        ([config("https://x/{nope}")], "must be listed in parameters.required"),
+        ([config("/relative/{city}")], "url must be absolute"),
+        ([config("https://x", parameters={"type": "object", "properties": {"a": {"type": "strung"}}})],
+         "invalid parameters schema"),
+        ([config("https://x", parameters={"type": "array"})], "of type 'object'"),
+    ],
+)
+def test_configuration_mistakes_fail_at_startup(tools: list[dict[str, Any]], message: str, metrics: Metrics) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_tool_executor(make_settings(http_tools=tools), metrics, httpx.AsyncClient())
+
+
+def test_a_client_with_default_credentials_is_refused(metrics: Metrics) -> None:
+    client = httpx.AsyncClient(headers={"Authorization": "Bearer upstream-key"})
+    with pytest.raises(ValueError, match="default authorization"):
+        build_tool_executor(make_settings(), metrics, client)
+
+
+def test_config_model_validates_names() -> None:
+    with pytest.raises(ValueError):
+        HttpToolConfig(name="bad name", description="d", url="https://x")
