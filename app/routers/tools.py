@@ -1,0 +1,82 @@
+"""``GET /tools`` lists the tools; ``POST /tools/{name}`` runs one.
+
+Runs go through the same :meth:`ToolExecutor.execute` as the agent; this router only maps a
+failed result's error type to an HTTP status.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.errors import InvalidRequestError, NotFoundError, VGateError
+from app.tools import ToolExecutor, ToolResult
+
+router = APIRouter(prefix="/tools", tags=["tools"])
+
+
+def get_tool_executor(request: Request) -> ToolExecutor:
+    return request.app.state.tools
+
+
+ExecutorDep = Annotated[ToolExecutor, Depends(get_tool_executor)]
+
+
+class ToolInfo(BaseModel):
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    available: bool
+    unavailable_reason: str | None = None  # set when available is false
+
+
+class ToolList(BaseModel):
+    tools: list[ToolInfo]
+
+
+class ToolCallRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolCallResponse(BaseModel):
+    name: str
+    result: Any
+    latency_ms: float
+
+
+@router.get("", response_model=ToolList)
+async def list_tools(tools: ExecutorDep) -> ToolList:
+    return ToolList(tools=[ToolInfo(**tool.info()) for tool in tools.registry])
+
+
+@router.post("/{name}", response_model=ToolCallResponse)
+async def call_tool(name: str, tools: ExecutorDep, body: ToolCallRequest | None = None) -> ToolCallResponse:
+    result = await tools.execute(name, body.arguments if body else {})
+    if not result.ok:
+        raise _http_error(result)
+    return ToolCallResponse(name=result.name, result=result.result, latency_ms=result.latency_ms)
+
+
+# error type -> HTTP status: the caller's input (4xx), the tool or its service (5xx)
+_STATUS = {
+    "tool_error": 422,  # the tool refused the input: division by zero, unknown time zone
+    "tool_unavailable": 503,
+    "tool_timeout": 504,
+    "tool_upstream_error": 502,  # a service the tool calls failed
+    "tool_failed": 502,  # a bug in the tool (the message is safe: no trace, no values)
+}
+
+
+def _http_error(result: ToolResult) -> VGateError:
+    assert result.error is not None
+    error = dict(result.error)
+    type_, message = error.pop("type"), error.pop("message")
+    if type_ == "unknown_tool":
+        return NotFoundError(message, type=type_)
+    if type_ == "invalid_arguments":
+        return InvalidRequestError(message, **error)  # errors=[{"loc", "msg", "type"}]
+    return VGateError(message, status_code=_STATUS.get(type_, 502), type=type_, **error)
