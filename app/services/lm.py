@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
@@ -25,7 +26,7 @@ from typing import Any
 import httpx
 import structlog
 from httpx_aiohttp import AiohttpTransport
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from app.errors import (
     NotFoundError,
@@ -465,7 +466,8 @@ class LMClient:
                         latency_ms=round((time.perf_counter() - started) * 1000, 2))
             raise
         except (asyncio.CancelledError, GeneratorExit):
-            outcome = "cancelled"
+            if outcome != "ok":  # closing after Done (chat() returning) is not a cancellation
+                outcome = "cancelled"
             raise
         finally:
             self.metrics.upstream_requests.labels(model=label, outcome=outcome).inc()
@@ -559,11 +561,12 @@ class LMClient:
         self, body: dict[str, Any], rid: str, headers: dict[str, str] | None, label: str, deadline: float
     ) -> _Opened:
         s = self.settings
-        backoff = wait_exponential_jitter(initial=s.retry_backoff_initial_s, max=s.retry_backoff_max_s)
 
         def wait(rs: RetryCallState) -> float:
+            # Exponential backoff with full jitter on top: initial * 2^(n-1) + U(0, initial), capped.
             exc = rs.outcome.exception() if rs.outcome else None
-            w = backoff(rs)
+            base = s.retry_backoff_initial_s * 2 ** (rs.attempt_number - 1)
+            w = min(s.retry_backoff_max_s, base + random.uniform(0, s.retry_backoff_initial_s))
             if isinstance(exc, _AttemptFailed) and exc.retry_after is not None:
                 w = max(w, exc.retry_after)
             return w

@@ -222,4 +222,4 @@ async def test_inflight_cap_holds(sim_latency_url):
         await lm.aclose()
     assert len(results) == 20
     stats = await sim_stats(sim_latency_url)
-    assert stats["peak_running"] == 5
+    assert stats["peak_num_requests_running"] == 5

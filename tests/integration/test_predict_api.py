@@ -72,7 +72,7 @@ async def test_batch_of_200_all_in_flight_at_once_in_order(sim_latency_url):
         assert all(isinstance(x["outputs"]["answer"], int) for x in body["results"])
         assert body["succeeded"] == 200 and body["failed"] == 0
         stats = await sim_stats(sim_latency_url)
-        assert stats["peak_running"] == 200  # the whole batch was in vLLM's batch at once
+        assert stats["peak_num_requests_running"] == 200  # the whole batch was in vLLM's batch at once
         assert body["usage"]["prompt_tokens"] == sum(x["usage"]["prompt_tokens"] for x in body["results"])
         assert body["cost_usd"] == pytest.approx(sum(x["cost_usd"] for x in body["results"]))
         metrics = (await gw.client.get("/metrics")).text

@@ -1,0 +1,248 @@
+"""/agent through the HTTP API against the simulator (its tool rules: `CALL <tool> <json>` lines in
+the last user message are tool calls; `ALWAYS CALL ...` in the system prompt loops forever)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+
+from tests.support import gateway, live_gateway, sim_reset, sim_stats
+
+
+def parse_sse(text: str) -> list[dict]:
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        ev: dict = {}
+        for line in block.split("\n"):
+            if line.startswith("id:"):
+                ev["id"] = int(line[3:].strip())
+            elif line.startswith("event:"):
+                ev["event"] = line[6:].strip()
+            elif line.startswith("data:"):
+                ev["data"] = json.loads(line[5:].strip())
+        if "event" in ev:
+            events.append(ev)
+    return events
+
+
+def names(events: list[dict]) -> list[str]:
+    return [e["event"] for e in events if e["event"] not in ("delta", "reasoning")]
+
+
+def add_test_tools(gw, *, slow_s: float = 0.3):
+    """Tools that only tests need: slow ones (to see concurrency), one that raises, one that hangs."""
+    state = {"running": 0, "peak": 0, "cancelled": 0}
+
+    async def slow(tag: str) -> str:
+        """Wait a moment and echo the tag."""
+        state["running"] += 1
+        state["peak"] = max(state["peak"], state["running"])
+        try:
+            await asyncio.sleep(slow_s)
+        finally:
+            state["running"] -= 1
+        return f"done {tag}"
+
+    def broken(x: int) -> int:
+        """Always fails."""
+        raise RuntimeError("disk on fire")
+
+    async def hang(x: int) -> int:
+        """Never returns."""
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            state["cancelled"] += 1
+            raise
+        return x
+
+    reg = gw.state.tools.registry
+    reg.register(slow)
+    reg.register(broken)
+    reg.register(hang, timeout_s=0.3)
+    return state
+
+
+async def run_sse(client, payload, **kw) -> list[dict]:
+    r = await client.post("/agent", json=payload, **kw)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/event-stream")
+    return parse_sse(r.text)
+
+
+async def test_calculator_run_events_in_order_with_usage_totals(sim_url):
+    async with gateway(sim_url) as gw:
+        events = await run_sse(gw.client, {"input": 'What is 6*7?\nCALL calculator {"expression": "6*7"}'})
+        upstream_prompt = gw.metric("vgate_prompt_tokens_total", model="sim-model", route="agent")
+        upstream_completion = gw.metric("vgate_completion_tokens_total", model="sim-model", route="agent")
+        upstream_cost = gw.metric("vgate_cost_usd_total", model="sim-model", route="agent")
+        calls_ok = gw.metric("vgate_tool_calls_total", tool="calculator", status="ok")
+    assert names(events) == ["run", "tool_call", "tool_result", "final"]
+    assert [e["id"] for e in events] == list(range(1, len(events) + 1))
+    call, result, final = events[1]["data"], events[2]["data"], events[-1]["data"]
+    assert call["name"] == "calculator" and call["arguments"] == {"expression": "6*7"}
+    assert result["id"] == call["id"] and result["ok"] is True and "42" in json.dumps(result["result"])
+    assert final["stop_reason"] == "answer" and final["steps"] == 2 and "42" in final["answer"]
+    assert final["usage"]["prompt_tokens"] == upstream_prompt > 0
+    assert final["usage"]["completion_tokens"] == upstream_completion > 0
+    assert final["cost_usd"] == pytest.approx(upstream_cost)
+    assert calls_ok == 1
+
+
+async def test_parallel_tool_calls_run_concurrently(sim_url):
+    async with gateway(sim_url) as gw:
+        state = add_test_tools(gw, slow_s=0.3)
+        t0 = time.perf_counter()
+        events = await run_sse(gw.client, {"input": "\n".join(
+            f'CALL slow {{"tag": "{i}"}}' for i in range(4))})
+        elapsed = time.perf_counter() - t0
+    results = [e["data"] for e in events if e["event"] == "tool_result"]
+    assert sorted(r["result"] for r in results) == [f"done {i}" for i in range(4)]
+    assert state["peak"] == 4  # all four were running at the same time
+    assert elapsed < 4 * 0.3  # not one after another
+
+
+async def test_tool_errors_and_timeouts_become_results_and_the_run_continues(sim_url):
+    async with gateway(sim_url) as gw:
+        add_test_tools(gw)
+        events = await run_sse(gw.client, {"input": 'CALL broken {"x": 1}\nCALL hang {"x": 2}'})
+    results = {e["data"]["name"]: e["data"] for e in events if e["event"] == "tool_result"}
+    assert results["broken"]["ok"] is False and results["broken"]["error"]["type"] == "tool_failed"
+    assert "Traceback" not in json.dumps(results["broken"])
+    assert results["hang"]["ok"] is False and results["hang"]["error"]["type"] == "tool_timeout"
+    assert events[-1]["event"] == "final" and events[-1]["data"]["stop_reason"] == "answer"
+
+
+async def test_max_steps_ends_a_looping_model(sim_url):
+    async with gateway(sim_url) as gw:
+        events = await run_sse(gw.client, {
+            "instructions": 'ALWAYS CALL calculator {"expression": "1+1"}',
+            "input": "loop forever", "max_steps": 3})
+    final = events[-1]
+    assert final["event"] == "final"
+    assert final["data"]["stop_reason"] == "max_steps" and final["data"]["steps"] == 3
+    assert final["data"]["answer"] is None and "max_steps=3" in final["data"]["message"]
+    assert names(events).count("tool_call") == 3
+
+
+async def test_json_response_when_asked(sim_url):
+    async with gateway(sim_url) as gw:
+        r = await gw.client.post("/agent", headers={"accept": "application/json"},
+                                 json={"input": 'CALL calculator {"expression": "2**10"}'})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert "1024" in body["answer"] and body["steps"] == 2
+    assert [t["event"] for t in body["trace"]] == ["tool_call", "tool_result"]
+
+
+async def test_upstream_failure_is_an_error_event_and_a_json_error(sim_url):
+    async with gateway(f"http://127.0.0.1:{1}", max_retries=0, default_model="m") as gw:
+        events = await run_sse(gw.client, {"input": "hi"})
+        r = await gw.client.post("/agent", headers={"accept": "application/json"}, json={"input": "hi"})
+    assert events[-1]["event"] == "error" and events[-1]["data"]["type"] == "upstream_unavailable"
+    assert r.status_code == 503 and r.json()["error"]["type"] == "upstream_unavailable"
+
+
+@pytest.mark.parametrize("payload,status,kind", [
+    ({}, 422, "invalid_request"),
+    ({"input": "x", "messages": [{"role": "user", "content": "y"}]}, 422, "invalid_request"),
+    ({"input": "x", "tools": ["nope"]}, 422, "unknown_tool"),
+    ({"input": "x", "tools": ["web_search"]}, 422, "tool_unavailable"),
+    ({"input": "x", "max_steps": 1000}, 422, "invalid_request"),
+    ({"input": "x", "temperature": 1}, 422, "invalid_request"),
+])
+async def test_bad_agent_requests(sim_url, payload, status, kind):
+    async with gateway(sim_url) as gw:
+        r = await gw.client.post("/agent", json=payload)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["type"] == kind
+
+
+async def test_sessions_keep_the_conversation(sim_url):
+    async with gateway(sim_url) as gw:
+        await run_sse(gw.client, {"input": 'CALL calculator {"expression": "3*3"}', "session_id": "s1"})
+        history = gw.state.agent.sessions.acquire("s1")
+        gw.state.agent.sessions.release("s1", None)
+        second = await run_sse(gw.client, {"input": "and now?", "session_id": "s1"})
+    roles = [m["role"] for m in history]
+    assert roles == ["user", "assistant", "tool", "assistant"]
+    assert second[-1]["event"] == "final" and second[-1]["data"]["session_id"] == "s1"
+
+
+async def test_react_fallback_when_upstream_refuses_tools(sim_url):
+    async with gateway(sim_url) as gw:
+        events = await run_sse(gw.client, {"input": "hello", "mode": "react"})
+    assert names(events) == ["run", "final"] and events[-1]["data"]["answer"]
+
+
+def test_disconnect_cancels_upstream_and_running_tool(sim_latency_url):
+    """A client that goes away mid-run: the upstream stream is closed (the simulator counts an
+    abort) and a running tool is cancelled."""
+
+    async def scenario(base: str, app) -> None:
+        await sim_reset(sim_latency_url)
+        state = add_test_tools(type("G", (), {"state": app.state})(), slow_s=60)
+        async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+            # 1) disconnect while the upstream is streaming a long answer
+            async with c.stream("POST", "/agent", json={"input": "write a long story",
+                                                         "config": {"max_tokens": 4000}}) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("event: delta"):
+                        break
+            for _ in range(100):
+                stats = await sim_stats(sim_latency_url)
+                if stats["requests_aborted_total"] >= 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert stats["requests_aborted_total"] == 1
+            assert stats["num_requests_running"] == 0
+
+            # 2) disconnect while a tool is running
+            async with c.stream("POST", "/agent", json={"input": 'CALL slow {"tag": "x"}'}) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("event: tool_call"):
+                        break
+            for _ in range(100):
+                if app.state.metrics.registry.get_sample_value(
+                        "vgate_tool_calls_total", {"tool": "slow", "status": "cancelled"}):
+                    break
+                await asyncio.sleep(0.05)
+        assert state["running"] == 0
+        assert app.state.metrics.registry.get_sample_value(
+            "vgate_tool_calls_total", {"tool": "slow", "status": "cancelled"}) == 1
+        assert app.state.metrics.registry.get_sample_value("vgate_agent_runs_total", {"outcome": "cancelled"}) == 2
+
+    with live_gateway(sim_latency_url) as (base, app):
+        asyncio.run(scenario(base, app))
+
+
+def test_last_event_id_resumes_without_duplicates_or_gaps(sim_latency_url):
+    async def scenario(base: str) -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+            first: list[dict] = []
+            async with c.stream("POST", "/agent", json={"input": "tell me a story",
+                                                         "config": {"max_tokens": 60}}) as r:
+                run_id = r.headers["x-vgate-run-id"]
+                buf = ""
+                async for chunk in r.aiter_text():
+                    buf += chunk
+                    first = parse_sse(buf.rsplit("\n\n", 1)[0])
+                    if len(first) >= 5:
+                        break
+            last_id = first[-1]["id"]
+            r2 = await c.get(f"/agent/runs/{run_id}/events", headers={"Last-Event-ID": str(last_id)})
+            rest = parse_sse(r2.text)
+            again = parse_sse((await c.get(f"/agent/runs/{run_id}/events")).text)
+            missing = await c.get("/agent/runs/run_nope/events")
+        ids = [e["id"] for e in first] + [e["id"] for e in rest]
+        assert ids == list(range(1, len(ids) + 1))  # no duplicates, no gaps
+        assert rest[0]["id"] == last_id + 1 and rest[-1]["event"] == "final"
+        assert [e["id"] for e in again] == ids  # the whole log, after the run
+        assert missing.status_code == 404 and missing.json()["error"]["type"] == "run_not_found"
+
+    with live_gateway(sim_latency_url, agent_disconnect_grace_s=5) as (base, _):
+        asyncio.run(scenario(base))
