@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -66,17 +65,21 @@ def _local_llm(args: argparse.Namespace) -> None:
                   n_parallel=args.parallel, n_ctx=args.ctx)
 
 
-def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+def wait_healthy(base_url: str, timeout: float, proc: subprocess.Popen | None = None, path: str = "/health") -> None:
+    """Wait until ``base_url + path`` answers 200 (llama.cpp opens its port before the model is loaded)."""
+    import httpx
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {host}:{port}")
+            raise RuntimeError(f"process exited with {proc.returncode} before {base_url} was healthy")
         try:
-            with socket.create_connection((host, port), timeout=0.5):
+            if httpx.get(base_url + path, timeout=2).status_code == 200:
                 return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{base_url}{path} not healthy after {timeout}s")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -87,13 +90,13 @@ def _demo(args: argparse.Namespace) -> None:
     llm = subprocess.Popen([sys.executable, "-m", "app.cli", "local-llm", "--host", "127.0.0.1",
                             "--port", str(args.llm_port)])
     try:
-        wait_for_port("127.0.0.1", args.llm_port, 120, llm)
+        wait_healthy(f"http://127.0.0.1:{args.llm_port}", 300, llm)
         env = {**os.environ, "VGATE_UPSTREAM_URL": f"http://127.0.0.1:{args.llm_port}",
                "VGATE_LOG_FORMAT": os.environ.get("VGATE_LOG_FORMAT", "console")}
         gw = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--host", args.host,
                                "--port", str(args.port)], env=env)
         try:
-            wait_for_port(args.host, args.port, 60, gw)
+            wait_healthy(f"http://{args.host}:{args.port}", 60, gw, path="/healthz")
             print(DEMO_CURLS.format(host=args.host, port=args.port), flush=True)
             gw.wait()
         finally:

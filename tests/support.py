@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import httpx
 import uvicorn
 
+from app.cli import wait_healthy
 from app.main import create_app
 from app.settings import Settings
 
@@ -45,8 +46,9 @@ def spawn(args: list[str], port: int, timeout: float = 60) -> Iterator[str]:
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_port(port, proc, timeout)
-        yield f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, timeout, proc)
+        yield url
     finally:
         proc.terminate()
         try:

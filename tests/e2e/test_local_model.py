@@ -1,0 +1,78 @@
+"""End to end against a real model: llama.cpp's server with SmolLM2-135M on the CPU.
+
+The model is small and often wrong; these tests check what the gateway guarantees (typed,
+schema-valid outputs, order, accounting, the agent's event flow), not the answers' truth.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tests.integration.test_agent_api import parse_sse
+from tests.support import gateway
+
+pytestmark = []
+
+
+async def test_predict_int_answer(local_llm_url):
+    async with gateway(local_llm_url) as gw:
+        r = await gw.client.post("/predict", json={"signature": "question -> answer: int",
+                                                    "inputs": {"question": "What is 2 + 3?"}})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert type(body["outputs"]["answer"]) is int
+        assert body["model"] == "smollm2-135m-instruct"
+        assert body["usage"]["prompt_tokens"] > 20 and body["usage"]["completion_tokens"] > 0
+        assert body["ttft_ms"] > 0 and body["latency_ms"] >= body["ttft_ms"]
+        assert gw.metric("vgate_prompt_tokens_total", model="smollm2-135m-instruct", route="predict") \
+            == body["usage"]["prompt_tokens"]
+
+
+async def test_predict_batch_in_order_with_types(local_llm_url):
+    texts = ["I love this phone", "Terrible, broke in a day", "It is a chair", "Best coffee ever"]
+    async with gateway(local_llm_url) as gw:
+        r = await gw.client.post("/predict", json={"program": "sentiment", "batch": [{"text": t} for t in texts]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [x["index"] for x in body["results"]] == [0, 1, 2, 3]
+    assert body["succeeded"] == 4
+    for item in body["results"]:
+        assert item["outputs"]["sentiment"] in ("positive", "negative", "neutral")
+        assert isinstance(item["outputs"]["confidence"], float)
+    assert body["usage"]["total_tokens"] == sum(x["usage"]["total_tokens"] for x in body["results"])
+
+
+async def test_chain_of_thought_structured(local_llm_url):
+    sig = "context: list[str], question -> answer: str, confidence: float"
+    async with gateway(local_llm_url) as gw:
+        r = await gw.client.post("/predict", json={
+            "signature": sig, "module": "chain_of_thought", "config": {"max_tokens": 300},
+            "inputs": {"context": ["The Eiffel Tower is in Paris."], "question": "Where is the Eiffel Tower?"}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert isinstance(body["reasoning"], str)
+    assert set(body["outputs"]) == {"answer", "confidence"}
+    assert isinstance(body["outputs"]["answer"], str) and isinstance(body["outputs"]["confidence"], float)
+
+
+async def test_agent_forced_calculator_call(local_llm_url):
+    async with gateway(local_llm_url) as gw:
+        r = await gw.client.post("/agent", json={
+            "input": "What is 12 * 7? Use the calculator.", "tools": ["calculator"],
+            "tool_choice": {"type": "function", "function": {"name": "calculator"}},
+            "max_steps": 3, "config": {"max_tokens": 120, "temperature": 0}})
+        assert r.status_code == 200
+        events = parse_sse(r.text)
+        steps_metric = gw.metric("vgate_agent_runs_total", outcome="ok") + gw.metric(
+            "vgate_agent_runs_total", outcome="max_steps")
+    kinds = [e["event"] for e in events if e["event"] not in ("delta", "reasoning")]
+    assert kinds[0] == "run" and kinds[1] == "tool_call" and kinds[2] == "tool_result"
+    assert kinds[-1] == "final"
+    call = events[[e["event"] for e in events].index("tool_call")]["data"]
+    result = events[[e["event"] for e in events].index("tool_result")]["data"]
+    assert call["name"] == "calculator" and isinstance(call["arguments"], dict)
+    assert result["id"] == call["id"]
+    final = events[-1]["data"]
+    assert final["usage"]["prompt_tokens"] > 0 and final["cost_usd"] > 0
+    assert steps_metric == 1
+    json.dumps(final)
