@@ -33,7 +33,8 @@ def configure_logging(fmt: Literal["json", "console"] = "json", level: str = "IN
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
+        # No logger caching: it would freeze processors, so structlog.testing.capture_logs could not see them.
+        cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
