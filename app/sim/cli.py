@@ -62,4 +62,5 @@ def run(args: argparse.Namespace) -> None:
     from app.sim.server import create_sim_app
 
     uvicorn.run(create_sim_app(config_from_args(args)), host=args.host, port=args.port, loop="uvloop",
-                http="httptools", log_level=args.log_level, access_log=False, lifespan="on")
+                http="httptools", log_level=args.log_level, access_log=False, lifespan="on",
+                timeout_graceful_shutdown=3)  # hung (fault) requests must not block shutdown

@@ -15,6 +15,7 @@ A spec is `key=value` pairs separated by `;` or `,`, e.g. `status=500;times=2`:
     stream_error=N         stream: after N events (at least 1), `data: {"error": ...}` then `data: [DONE]`,
                            all with HTTP 200 as vLLM does; non-stream: a 500 error
     hang=1                 never answer; the request ends (and counts as aborted) when the client leaves
+    keepalive=1            stream: a `: keep-alive` SSE comment before every event (valid; clients must skip it)
 
 `times` and `rate` only decide whether the fault fires; everything else says what it does.
 The header replaces the configured default entirely; `x-sim-fault: none` turns it off.
@@ -44,6 +45,7 @@ class FaultSpec:
     malformed: bool = False
     stream_error: int | None = None
     hang: bool = False
+    keepalive: bool = False
 
     @classmethod
     def parse(cls, text: str) -> FaultSpec | None:
@@ -60,7 +62,7 @@ class FaultSpec:
             if not sep or key not in types:
                 raise ValueError(f"bad fault item {item.strip()!r}; keys: {', '.join(types)}")
             try:
-                if key in ("malformed", "hang"):
+                if key in ("malformed", "hang", "keepalive"):
                     values[key] = raw.lower() in ("1", "true", "yes", "on")
                 elif "float" in types[key]:
                     values[key] = float(raw)
@@ -92,6 +94,8 @@ class FaultSpec:
             return "malformed"
         if self.stream_error is not None:
             return "stream_error"
+        if self.keepalive:
+            return "keepalive"
         return "slow_first_token"
 
 

@@ -83,7 +83,8 @@ def _fill(rng: random.Random, template: str, words: list[str]) -> str:
 def phrase(rng: random.Random, words: list[str]) -> str:
     """A short phrase about the prompt's topics, for string values."""
     picked = rng.sample(words, min(len(words), 2))
-    return " and ".join(picked).capitalize()
+    text = " and ".join(picked)
+    return text[:1].upper() + text[1:]
 
 
 def plain_text(rng: random.Random, words: list[str], min_tokens: int = 0) -> str:

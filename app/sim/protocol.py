@@ -121,7 +121,7 @@ def _tools(body: dict[str, Any], config: SimConfig) -> tuple[list[dict[str, Any]
                 raise RequestError("Each tool must be {'type': 'function', 'function': {'name': ...}}",
                                    param="tools")
     if choice is None:
-        return tools, ("auto" if tools else None)
+        choice = "auto" if tools else "none"
     if isinstance(choice, dict):
         name = choice.get("function", {}).get("name") if isinstance(choice.get("function"), dict) else None
         if not isinstance(name, str):

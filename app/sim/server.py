@@ -38,6 +38,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 _JSON = [(b"content-type", b"application/json")]
 _SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 _TRUE = (b"1", b"true", b"yes", b"on")
+_KEEPALIVE = ": keep-alive\n\n"
 
 
 class ClientGone(Exception):
@@ -278,7 +279,7 @@ class SimApp:
             drop = False
             if fault is not None:
                 events, last, drop = _inject(events, emitted, fault, last)
-            emitted += len(events)
+            emitted += len(events) if fault is None or not fault.keepalive else len(events) // 2
             await send({"type": "http.response.body", "body": "".join(events).encode(), "more_body": not last})
             if drop:
                 raise SimulatedDrop("simulated connection drop")
@@ -301,9 +302,12 @@ def _inject(events: list[str], emitted: int, fault: FaultSpec, last: bool) -> tu
     if fault.stream_error is not None and emitted + len(events) > fault.stream_error:
         error = ChunkRenderer.error("Simulated fault: error after the stream started", 500)
         return [*events[: fault.stream_error - emitted], error, DONE.decode()], True, False
-    if fault.drop_after_chunks is not None and emitted + len(events) >= fault.drop_after_chunks:
-        return events[: fault.drop_after_chunks - emitted], False, True
-    return events, last, False
+    drop = fault.drop_after_chunks is not None and emitted + len(events) >= fault.drop_after_chunks
+    if drop:
+        events, last = events[: fault.drop_after_chunks - emitted], False  # type: ignore[operator]
+    if fault.keepalive:
+        events = [part for event in events for part in (_KEEPALIVE, event)]
+    return events, last, drop
 
 
 def create_sim_app(config: SimConfig | None = None) -> SimApp:
