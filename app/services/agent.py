@@ -240,7 +240,10 @@ class AgentService:
         call = ToolCall(id=f"react-{step}", name=parsed.action,
                         arguments=json.dumps(parsed.arguments) if parsed.arguments is not None
                         else (parsed.invalid_arguments or ""))
-        conversation.append({"role": "assistant", "content": result.content})
+        # Keep the turn in the text protocol (a forced turn came back as JSON): the model
+        # continues in the form it sees, and the next turn should end with "Final Answer:".
+        conversation.append({"role": "assistant", "content": react.render_action(parsed) if forced
+                             else result.content})
         [tool_result] = await self._execute(run, task, [call])
         conversation.append({"role": "user", "content": f"Observation: {tool_result.content()}"})
         return None

@@ -96,6 +96,13 @@ def parse_action_json(text: str) -> ReactStep:
         return parse(text)
 
 
+def render_action(step: ReactStep) -> str:
+    """A tool call written in the text protocol."""
+    args = json.dumps(step.arguments) if step.arguments is not None else (step.invalid_arguments or "{}")
+    thought = f"Thought: {step.thought}\n" if step.thought else ""
+    return f"{thought}Action: {step.action}\nAction Input: {args}"
+
+
 def parse(text: str) -> ReactStep:
     """Read one model turn. Text that follows neither form is taken as the final answer."""
     thought_m = _THOUGHT.search(text)
