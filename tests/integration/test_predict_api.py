@@ -216,3 +216,31 @@ async def test_health_ready_metrics_and_404_shape(sim_url):
         assert name in text
     assert 'vgate_requests_total{method="POST",route="/predict",status="200"} 1.0' in text
     assert nf.status_code == 404 and nf.json()["error"]["type"] == "not_found"
+
+
+def test_client_disconnect_cancels_the_batch_upstream(sim_latency_url):
+    """A client that drops a big batch must not leave hundreds of sequences busy in vLLM."""
+    import asyncio
+
+    from tests.support import live_gateway
+
+    async def scenario(base: str, app) -> None:
+        await sim_reset(sim_latency_url)
+        batch = [{"question": f"Tell me everything about topic {i}"} for i in range(300)]
+        async with httpx.AsyncClient(base_url=base) as c:
+            with pytest.raises(httpx.ReadTimeout):
+                await c.post("/predict", json={"signature": "question -> answer, details: list[str]",
+                                               "batch": batch}, timeout=httpx.Timeout(5, read=0.5))
+        for _ in range(100):
+            stats = await sim_stats(sim_latency_url)
+            if stats["num_requests_running"] == 0 and stats["num_requests_waiting"] == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert stats["requests_aborted_total"] > 0
+        assert stats["num_requests_running"] == 0 and stats["num_requests_waiting"] == 0
+        cancelled = app.state.metrics.registry.get_sample_value(
+            "vgate_upstream_requests_total", {"model": "sim-model", "outcome": "cancelled"})
+        assert cancelled and cancelled >= stats["requests_aborted_total"]
+
+    with live_gateway(sim_latency_url) as (base, app):
+        asyncio.run(scenario(base, app))
