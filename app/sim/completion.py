@@ -27,7 +27,8 @@ from typing import Any
 from app.sim.config import SimConfig
 from app.sim.generate import instance_for_schema, phrase, plain_text, reasoning_text, seeded_rng, topics
 from app.sim.protocol import ChatRequest, RequestError, dumps
-from app.sim.tokens import content_text, count_prompt_tokens, tokenize
+from app.sim.prefix_cache import block_hashes
+from app.sim.tokens import content_text, prompt_tokens, tokenize
 from app.sim.tools import ToolCall, plan_tool_calls, tool_results_text
 
 REASONING, CONTENT, CALL, ARGS = "reasoning", "content", "call", "args"
@@ -36,6 +37,7 @@ REASONING, CONTENT, CALL, ARGS = "reasoning", "content", "call", "args"
 @dataclass
 class Completion:
     prompt_tokens: int
+    prompt_blocks: list[int]  # prefix-cache block hashes of the prompt
     pieces: list[tuple[str, int, str]]  # (kind, tool call index, text)
     tool_calls: list[ToolCall]
     finish_reason: str
@@ -98,11 +100,12 @@ def _schema_instance(schema: Any, rng: Any, words: list[str]) -> Any:
 
 
 def build_completion(req: ChatRequest, config: SimConfig, reasoning: bool) -> Completion:
-    prompt_tokens = count_prompt_tokens(req.messages, req.tools)
-    if prompt_tokens >= config.max_model_len:
+    prompt = prompt_tokens(req.messages, req.tools)
+    n_prompt = len(prompt)
+    if n_prompt >= config.max_model_len:
         raise RequestError(
             f"This model's maximum context length is {config.max_model_len} tokens. However, your prompt "
-            f"contains {prompt_tokens} input tokens. Please reduce the length of the input messages.",
+            f"contains {n_prompt} input tokens. Please reduce the length of the input messages.",
             param="messages")
     seed = config.seed if req.seed is None else req.seed
     rng = seeded_rng(seed, json.dumps(req.messages, sort_keys=True))
@@ -127,9 +130,10 @@ def build_completion(req: ChatRequest, config: SimConfig, reasoning: bool) -> Co
     if reasoning:
         pieces[:0] = [(REASONING, 0, token) for token in tokenize(reasoning_text(rng, words, plan))]
 
-    limit = config.max_model_len - prompt_tokens
+    limit = config.max_model_len - n_prompt
     if req.max_tokens is not None:
         limit = min(limit, req.max_tokens)
+    blocks = block_hashes(prompt)
     if len(pieces) > limit:
-        return Completion(prompt_tokens, pieces[:limit], calls, "length")
-    return Completion(prompt_tokens, pieces, calls, "tool_calls" if calls else "stop")
+        return Completion(n_prompt, blocks, pieces[:limit], calls, "length")
+    return Completion(n_prompt, blocks, pieces, calls, "tool_calls" if calls else "stop")

@@ -11,6 +11,8 @@ Latency model: one asyncio task runs engine steps, like vLLM's scheduler.
   order while fewer than `max_num_seqs` hold a slot.
 * Step time = step_base_ms + step_per_seq_ms * decoding sequences
   (+ prefill_base_ms + prefill_per_token_ms * prefilled tokens, if any).
+* Only prompt tokens missing from the prefix cache (prefix_cache.py) are
+  prefilled; they are looked up when a sequence is admitted.
 * After a step every decoding sequence has one more token; a sequence whose
   prefill completed has its first token (TTFT = queue + prefill).
 
@@ -25,28 +27,38 @@ import asyncio
 from collections import deque
 
 from app.sim.config import SimConfig
+from app.sim.prefix_cache import PrefixCache
 
 
 class Sequence:
     """One request inside the engine."""
 
-    __slots__ = ("prompt_tokens", "total", "produced", "prefill_left", "admitted", "released", "ready")
+    __slots__ = ("prompt_tokens", "blocks", "total", "produced", "prefill_left", "admitted", "released", "ready",
+                 "want")
 
-    def __init__(self, prompt_tokens: int, total: int) -> None:
+    def __init__(self, prompt_tokens: int, blocks: list[int], total: int) -> None:
         self.prompt_tokens = prompt_tokens
+        self.blocks = blocks  # prefix-cache block hashes
         self.total = total  # completion tokens it will produce
         self.produced = 0
         self.prefill_left = prompt_tokens
         self.admitted = False
         self.released = False
-        self.ready = asyncio.Event()  # set whenever `produced` grows
+        self.ready = asyncio.Event()  # set when `produced` exceeds `want`
+        self.want = 0
 
     async def wait_beyond(self, count: int) -> int:
         """Wait until more than `count` tokens exist; return how many."""
+        self.want = count
         while self.produced <= count:
             self.ready.clear()
             await self.ready.wait()
         return self.produced
+
+    def _advance(self) -> None:
+        self.produced += 1
+        if self.produced > self.want:
+            self.ready.set()
 
 
 class Engine:
@@ -54,6 +66,7 @@ class Engine:
         self.config = config
         self.running = 0
         self.peak_running = 0
+        self.prefix_cache = PrefixCache(config.kv_cache_tokens)
         self._waiting: deque[Sequence] = deque()
         self._batch: list[Sequence] = []  # admitted and still generating
         self._held: set[Sequence] = set()  # admitted and not yet released
@@ -74,9 +87,10 @@ class Engine:
 
     def submit(self, seq: Sequence) -> None:
         if not self.config.latency_model:
+            self._admit(seq)
+            self.prefix_cache.insert(seq.blocks)
             seq.prefill_left = 0
             seq.produced = seq.total
-            self._admit(seq)
             return
         self._waiting.append(seq)
         self._ensure_loop()
@@ -106,6 +120,7 @@ class Engine:
         self._task = None
 
     def _admit(self, seq: Sequence) -> None:
+        seq.prefill_left = seq.prompt_tokens - self.prefix_cache.match(seq.blocks, seq.prompt_tokens)
         seq.admitted = True
         self._held.add(seq)
         self.running += 1
@@ -153,9 +168,8 @@ class Engine:
                 step_ms += cfg.prefill_base_ms + cfg.prefill_per_token_ms * prefilled
             await asyncio.sleep(step_ms / 1000.0)
             for seq in decoding:
-                seq.produced += 1
-                seq.ready.set()
+                seq._advance()
             for seq in prefilling:
                 if seq.prefill_left == 0:
-                    seq.produced += 1
-                    seq.ready.set()
+                    self.prefix_cache.insert(seq.blocks)
+                    seq._advance()

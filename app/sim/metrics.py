@@ -34,6 +34,7 @@ class SimStats:
         self.success = dict.fromkeys(FINISHED_REASONS, 0)
         self.faults: dict[str, int] = {}
         self.engine.reset_peak()
+        self.engine.prefix_cache.queries = self.engine.prefix_cache.hits = 0
 
     def finished(self, reason: str, prompt_tokens: int, generation_tokens: int) -> None:
         """A request ended: `reason` is stop, length or abort (tool_calls counts as stop, as in vLLM)."""
@@ -56,6 +57,8 @@ class SimStats:
             "requests_aborted_total": self.requests_aborted,
             "prompt_tokens_total": self.prompt_tokens,
             "generation_tokens_total": self.generation_tokens,
+            "prefix_cache_queries_total": self.engine.prefix_cache.queries,
+            "prefix_cache_hits_total": self.engine.prefix_cache.hits,
             "request_success_total": dict(self.success),
             "faults_injected_total": dict(self.faults),
         }
@@ -89,6 +92,8 @@ class _Collector:
                     s.engine.kv_cache_usage())
         yield counter("vllm:prompt_tokens", "Number of prefill tokens processed.", s.prompt_tokens)
         yield counter("vllm:generation_tokens", "Number of generation tokens processed.", s.generation_tokens)
+        yield counter("vllm:prefix_cache_queries", "Prefix cache queries, in tokens.", s.engine.prefix_cache.queries)
+        yield counter("vllm:prefix_cache_hits", "Prefix cache hits, in tokens.", s.engine.prefix_cache.hits)
         success = CounterMetricFamily("vllm:request_success", "Count of finished requests by reason.",
                                       labels=[*labels, "finished_reason"])
         for reason, count in s.success.items():

@@ -1,7 +1,8 @@
 """The simulator's ASGI app: plain ASGI with a dict of routes, no framework on the hot path.
 
 Routes: POST /v1/chat/completions, GET /v1/models, GET /health, GET /ping,
-GET /version, GET /metrics, GET /sim/stats, POST /sim/reset.
+GET /version, GET /metrics, POST /reset_prefix_cache (as vLLM), and the
+simulator's own GET /sim/stats and POST /sim/reset.
 
 Request headers read on chat completions:
     X-Request-Id     the response id becomes `chatcmpl-<X-Request-Id>`; retries share it (fault `times`)
@@ -39,6 +40,7 @@ _JSON = [(b"content-type", b"application/json")]
 _SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 _TRUE = (b"1", b"true", b"yes", b"on")
 _KEEPALIVE = ": keep-alive\n\n"
+_DONE = DONE.decode()
 
 
 class ClientGone(Exception):
@@ -122,6 +124,7 @@ class SimApp:
             ("GET", "/metrics"): self._metrics,
             ("GET", "/sim/stats"): self._sim_stats,
             ("POST", "/sim/reset"): self._sim_reset,
+            ("POST", "/reset_prefix_cache"): self._reset_prefix_cache,
         }
         self._paths = {path for _, path in self._routes}
         hide_simulated_drops()
@@ -170,6 +173,10 @@ class SimApp:
         self.faults.reset()
         await _send(send, 200, json.dumps(self.stats.snapshot()).encode())
 
+    async def _reset_prefix_cache(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.engine.prefix_cache.clear()
+        await _send(send, 200, b"", [])
+
     # --- chat completions -----------------------------------------------------------------
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -215,7 +222,7 @@ class SimApp:
                 return
 
         completion_id = f"chatcmpl-{request_id or uuid.uuid4().hex}"
-        seq = Sequence(completion.prompt_tokens, len(completion.pieces))
+        seq = Sequence(completion.prompt_tokens, completion.prompt_blocks, len(completion.pieces))
         self.engine.submit(seq)
         respond = self._stream if req.stream else self._respond
         work = respond(send, req, completion, seq, completion_id, fault)
@@ -263,51 +270,51 @@ class SimApp:
         render = ChunkRenderer(completion_id, int(time.time()), self.config.model)
         await self._first_token(seq, fault)
         events = [render.role()]
-        emitted = sent = 0  # events written, pieces rendered
+        emitted = sent = 0  # events written (counted only for faults), pieces rendered
         pieces, delta = completion.pieces, completion.delta
         while True:
             produced = seq.produced
             events.extend(render.delta(delta(piece)) for piece in pieces[sent:produced])
             sent = produced
-            last = sent == seq.total
-            if last:
+            outcome = "done" if sent == seq.total else "more"
+            if outcome == "done":
                 finish = "{}" if completion.finish_reason == "tool_calls" else '{"content":""}'
                 events.append(render.delta(finish, completion.finish_reason))
                 if req.include_usage:
                     events.append(render.usage(usage(completion.prompt_tokens, seq.total)))
-                events.append(DONE.decode())
-            drop = False
+                events.append(_DONE)
             if fault is not None:
-                events, last, drop = _inject(events, emitted, fault, last)
-            emitted += len(events) if fault is None or not fault.keepalive else len(events) // 2
-            await send({"type": "http.response.body", "body": "".join(events).encode(), "more_body": not last})
-            if drop:
+                events, outcome = _inject(events, emitted, fault, outcome)
+                emitted += len(events)
+                if fault.keepalive:
+                    events = [part for event in events for part in (_KEEPALIVE, event)]
+            body = "".join(events).encode()
+            await send({"type": "http.response.body", "body": body, "more_body": outcome in ("more", "drop")})
+            if outcome == "drop":
                 raise SimulatedDrop("simulated connection drop")
-            if last:
+            if outcome != "more":
                 break
             events = []
             await seq.wait_beyond(sent)
-        if fault is None or fault.stream_error is None:
+        if outcome == "done":
             self.stats.finished(completion.finish_reason, completion.prompt_tokens, seq.total)
 
 
-def _inject(events: list[str], emitted: int, fault: FaultSpec, last: bool) -> tuple[list[str], bool, bool]:
-    """Apply a stream fault to the next batch of events (`emitted` were written before).
+def _inject(events: list[str], emitted: int, fault: FaultSpec, outcome: str) -> tuple[list[str], str]:
+    """Apply a stream fault to the next batch of events, `emitted` having been written before.
 
-    Returns the events to write, whether they end the stream, and whether to cut the connection after them.
+    Returns the events to write and what follows them: "more" events, "done" (the stream is complete),
+    "error" (it ended with an error event) or "drop" (cut the connection).
     """
     if fault.malformed and emitted <= 1 < emitted + len(events):
         i = 1 - emitted
         events[i] = events[i][: len(events[i]) // 2] + "\n\n"
     if fault.stream_error is not None and emitted + len(events) > fault.stream_error:
         error = ChunkRenderer.error("Simulated fault: error after the stream started", 500)
-        return [*events[: fault.stream_error - emitted], error, DONE.decode()], True, False
-    drop = fault.drop_after_chunks is not None and emitted + len(events) >= fault.drop_after_chunks
-    if drop:
-        events, last = events[: fault.drop_after_chunks - emitted], False  # type: ignore[operator]
-    if fault.keepalive:
-        events = [part for event in events for part in (_KEEPALIVE, event)]
-    return events, last, drop
+        return [*events[: fault.stream_error - emitted], error, _DONE], "error"
+    if fault.drop_after_chunks is not None and emitted + len(events) >= fault.drop_after_chunks:
+        return events[: fault.drop_after_chunks - emitted], "drop"
+    return events, outcome
 
 
 def create_sim_app(config: SimConfig | None = None) -> SimApp:

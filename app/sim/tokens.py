@@ -6,10 +6,12 @@ character (`","`, `" {"`), or a run of whitespace. Every character belongs to
 exactly one token, so joining the tokens of a text gives the text back: the
 stream deltas of a completion concatenate to its non-stream content.
 
-Prompt tokens = the tokens of every message's text (content, reasoning, tool
-call names and arguments) + 4 per message + 3 to open the assistant's turn
-+ the tokens of the JSON of `tools`, if any. Close enough to a chat template
-for context-window checks and usage accounting; not any real model's count.
+The prompt is rendered like a ChatML template: the tokens of the JSON of
+`tools` (if any), then per message `<|im_start|>`, the role, a newline, the
+tokens of its text (content, reasoning, tool call names and arguments) and
+`<|im_end|>` (4 tokens of overhead), then 3 tokens opening the assistant's
+turn. Close enough for context-window checks, usage accounting and prefix
+caching; not any real model's count.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ import re
 from typing import Any
 
 TOKEN_RE = re.compile(r"\s?\w+|\s?[^\w\s]|\s+")
-MESSAGE_OVERHEAD = 4
-ASSISTANT_PRIMING = 3
 
 
 def tokenize(text: str) -> list[str]:
@@ -61,10 +61,16 @@ def content_text(message: dict[str, Any]) -> str:
     return ""
 
 
-def count_prompt_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
-    total = ASSISTANT_PRIMING
+def prompt_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[str]:
+    """The prompt as tokens, as the chat template would render it (see the module docstring)."""
+    tokens: list[str] = tokenize(json.dumps(tools)) if tools else []
     for message in messages:
-        total += MESSAGE_OVERHEAD + count_tokens(message_text(message))
-    if tools:
-        total += count_tokens(json.dumps(tools))
-    return total
+        tokens += ("<|im_start|>", str(message.get("role")), "\n")
+        tokens += TOKEN_RE.findall(message_text(message))
+        tokens.append("<|im_end|>")
+    tokens += ("<|im_start|>", "assistant", "\n")
+    return tokens
+
+
+def count_prompt_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
+    return len(prompt_tokens(messages, tools))

@@ -93,9 +93,11 @@ async def test_stream_timing_follows_the_steps(sim):
             short_ttft, short_total, n = await first_token_and_total(USER)
             long_prompt = [{"role": "user", "content": "word " * 150}]
             long_ttft, _, _ = await first_token_and_total(long_prompt)
+            cached_ttft, _, _ = await first_token_and_total(long_prompt)
     assert n == 10
     assert short_total - short_ttft >= 9 * 0.020 * 0.9  # one token per 20 ms step
     assert long_ttft - short_ttft >= 0.2  # ~145 more prompt tokens at 2 ms each
+    assert cached_ttft < long_ttft - 0.15  # the second time the prompt comes from the prefix cache
 
 
 async def test_client_leaving_mid_stream_aborts_the_request(sim):
