@@ -13,8 +13,7 @@ _LATENCY_FLAGS = {
     "step_base_ms": ("--step-ms", float, "decode step time at batch 1, ms"),
     "step_per_seq_ms": ("--step-per-seq-ms", float, "extra step time per running sequence, ms"),
     "prefill_base_ms": ("--prefill-ms", float, "extra time of a step that prefills, ms"),
-    "prefill_per_token_ms": ("--prefill-per-token-ms", float, "prefill time per prompt token, ms"),
-    "kv_cache_tokens": ("--kv-cache-tokens", int, "KV cache capacity in tokens (for kv_cache_usage_perc)"),
+    "prefill_per_token_ms": ("--prefill-per-token-ms", float, "prefill time per uncached prompt token, ms"),
 }
 
 
@@ -35,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for dest, (flag, kind, text) in _LATENCY_FLAGS.items():
         parser.add_argument(flag, dest=dest, type=kind, default=None,
                             help=f"{text} (default {getattr(defaults, dest)}; implies --latency-model)")
+    parser.add_argument("--kv-cache-tokens", type=int, default=defaults.kv_cache_tokens,
+                        help="KV cache capacity in tokens: prefix cache size and kv_cache_usage_perc")
     parser.add_argument("--fault", default=None, help="fault spec applied to every request, e.g. 'status=503;rate=0.1'")
     parser.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
 
@@ -49,6 +50,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         reasoning=args.reasoning,
         enable_auto_tool_choice=not args.no_auto_tool_choice,
         output_tokens=args.output_tokens,
+        kv_cache_tokens=args.kv_cache_tokens,
         latency_model=args.latency_model or bool(latency),
         fault=args.fault,
         **latency,
