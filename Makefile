@@ -27,6 +27,10 @@ serve: install
 sim: install
 	$(BIN)/vgate sim
 
+lint: install
+	$(BIN)/pip install --quiet ruff
+	$(BIN)/ruff check app tests examples benchmarks
+
 bench: install
 	$(BIN)/python benchmarks/overhead.py
 

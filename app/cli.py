@@ -16,7 +16,8 @@ vgate is up on http://{host}:{port} in front of the local model (SmolLM2-135M on
     -d '{{"signature": "question -> answer: int", "inputs": {{"question": "What is 2 + 3?"}}}}'
 
   curl -s http://{host}:{port}/predict -H 'content-type: application/json' \\
-    -d '{{"signature": "question -> answer", "module": "chain_of_thought", "inputs": {{"question": "Why is the sky blue?"}}}}'
+    -d '{{"signature": "question -> answer", "module": "chain_of_thought",
+         "inputs": {{"question": "Why is the sky blue?"}}}}'
 
   curl -s http://{host}:{port}/predict -H 'content-type: application/json' \\
     -d '{{"program": "sentiment", "batch": [{{"text": "I love it"}}, {{"text": "Awful service"}}]}}'

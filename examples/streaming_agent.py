@@ -73,8 +73,9 @@ def main() -> None:
                     print(f"<- {data['name']}: {json.dumps(shown)[:200]}  ({data['latency_ms']} ms)")
                 elif name == "final":
                     print(f"\nanswer: {data['answer']}")
-                    print(f"stop: {data['stop_reason']} after {data['steps']} model calls, "
-                          f"{data['usage']['total_tokens']} tokens, ${data['cost_usd']:.5f}, {data['latency_ms']:.0f} ms")
+                    usage = data["usage"]["total_tokens"]
+                    print(f"stop: {data['stop_reason']} after {data['steps']} model calls, {usage} tokens, "
+                          f"${data['cost_usd']:.5f}, {data['latency_ms']:.0f} ms")
                 elif name == "error":
                     print(f"\nerror {data['type']}: {data['message']}", file=sys.stderr)
                     sys.exit(2)

@@ -8,7 +8,13 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.errors import InvalidRequestError, NotFoundError
-from app.routers.deps import ProgramsDep, PredictDep, RequestIdDep, SettingsDep, cancel_on_disconnect
+from app.routers.deps import (
+    PredictDep,
+    ProgramsDep,
+    RequestIdDep,
+    SettingsDep,
+    cancel_on_disconnect,
+)
 from app.services.predict import Prediction
 from app.services.programs import Module, PredictConfig
 from app.services.signature import parse_signature, parse_signature_cached

@@ -212,7 +212,9 @@ async def searx_search(client: httpx.AsyncClient, base_url: str, query: str, max
     except httpx.TimeoutException:
         raise ToolError("the search backend did not answer in time", type="tool_timeout") from None
     except httpx.HTTPError as exc:
-        raise ToolError(f"could not reach the search backend ({type(exc).__name__})", type="tool_upstream_error") from None
+        raise ToolError(
+            f"could not reach the search backend ({type(exc).__name__})", type="tool_upstream_error"
+        ) from None
     if response.status_code == 403:  # SearxNG answers 403 when "json" is not in search.formats
         raise ToolError(
             "the search backend refused the JSON format (enable 'json' under search.formats in SearxNG's settings.yml)",
@@ -228,7 +230,9 @@ async def searx_search(client: httpx.AsyncClient, base_url: str, query: str, max
         items = data.get("results", [])
         assert isinstance(items, list)
     except (ValueError, AttributeError, AssertionError):
-        raise ToolError("the search backend answered something other than SearxNG JSON", type="tool_upstream_error") from None
+        raise ToolError(
+            "the search backend answered something other than SearxNG JSON", type="tool_upstream_error"
+        ) from None
     results = []
     for item in items:
         if not isinstance(item, dict) or not item.get("url"):
