@@ -23,7 +23,7 @@ async def healthz() -> dict[str, str]:
 async def readyz(lm: LMDep) -> JSONResponse:
     """Ready when the upstream answers its /health."""
     ok = await lm.health()
-    body: dict[str, Any] = {"status": "ready" if ok else "unready", "upstream": lm.upstream}
+    body: dict[str, Any] = {"status": "ready" if ok else "unready", "upstream": "reachable" if ok else "unreachable"}
     return JSONResponse(body, status_code=200 if ok else 503, headers=None if ok else {"Retry-After": "5"})
 
 

@@ -197,16 +197,15 @@ def _status_failure(status: int, body: bytes, retry_after: float | None) -> _Att
 
 
 def _transport_failure(exc: Exception, upstream: str) -> _AttemptFailed:
+    # Messages go to API clients: no internal addresses in them (the log line has the upstream).
+    log.info("upstream_transport_error", upstream=upstream, error=f"{type(exc).__name__}: {exc}")
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
-        return _AttemptFailed(
-            UpstreamUnavailableError(f"cannot reach upstream {upstream}: {exc or type(exc).__name__}"),
-            retry=True, reason="connect",
-        )
+        return _AttemptFailed(UpstreamUnavailableError("cannot reach the upstream model server"),
+                              retry=True, reason="connect")
     if isinstance(exc, httpx.TimeoutException):
         return _AttemptFailed(UpstreamTimeoutError("upstream did not answer in time"), retry=True, reason="timeout")
-    return _AttemptFailed(
-        UpstreamError(f"upstream connection failed: {type(exc).__name__}: {exc}"), retry=True, reason="disconnect"
-    )
+    return _AttemptFailed(UpstreamError(f"upstream connection failed ({type(exc).__name__})"),
+                          retry=True, reason="disconnect")
 
 
 # --------------------------------------------------------------------------- SSE
