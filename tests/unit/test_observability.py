@@ -1,0 +1,51 @@
+"""Request ids, the overhead header and JSON logs with the request id on every line."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from app.logging import sanitize_request_id
+from app.main import create_app
+from tests.support import make_settings
+
+
+def test_request_id_sanitising():
+    assert sanitize_request_id("abc-123_x.y:z") == "abc-123_x.y:z"
+    for bad in (None, "", "a b", "x" * 200, "evil\nheader", "é"):
+        rid = sanitize_request_id(bad)
+        assert rid != bad and len(rid) == 32
+
+
+async def test_json_logs_carry_the_request_id_on_every_line(capsys):
+    def upstream(request: httpx.Request) -> httpx.Response:
+        assert request.headers["x-request-id"] == "req-7"
+        chunks = [
+            {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+            {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": '{"a": "x"}'}}]},
+            {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+            {"id": "c", "model": "m", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 3}},
+        ]
+        body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    app = create_app(make_settings("http://up", default_model="m", log_format="json", log_level="INFO"),
+                     lm_transport=httpx.MockTransport(upstream))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            r = await c.post("/predict", headers={"x-request-id": "req-7"},
+                             json={"signature": "q -> a", "inputs": {"q": "hello"}})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-request-id"] == "req-7" and float(r.headers["x-vgate-overhead-ms"]) >= 0
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    request_lines = [x for x in lines if x.get("request_id") == "req-7"]
+    events = {x["event"] for x in request_lines}
+    assert {"upstream_call", "request"} <= events
+    call = next(x for x in request_lines if x["event"] == "upstream_call")
+    assert call["prompt_tokens"] == 9 and call["completion_tokens"] == 3 and call["model"] == "m"
+    assert {"latency_ms", "ttft_ms", "cost_usd", "tokens_per_s"} <= set(call)
+    # prompts and completions are not logged unless switched on
+    assert "hello" not in json.dumps(lines)
+    access = next(x for x in request_lines if x["event"] == "request")
+    assert access["status"] == 200 and access["route"] == "/predict" and "overhead_ms" in access

@@ -1,0 +1,37 @@
+"""Settings: VGATE_ environment, a TOML file, prices."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from app.settings import Settings
+
+
+def test_env_and_toml_file(tmp_path, monkeypatch):
+    cfg = tmp_path / "vgate.toml"
+    cfg.write_text(
+        'upstream_url = "http://vllm:8000/"\n'
+        "max_retries = 5\n"
+        '[prices."qwen3-8b"]\ninput_per_1k = 0.0\noutput_per_1k = 0.002\n'
+        '[[http_tools]]\nname = "weather"\ndescription = "Weather."\nurl = "https://w.example/{city}"\n'
+    )
+    monkeypatch.setenv("VGATE_CONFIG_FILE", str(cfg))
+    monkeypatch.setenv("VGATE_MAX_RETRIES", "1")  # the environment wins over the file
+    s = Settings()
+    assert s.upstream_url == "http://vllm:8000"
+    assert s.max_retries == 1
+    assert s.price_for("qwen3-8b").cost(1000, 1000) == pytest.approx(0.002)
+    assert s.price_for("unknown").cost(1000, 1000) == pytest.approx(0.04)  # 0.01 in + 0.03 out per 1K
+    assert s.http_tools[0].name == "weather"
+
+
+def test_prices_from_env_json(monkeypatch):
+    monkeypatch.setenv("VGATE_PRICES", '{"m": {"input_per_1k": 1, "output_per_1k": 2}}')
+    assert Settings().price_for("m").cost(500, 250) == pytest.approx(1.0)
+
+
+def test_invalid_values_are_refused(monkeypatch):
+    monkeypatch.setenv("VGATE_MAX_INFLIGHT_PER_UPSTREAM", "0")
+    with pytest.raises(ValidationError):
+        Settings()
