@@ -25,9 +25,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.sim.config import SimConfig
-from app.sim.generate import instance_for_schema, phrase, plain_text, reasoning_text, seeded_rng, topics
-from app.sim.protocol import ChatRequest, RequestError, dumps
+from app.sim.generate import (
+    instance_for_schema,
+    phrase,
+    plain_text,
+    reasoning_text,
+    seeded_rng,
+    topics,
+)
 from app.sim.prefix_cache import block_hashes
+from app.sim.protocol import ChatRequest, RequestError, dumps
 from app.sim.tokens import content_text, prompt_tokens, tokenize
 from app.sim.tools import ToolCall, plan_tool_calls, tool_results_text
 

@@ -24,6 +24,7 @@ and `waiting` those queued for a slot. There is no prefix cache and no preemptio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 
 from app.sim.config import SimConfig
@@ -113,10 +114,8 @@ class Engine:
     async def close(self) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         self._task = None
 
     def _admit(self, seq: Sequence) -> None:

@@ -221,12 +221,11 @@ class _Builder:
             open_hi = ex_hi and hi is not None
         elif ex_hi is not None and (hi is None or ex_hi <= hi):
             hi, open_hi = ex_hi, True
-        if lo is None and hi is None:
-            lo, hi = default_lo, default_hi
-        elif lo is None:
-            lo = hi - (default_hi - default_lo)
-        elif hi is None:
-            hi = lo + (default_hi - default_lo)
+        span = default_hi - default_lo
+        if lo is None:
+            lo = default_lo if hi is None else hi - span
+        if hi is None:
+            hi = lo + span
         return lo, hi, open_lo, open_hi
 
     def integer(self, schema: dict[str, Any], name: str, depth: int) -> int:

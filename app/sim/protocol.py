@@ -93,18 +93,18 @@ def _output_format(body: dict[str, Any]) -> tuple[str, Any] | None:
     fmt = body.get("response_format")
     if fmt is None:
         return None
-    kind = fmt.get("type") if isinstance(fmt, dict) else None
-    if kind == "text":
+    fmt_type = fmt.get("type") if isinstance(fmt, dict) else None
+    if fmt_type == "text":
         return None
-    if kind == "json_object":
+    if fmt_type == "json_object":
         return ("json_object", None)
-    if kind == "json_schema":
+    if fmt_type == "json_schema":
         spec = fmt.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, (dict, bool)):
             raise RequestError("response_format.json_schema.schema must be a JSON schema", param="response_format")
         return ("json_schema", schema)
-    raise RequestError(f"Unsupported response_format type {kind!r}", param="response_format")
+    raise RequestError(f"Unsupported response_format type {fmt_type!r}", param="response_format")
 
 
 def _tools(body: dict[str, Any], config: SimConfig) -> tuple[list[dict[str, Any]] | None, Any]:

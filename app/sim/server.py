@@ -14,6 +14,7 @@ Request headers read on chat completions:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -27,8 +28,16 @@ from app.sim.config import SimConfig
 from app.sim.engine import Engine, Sequence
 from app.sim.faults import FaultInjector, FaultSpec, SimulatedDrop, hide_simulated_drops
 from app.sim.metrics import SimStats
-from app.sim.protocol import DONE, ChatRequest, ChunkRenderer, RequestError, completion_body, error_body, \
-    parse_chat_request, usage
+from app.sim.protocol import (
+    DONE,
+    ChatRequest,
+    ChunkRenderer,
+    RequestError,
+    completion_body,
+    error_body,
+    parse_chat_request,
+    usage,
+)
 
 __all__ = ["SimApp", "SimConfig", "create_sim_app"]
 
@@ -83,10 +92,8 @@ async def _until_disconnect(work: Coroutine[Any, Any, None], receive: Receive) -
         task.result()  # re-raise SimulatedDrop and real errors
         return True
     task.cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await task
-    except asyncio.CancelledError:
-        pass
     return False
 
 

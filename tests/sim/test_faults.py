@@ -10,7 +10,15 @@ import pytest
 
 from app.sim.faults import FaultSpec
 from app.sim.server import SimConfig
-from tests.sim.helpers import USER, events, live_sim, reset, sim_client, stats, wait_stats
+from tests.sim.helpers import (
+    USER,
+    events,
+    live_sim,
+    reset,
+    sim_client,
+    stats,
+    wait_stats,
+)
 
 BODY = {"messages": USER}
 STREAM = {"messages": USER, "stream": True, "stream_options": {"include_usage": True}}

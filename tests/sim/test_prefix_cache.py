@@ -11,7 +11,7 @@ def test_blocks_cover_full_blocks_and_chain_the_prefix():
     hashes = block_hashes(tokens)
     assert len(hashes) == 50 // BLOCK_SIZE
     changed = block_hashes(["x", *tokens[1:]])
-    assert all(a != b for a, b in zip(hashes, changed))  # a change early changes every later block
+    assert all(a != b for a, b in zip(hashes, changed, strict=True))  # a change early changes every later block
     later = block_hashes([*tokens[:40], "x", *tokens[41:]])
     assert later[:2] == hashes[:2] and later[2] != hashes[2]
 
@@ -40,7 +40,8 @@ def test_least_recently_used_blocks_are_evicted():
 async def test_shared_prefix_hits_and_reset(client):
     system = {"role": "system", "content": "You are a careful assistant. " * 20}
     for question in ("What is 1 + 1?", "What is 2 + 2?"):
-        r = await client.post("/v1/chat/completions", json={"messages": [system, {"role": "user", "content": question}]})
+        messages = [system, {"role": "user", "content": question}]
+        r = await client.post("/v1/chat/completions", json={"messages": messages})
         assert r.status_code == 200
     s = (await client.get("/sim/stats")).json()
     assert s["prefix_cache_hits_total"] >= 96 and s["prefix_cache_queries_total"] > s["prefix_cache_hits_total"]

@@ -39,7 +39,7 @@ async def test_stream_shape_and_order(client):
     ids = {c["id"] for c in chunks}
     assert len(ids) == 1 and ids.pop().startswith("chatcmpl-")
     for c in chunks:
-        assert CHUNK_KEYS <= c.keys() and c["object"] == "chat.completion.chunk" and c["model"] == "sim-model"
+        assert c.keys() >= CHUNK_KEYS and c["object"] == "chat.completion.chunk" and c["model"] == "sim-model"
     first, *deltas, finish, usage_chunk = chunks
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert first["choices"][0]["finish_reason"] is None
