@@ -32,7 +32,7 @@ from app.sim.prefix_cache import PrefixCache
 
 
 class Sequence:
-    """One request inside the engine."""
+    """One request inside the engine: its prompt, how many tokens it will produce and has produced."""
 
     __slots__ = ("prompt_tokens", "blocks", "total", "produced", "prefill_left", "admitted", "released", "ready",
                  "want")
@@ -56,7 +56,7 @@ class Sequence:
             await self.ready.wait()
         return self.produced
 
-    def _advance(self) -> None:
+    def advance(self) -> None:
         self.produced += 1
         if self.produced > self.want:
             self.ready.set()
@@ -167,8 +167,8 @@ class Engine:
                 step_ms += cfg.prefill_base_ms + cfg.prefill_per_token_ms * prefilled
             await asyncio.sleep(step_ms / 1000.0)
             for seq in decoding:
-                seq._advance()
+                seq.advance()
             for seq in prefilling:
                 if seq.prefill_left == 0:
                     self.prefix_cache.insert(seq.blocks)
-                    seq._advance()
+                    seq.advance()
