@@ -26,6 +26,15 @@ def sim_latency_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def sim_slow_url() -> Iterator[str]:
+    """The latency model with slow (50 ms) decode steps: every request lives for many steps, so
+    whether a batch was in flight at once does not depend on how fast this machine submits it."""
+    port = free_port()
+    with spawn(["sim", "--port", str(port), "--step-ms", "50"], port) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def local_llm_url() -> Iterator[str]:
     """The real local model (llama.cpp + SmolLM2-135M). Loading takes a few seconds."""
     port = free_port()

@@ -61,17 +61,17 @@ async def test_request_id_is_echoed_and_sent_upstream(sim_url):
     assert r.headers["x-request-id"] == "client-42" and r.json()["request_id"] == "client-42"
 
 
-async def test_batch_of_200_all_in_flight_at_once_in_order(sim_latency_url):
-    await sim_reset(sim_latency_url)
+async def test_batch_of_200_all_in_flight_at_once_in_order(sim_slow_url):
+    await sim_reset(sim_slow_url)
     batch = [{"question": f"What is {i} + 1?"} for i in range(200)]
-    async with gateway(sim_latency_url) as gw:
+    async with gateway(sim_slow_url) as gw:
         r = await gw.client.post("/predict", json={"signature": "question -> answer: int", "batch": batch})
         assert r.status_code == 200, r.text
         body = r.json()
         assert [x["index"] for x in body["results"]] == list(range(200))
         assert all(isinstance(x["outputs"]["answer"], int) for x in body["results"])
         assert body["succeeded"] == 200 and body["failed"] == 0
-        stats = await sim_stats(sim_latency_url)
+        stats = await sim_stats(sim_slow_url)
         assert stats["peak_num_requests_running"] == 200  # the whole batch was in vLLM's batch at once
         assert body["usage"]["prompt_tokens"] == sum(x["usage"]["prompt_tokens"] for x in body["results"])
         assert body["cost_usd"] == pytest.approx(sum(x["cost_usd"] for x in body["results"]))
