@@ -246,3 +246,30 @@ def test_last_event_id_resumes_without_duplicates_or_gaps(sim_latency_url):
 
     with live_gateway(sim_latency_url, agent_disconnect_grace_s=5) as (base, _):
         asyncio.run(scenario(base))
+
+
+async def test_heartbeat_comments_while_a_tool_runs(sim_url):
+    async with gateway(sim_url, sse_heartbeat_s=0.1) as gw:
+        add_test_tools(gw, slow_s=0.5)
+        r = await gw.client.post("/agent", json={"input": 'CALL slow {"tag": "h"}'})
+    comments = [line for line in r.text.splitlines() if line.startswith(":")]
+    assert comments, "no SSE comment was sent while the tool ran"
+    assert parse_sse(r.text)[-1]["event"] == "final"
+
+
+async def test_cors_for_browser_clients(sim_url):
+    origin = "https://app.example.com"
+    async with gateway(sim_url, cors_origins=[origin]) as gw:
+        pre = await gw.client.options("/agent", headers={
+            "origin": origin, "access-control-request-method": "POST",
+            "access-control-request-headers": "content-type"})
+        other = await gw.client.options("/agent", headers={
+            "origin": "https://evil.example", "access-control-request-method": "POST"})
+    assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == origin
+    assert "access-control-allow-origin" not in other.headers
+
+
+async def test_cors_is_off_by_default(sim_url):
+    async with gateway(sim_url) as gw:
+        r = await gw.client.get("/healthz", headers={"origin": "https://app.example.com"})
+    assert "access-control-allow-origin" not in r.headers
