@@ -86,6 +86,6 @@ class Metrics:
             "vgate_agent_runs", "Agent runs by outcome", ["outcome"], registry=r
         )
         self.agent_steps = Histogram(
-            "vgate_agent_steps", "Model calls per agent run", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
+            "vgate_agent_steps", "Steps (model turns) per agent run", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
             registry=r,
         )

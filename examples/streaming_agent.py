@@ -74,7 +74,7 @@ def main() -> None:
                 elif name == "final":
                     print(f"\nanswer: {data['answer']}")
                     usage = data["usage"]["total_tokens"]
-                    print(f"stop: {data['stop_reason']} after {data['steps']} model calls, {usage} tokens, "
+                    print(f"stop: {data['stop_reason']} after {data['steps']} steps, {usage} tokens, "
                           f"${data['cost_usd']:.5f}, {data['latency_ms']:.0f} ms")
                 elif name == "error":
                     print(f"\nerror {data['type']}: {data['message']}", file=sys.stderr)

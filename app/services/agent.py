@@ -23,7 +23,15 @@ from app.errors import InvalidRequestError, UpstreamBadRequestError, VGateError
 from app.metrics import Metrics
 from app.services import react
 from app.services.agent_runs import AgentRun, RunStore, SessionStore
-from app.services.lm import ContentDelta, Done, LMClient, LMResult, ReasoningDelta, ToolCall, Usage
+from app.services.lm import (
+    ContentDelta,
+    Done,
+    LMClient,
+    LMResult,
+    ReasoningDelta,
+    ToolCall,
+    Usage,
+)
 from app.services.programs import PredictConfig
 from app.settings import Settings
 from app.tools.executor import ToolExecutor, ToolResult
@@ -52,13 +60,14 @@ class AgentTask:
 class _Totals:
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
-    steps: int = 0
+    steps: int = 0  # loop steps (each ends in an answer or in tool calls)
+    model_calls: int = 0  # upstream calls, a discarded one included (it was paid for)
     model: str | None = None
 
     def add(self, r: LMResult) -> None:
         self.usage.add(r.usage)
         self.cost_usd += r.cost_usd
-        self.steps += 1
+        self.model_calls += 1
         self.model = r.model
 
 
@@ -127,6 +136,7 @@ class AgentService:
             react_mode = task.mode == "react" or (task.mode == "auto" and model in self._react_models)
             answer, stop_reason = None, "max_steps"
             for step in range(1, task.max_steps + 1):
+                totals.steps = step
                 if react_mode:
                     answer = await self._react_step(run, task, model, conversation, totals, step)
                 else:
@@ -149,6 +159,7 @@ class AgentService:
                 "answer": answer,
                 "stop_reason": stop_reason,
                 "steps": totals.steps,
+                "model_calls": totals.model_calls,
                 "usage": totals.usage.as_dict(),
                 "cost_usd": totals.cost_usd,
                 "latency_ms": round((time.perf_counter() - started) * 1000, 2),
@@ -156,7 +167,7 @@ class AgentService:
                 "run_id": run.run_id,
             }
             if stop_reason == "max_steps":
-                final["message"] = f"stopped after max_steps={task.max_steps} model calls without a final answer"
+                final["message"] = f"stopped after max_steps={task.max_steps} steps without a final answer"
             if task.session_id:
                 final["session_id"] = task.session_id
             run.publish("final", final)

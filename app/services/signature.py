@@ -35,7 +35,14 @@ from dataclasses import field as dc_field
 from functools import lru_cache
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainValidator, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainValidator,
+    ValidationError,
+    create_model,
+)
 from pydantic import Field as PydanticField
 from pydantic_core import PydanticCustomError
 

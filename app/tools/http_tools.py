@@ -22,7 +22,13 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from app.settings import HttpToolConfig
-from app.tools.registry import ArgumentsError, Tool, ToolError, ToolRegistry, summarize_errors
+from app.tools.registry import (
+    ArgumentsError,
+    Tool,
+    ToolError,
+    ToolRegistry,
+    summarize_errors,
+)
 
 PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_\-]*)\}")
 MAX_RESPONSE_BYTES = 64 * 1024
