@@ -218,6 +218,9 @@ def _sse_data(line: str) -> str | None:
     return None
 
 
+_EOF: dict[str, Any] = {}  # sentinel: the stream ended without [DONE]
+
+
 class _Accumulator:
     """Folds streamed chunks into one result."""
 
@@ -439,6 +442,11 @@ class LMClient:
                 try:
                     chunk = opened.first
                     while chunk is not None:
+                        if chunk is _EOF:
+                            if acc.finish_reason is None:  # cut off: never pass half an answer as whole
+                                raise UpstreamError("upstream closed the stream before finishing",
+                                                    type="upstream_stream_error")
+                            break
                         events = acc.feed(chunk)
                         if ttft is None and events:
                             ttft = time.perf_counter() - started
@@ -499,6 +507,7 @@ class LMClient:
             self._slots.release()
 
     async def _next_chunk(self, lines: AsyncIterator[str]) -> dict[str, Any] | None:
+        """The next parsed chunk; None after ``[DONE]``; ``_EOF`` if the connection ended without it."""
         async for line in lines:
             data = _sse_data(line)
             if data is None:
@@ -510,7 +519,7 @@ class LMClient:
             except ValueError as exc:
                 raise UpstreamError(f"upstream sent a malformed chunk: {data[:200]!r}",
                                     type="upstream_malformed") from exc
-        return None  # connection closed without [DONE]: take what we have
+        return _EOF  # closed without [DONE]
 
     async def _open_once(
         self, body: dict[str, Any], rid: str, extra_headers: dict[str, str] | None, deadline: float

@@ -179,3 +179,23 @@ async def test_inflight_cap_holds(sim_latency_url):
     assert len(results) == 20
     stats = await sim_stats(sim_latency_url)
     assert stats["peak_num_requests_running"] == 5
+
+
+async def test_stream_cut_off_without_finish_is_an_error():
+    """A stream that ends cleanly but before finish_reason and [DONE] is not a complete answer."""
+    import json as _json
+
+    import httpx
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        chunks = [{"id": "x", "model": "m", "choices": [{"index": 0, "delta": {"content": "Half an ans"}}]}]
+        return httpx.Response(200, text="".join(f"data: {_json.dumps(c)}\n\n" for c in chunks),
+                              headers={"content-type": "text/event-stream"})
+
+    lm = LMClient(make_settings("http://up", default_model="m"), Metrics(), transport=httpx.MockTransport(handler))
+    try:
+        with pytest.raises(UpstreamError) as ei:
+            await lm.chat(MSG)
+    finally:
+        await lm.aclose()
+    assert ei.value.type == "upstream_stream_error"
