@@ -35,6 +35,14 @@ def sim_slow_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def sim_no_auto_tools_url() -> Iterator[str]:
+    """Like a vLLM started without --enable-auto-tool-choice: tool_choice "auto" is a 400."""
+    port = free_port()
+    with spawn(["sim", "--port", str(port), "--no-auto-tool-choice"], port) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def local_llm_url() -> Iterator[str]:
     """The real local model (llama.cpp + SmolLM2-135M). Loading takes a few seconds."""
     port = free_port()

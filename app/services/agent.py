@@ -143,8 +143,10 @@ class AgentService:
                     try:
                         answer = await self._native_step(run, task, model, conversation, totals, step)
                     except (UpstreamBadRequestError, _SwitchToReact) as exc:
+                        # vLLM without --enable-auto-tool-choice refuses "auto" with a 400 that names it;
+                        # this can come at any step (a forced first call works without that flag).
                         refused = isinstance(exc, UpstreamBadRequestError) and "tool" in exc.message.lower()
-                        if task.mode != "auto" or not (refused or isinstance(exc, _SwitchToReact)) or step > 1:
+                        if task.mode != "auto" or not (refused or isinstance(exc, _SwitchToReact)):
                             raise
                         if refused:
                             log.warning("native_tools_refused_fallback_to_react", model=model, error=exc.message)

@@ -274,3 +274,20 @@ async def test_cors_is_off_by_default(sim_url):
     async with gateway(sim_url) as gw:
         r = await gw.client.get("/healthz", headers={"origin": "https://app.example.com"})
     assert "access-control-allow-origin" not in r.headers
+
+
+async def test_falls_back_to_react_when_auto_tool_choice_is_refused(sim_no_auto_tools_url):
+    """A forced first call works natively; the next step's "auto" is refused (400), and the run
+    carries on with the ReAct protocol instead of failing."""
+    async with gateway(sim_no_auto_tools_url) as gw:
+        events = await run_sse(gw.client, {
+            "input": "What is 2+2?", "tools": ["calculator"],
+            "tool_choice": {"type": "function", "function": {"name": "calculator"}}})
+        react_models = set(gw.state.agent._react_models)
+        again = await run_sse(gw.client, {"input": "hello", "tools": ["calculator"]})
+        refused = gw.metric("vgate_upstream_errors_total", model="sim-model", type="upstream_bad_request")
+    assert names(events) == ["run", "tool_call", "tool_result", "final"]
+    assert events[-1]["data"]["stop_reason"] == "answer"
+    assert react_models == {"sim-model"}
+    assert names(again) == ["run", "final"]
+    assert refused == 1  # remembered per model: the second run did not try native tools again
