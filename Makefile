@@ -32,7 +32,8 @@ lint: install
 	$(BIN)/ruff check app tests examples benchmarks
 
 bench: install
-	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/lm_client.py
+	$(BIN)/python benchmarks/gateway.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -21,7 +21,7 @@ from app.settings import Settings
 router = APIRouter(tags=["agent"])
 
 
-def _agent(request: Request) -> AgentService:
+async def _agent(request: Request) -> AgentService:
     return request.app.state.agent
 
 

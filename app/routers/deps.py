@@ -18,14 +18,16 @@ from app.settings import Settings
 T = TypeVar("T")
 
 
+# Dependencies are `async def` on purpose: FastAPI runs plain-function dependencies in a thread
+# pool, which cost ~22 % of the gateway's CPU per request (benchmarks/RESULTS.md).
 def _state(name: str) -> Any:
-    def get(request: Request) -> Any:
+    async def get(request: Request) -> Any:
         return getattr(request.app.state, name)
 
     return get
 
 
-def get_request_id(request: Request) -> str:
+async def get_request_id(request: Request) -> str:
     return request.scope.get("state", {}).get("request_id", "")
 
 

@@ -17,7 +17,7 @@ from app.tools import ToolExecutor, ToolResult
 router = APIRouter(prefix="/tools", tags=["tools"])
 
 
-def get_tool_executor(request: Request) -> ToolExecutor:
+async def get_tool_executor(request: Request) -> ToolExecutor:
     return request.app.state.tools
 
 

@@ -568,6 +568,17 @@ class LMClient:
     async def _open_with_retries(
         self, body: dict[str, Any], rid: str, headers: dict[str, str] | None, label: str, deadline: float
     ) -> _Opened:
+        # Fast path: the first attempt runs bare. Building the retry machinery for every call cost
+        # up to ~13 % of the gateway's CPU per request (benchmarks/RESULTS.md, finding B).
+        try:
+            opened = await self._open_once(body, rid, headers, deadline)
+            opened.attempts = 1
+            return opened
+        except _AttemptFailed as failed:
+            if not failed.retry or self.settings.max_retries == 0:
+                failed.error.details["attempts"] = 1
+                raise failed.error from failed
+            first_failure: _AttemptFailed | None = failed
         s = self.settings
 
         def wait(rs: RetryCallState) -> float:
@@ -603,6 +614,9 @@ class LMClient:
         try:
             async for attempt in retrying:
                 with attempt:
+                    if first_failure is not None:  # attempt 1 already happened above
+                        exc, first_failure = first_failure, None
+                        raise exc
                     opened = await self._open_once(body, rid, headers, deadline)
                     opened.attempts = attempt.retry_state.attempt_number
                     return opened
