@@ -61,11 +61,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error_response(request, exc.status_code, {"type": kind, "message": str(exc.detail)},
                                dict(exc.headers or {}))
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled_error")
-        return _error_response(request, 500, {"type": "internal_error",
-                                              "message": "internal error; the request id is in the logs"})
+    # Unexpected exceptions become a 500 JSON error in RequestContextMiddleware, where the request id
+    # is still bound (Starlette runs an app-level Exception handler outside user middleware).
 
 
 def _clean(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ For every HTTP request it
 
 from __future__ import annotations
 
+import json
 import time
 from contextvars import ContextVar
 
@@ -20,6 +21,7 @@ from app.metrics import Metrics
 
 log = structlog.get_logger("vgate.access")
 
+KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 REQUEST_ID_HEADER = b"x-request-id"
 OVERHEAD_HEADER = b"x-vgate-overhead-ms"
 
@@ -99,6 +101,18 @@ class RequestContextMiddleware:
         self.metrics.requests_in_flight.inc()
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            # Here, not in an app-level handler: Starlette runs those outside this middleware, after
+            # the request id is unbound, so the log line and the response would lose it.
+            log.exception("unhandled_error", path=scope.get("path"))
+            if response_started:
+                raise
+            body = json.dumps({"error": {"type": "internal_error", "request_id": request_id,
+                                         "message": "internal error; the request id is in the logs"}}).encode()
+            await send_wrapper({"type": "http.response.start", "status": 500,
+                                "headers": [(b"content-type", b"application/json"),
+                                            (b"content-length", str(len(body)).encode())]})
+            await send_wrapper({"type": "http.response.body", "body": body})
         finally:
             self.metrics.requests_in_flight.dec()
             elapsed = time.perf_counter() - start
@@ -106,6 +120,8 @@ class RequestContextMiddleware:
             route_obj = scope.get("route")
             route = getattr(route_obj, "path", None) or "unmatched"
             method = scope.get("method", "")
+            if method not in KNOWN_METHODS:
+                method = "OTHER"  # bounded label values: a client may send any method
             if not response_started:
                 status = 500
             self.metrics.requests.labels(route=route, method=method, status=str(status)).inc()

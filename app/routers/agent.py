@@ -28,14 +28,46 @@ async def _agent(request: Request) -> AgentService:
 AgentDep = Annotated[AgentService, Depends(_agent)]
 
 
+class FunctionRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64)
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"] = "function"
+    function: FunctionRef
+
+
+class FunctionCall(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    arguments: str = Field("{}", description="JSON text, as OpenAI sends it")
+
+
+class ToolCallMessagePart(BaseModel):
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant", "tool"]
     content: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCallMessagePart] | None = None
     tool_call_id: str | None = None
     name: str | None = None
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> Message:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id it answers")
+        return self
 
 
 class AgentRequest(BaseModel):
@@ -48,7 +80,7 @@ class AgentRequest(BaseModel):
     max_steps: int | None = Field(None, ge=1, description="model calls at most (default 8)")
     model: str | None = None
     config: PredictConfig = Field(default_factory=PredictConfig)
-    tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = Field(
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = Field(
         None, description="for the first model call only, e.g. to force the first tool call")
     session_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._:\-]{1,128}$",
                                    description="continue a conversation kept by the gateway")
@@ -74,14 +106,18 @@ def _to_task(body: AgentRequest, agent: AgentService, settings: Settings) -> Age
             instructions = messages.pop(0).get("content")
     else:
         messages = [{"role": "user", "content": body.input}]
+    tool_names = agent.check_tools(body.tools)
+    if isinstance(body.tool_choice, NamedToolChoice) and body.tool_choice.function.name not in tool_names:
+        raise VGateError(f"tool_choice names {body.tool_choice.function.name!r}, which is not an enabled tool",
+                         status_code=422, type="invalid_request", enabled=tool_names)
     return AgentTask(
         messages=messages,
         instructions=instructions,
-        tool_names=agent.check_tools(body.tools),
+        tool_names=tool_names,
         max_steps=body.max_steps or settings.agent_max_steps,
         model=body.model,
         config=body.config,
-        tool_choice=body.tool_choice,
+        tool_choice=body.tool_choice.model_dump() if isinstance(body.tool_choice, BaseModel) else body.tool_choice,
         session_id=body.session_id,
         mode=body.mode,
     )

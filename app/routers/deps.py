@@ -64,10 +64,7 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
         raise
     if not task.done():
         task.cancel()
-        try:
-            await task
-        except BaseException:
-            pass
+        await asyncio.wait({task})  # let it unwind; a cancellation of this request still propagates
         raise ClientDisconnected("client closed the connection; work cancelled")
     watcher.cancel()
     return task.result()

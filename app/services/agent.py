@@ -77,7 +77,7 @@ class AgentService:
         self.tools = tools
         self.settings = settings
         self.metrics = metrics
-        self.runs = RunStore(ttl_s=settings.agent_resume_ttl_s, max_runs=max(100, settings.agent_max_sessions))
+        self.runs = RunStore(ttl_s=settings.agent_resume_ttl_s, max_runs=settings.agent_max_retained_runs)
         self.sessions = SessionStore(ttl_s=settings.agent_session_ttl_s, max_sessions=settings.agent_max_sessions)
         self._react_models: set[str] = set()  # upstream models that refused native tool calling
 
@@ -113,6 +113,11 @@ class AgentService:
             if got is None:
                 raise VGateError("another run is using this session", status_code=409, type="session_busy")
             history = got
+        if len(self.runs.live()) >= self.settings.agent_max_concurrent_runs:
+            if task.session_id is not None:
+                self.sessions.release(task.session_id, None)
+            raise VGateError("too many agent runs in progress; retry shortly", status_code=503,
+                             type="agent_overloaded", retry_after_s=1.0)
         run = self.runs.create()
         run.session_id = task.session_id
         run.model = task.model
@@ -145,7 +150,7 @@ class AgentService:
                     except (UpstreamBadRequestError, _SwitchToReact) as exc:
                         # vLLM without --enable-auto-tool-choice refuses "auto" with a 400 that names it;
                         # this can come at any step (a forced first call works without that flag).
-                        refused = isinstance(exc, UpstreamBadRequestError) and "tool" in exc.message.lower()
+                        refused = isinstance(exc, UpstreamBadRequestError) and _refuses_auto_tools(exc.message)
                         if task.mode != "auto" or not (refused or isinstance(exc, _SwitchToReact)):
                             raise
                         if refused:
@@ -264,14 +269,18 @@ class AgentService:
     async def _call(self, run: AgentRun, model: str, messages: list[dict[str, Any]], params: dict[str, Any],
                     *, stream_text: bool) -> LMResult:
         stream = self.lm.stream_chat(messages, model=model, route="agent", **params)
+        text = _Coalescer(run, "delta")
+        thought = _Coalescer(run, "reasoning")
         async with aclosing(stream):
             async for ev in stream:
                 if isinstance(ev, ContentDelta):
                     if stream_text:
-                        run.publish("delta", {"text": ev.text})
+                        text.add(ev.text)
                 elif isinstance(ev, ReasoningDelta):
-                    run.publish("reasoning", {"text": ev.text})
+                    thought.add(ev.text)
                 elif isinstance(ev, Done):
+                    thought.flush()
+                    text.flush()
                     return ev.result
         raise VGateError("upstream stream ended without a result", status_code=502, type="upstream_error")
 
@@ -296,6 +305,42 @@ class AgentService:
             return r
 
         return list(await asyncio.gather(*(one(tc) for tc in calls)))
+
+
+class _Coalescer:
+    """Joins token deltas into events of up to ~64 characters or 50 ms: each event is kept for
+    resumable streams, so one event per token would make a long run's log needlessly large."""
+
+    MAX_CHARS = 64
+    MAX_AGE_S = 0.05
+
+    def __init__(self, run: AgentRun, event: str) -> None:
+        self.run = run
+        self.event = event
+        self.parts: list[str] = []
+        self.size = 0
+        self.since = 0.0
+
+    def add(self, piece: str) -> None:
+        if not self.parts:
+            self.since = time.perf_counter()
+        self.parts.append(piece)
+        self.size += len(piece)
+        if self.size >= self.MAX_CHARS or time.perf_counter() - self.since >= self.MAX_AGE_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            self.run.publish(self.event, {"text": "".join(self.parts)})
+            self.parts.clear()
+            self.size = 0
+
+
+def _refuses_auto_tools(message: str) -> bool:
+    """vLLM's 400 for a server started without --enable-auto-tool-choice. Only that refusal is
+    remembered per model; any other 400 (a bad tool name, say) is the request's own problem."""
+    m = message.lower()
+    return "enable-auto-tool-choice" in m or '"auto" tool choice' in m
 
 
 class _SwitchToReact(Exception):

@@ -94,7 +94,7 @@ class RunStore:
         while len(self._runs) >= self.max_runs:
             oldest = next((r for r, run in self._runs.items() if run.finished), None)
             if oldest is None:
-                break  # every kept run is live; the cap on concurrent runs is elsewhere
+                break  # every kept run is live (AgentService caps live runs)
             del self._runs[oldest]
 
     def __len__(self) -> int:

@@ -29,6 +29,7 @@ from httpx_aiohttp import AiohttpTransport
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from app.errors import (
+    InvalidRequestError,
     NotFoundError,
     UpstreamBadRequestError,
     UpstreamError,
@@ -209,6 +210,15 @@ def _transport_failure(exc: Exception, upstream: str) -> _AttemptFailed:
 
 
 # --------------------------------------------------------------------------- SSE
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    """The request body as JSON, or a 422 for what JSON cannot carry (inf/nan, lone surrogates)."""
+    try:
+        return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise InvalidRequestError(f"the request holds a value JSON cannot carry: {exc}",
+                                  type="invalid_request") from None
 
 
 def _sse_data(line: str) -> str | None:
@@ -428,16 +438,20 @@ class LMClient:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        content = _encode(body)
         rid = request_id or request_id_var.get() or ""
+        # Clocks start once a slot is held: time queued in the gateway is neither the upstream's
+        # latency nor part of its deadline (a big batch would otherwise time out in our own queue).
         started = time.perf_counter()
-        deadline = started + self.settings.request_timeout_s
         acc = _Accumulator()
         outcome = "error"
         attempts = 0
         ttft: float | None = None
         try:
             async with self._slot():
-                opened = await self._open_with_retries(body, rid, headers, label, deadline)
+                started = time.perf_counter()
+                deadline = started + self.settings.request_timeout_s
+                opened = await self._open_with_retries(content, rid, headers, label, deadline)
                 attempts = opened.attempts
                 try:
                     chunk = opened.first
@@ -447,7 +461,11 @@ class LMClient:
                                 raise UpstreamError("upstream closed the stream before finishing",
                                                     type="upstream_stream_error")
                             break
-                        events = acc.feed(chunk)
+                        try:
+                            events = acc.feed(chunk)
+                        except (TypeError, ValueError, AttributeError, KeyError) as exc:
+                            raise UpstreamError(f"upstream sent a chunk of an unexpected shape: {exc}",
+                                                type="upstream_malformed") from exc
                         if ttft is None and events:
                             ttft = time.perf_counter() - started
                         for ev in events:
@@ -463,7 +481,11 @@ class LMClient:
                     ) from exc
                 finally:
                     await opened.response.aclose()
-            result = self._finish(acc, model, started, ttft, attempts)
+            try:
+                result = self._finish(acc, model, started, ttft, attempts)
+            except (TypeError, ValueError) as exc:
+                raise UpstreamError(f"upstream sent unusable usage figures: {exc}",
+                                    type="upstream_malformed") from exc
             outcome = "ok"
             self._account(result, label, route)
             yield Done(result)
@@ -515,14 +537,18 @@ class LMClient:
             if data == "[DONE]":
                 return None
             try:
-                return json.loads(data)
+                chunk = json.loads(data)
             except ValueError as exc:
                 raise UpstreamError(f"upstream sent a malformed chunk: {data[:200]!r}",
                                     type="upstream_malformed") from exc
+            if not isinstance(chunk, dict):
+                raise UpstreamError(f"upstream sent a chunk that is not an object: {data[:200]!r}",
+                                    type="upstream_malformed")
+            return chunk
         return _EOF  # closed without [DONE]
 
     async def _open_once(
-        self, body: dict[str, Any], rid: str, extra_headers: dict[str, str] | None, deadline: float
+        self, content: bytes, rid: str, extra_headers: dict[str, str] | None, deadline: float
     ) -> _Opened:
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
@@ -534,11 +560,11 @@ class LMClient:
             write=min(self.settings.read_timeout_s, remaining),
             pool=remaining,
         )
-        headers = dict(extra_headers or {})
+        headers = {"content-type": "application/json", **(extra_headers or {})}
         if rid:
             headers["x-request-id"] = rid
         try:
-            request = self._http.build_request("POST", "/v1/chat/completions", json=body, headers=headers,
+            request = self._http.build_request("POST", "/v1/chat/completions", content=content, headers=headers,
                                                timeout=timeout)
             response = await self._http.send(request, stream=True)
         except httpx.HTTPError as exc:
@@ -566,12 +592,12 @@ class LMClient:
         return _Opened(response=response, lines=lines, first=first, attempts=0)
 
     async def _open_with_retries(
-        self, body: dict[str, Any], rid: str, headers: dict[str, str] | None, label: str, deadline: float
+        self, content: bytes, rid: str, headers: dict[str, str] | None, label: str, deadline: float
     ) -> _Opened:
         # Fast path: the first attempt runs bare. Building the retry machinery for every call cost
         # up to ~13 % of the gateway's CPU per request (benchmarks/RESULTS.md, finding B).
         try:
-            opened = await self._open_once(body, rid, headers, deadline)
+            opened = await self._open_once(content, rid, headers, deadline)
             opened.attempts = 1
             return opened
         except _AttemptFailed as failed:
@@ -617,7 +643,7 @@ class LMClient:
                     if first_failure is not None:  # attempt 1 already happened above
                         exc, first_failure = first_failure, None
                         raise exc
-                    opened = await self._open_once(body, rid, headers, deadline)
+                    opened = await self._open_once(content, rid, headers, deadline)
                     opened.attempts = attempt.retry_state.attempt_number
                     return opened
         except _AttemptFailed as failed:

@@ -16,7 +16,7 @@ import structlog
 
 from app.errors import OutputTruncatedError, VGateError
 from app.metrics import Metrics
-from app.services.adapter import build_messages, response_format
+from app.services.adapter import build_messages, demo_messages, response_format
 from app.services.lm import LMClient, Usage
 from app.services.programs import Module, PredictConfig
 from app.services.signature import Signature
@@ -100,6 +100,7 @@ class PredictService:
         """Every item is submitted at once (the LM client's in-flight cap is the only limit),
         so vLLM batches them; each item succeeds or fails on its own."""
         sig, fmt = self._prepare(signature, module)
+        demo_messages(sig, demos)  # a malformed demo fails the request once, not each item
         started = time.perf_counter()
 
         async def one(i: int, inputs: dict[str, Any]) -> Prediction | VGateError:
@@ -109,6 +110,9 @@ class PredictService:
                 return await self._run(sig, fmt, values, module, demos, model, config, rid)
             except VGateError as exc:
                 return exc
+            except Exception:  # a bug must fail this item, not the batch (gather would not cancel the rest)
+                log.exception("batch_item_crashed", index=i)
+                return VGateError("internal error on this item; the request id is in the logs")
 
         items = await asyncio.gather(*(one(i, x) for i, x in enumerate(batch)))
         result = BatchResult(items=list(items), latency_ms=(time.perf_counter() - started) * 1000)

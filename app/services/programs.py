@@ -30,6 +30,7 @@ class PredictConfig(BaseModel):
 
     temperature: float | None = Field(None, ge=0, le=2)
     max_tokens: int | None = Field(None, ge=1, le=131072)
+    min_tokens: int | None = Field(None, ge=0, le=131072)  # vLLM: no stop before this many tokens
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0, le=1)

@@ -483,7 +483,7 @@ class Signature:
                 f"expected the model's reply as text, got {type(raw_text).__name__}", raw=None, errors=[]
             )
         try:
-            data = json.loads(_strip_fence(raw_text), parse_constant=_refuse_constant)
+            data = json.loads(_strip_fence(raw_text), parse_constant=_refuse_constant, parse_float=_finite_float)
         except (ValueError, RecursionError) as exc:
             msg = str(exc) if isinstance(exc, ValueError) else "JSON nested too deeply"
             raise OutputValidationError(
@@ -510,6 +510,14 @@ class Signature:
                 errors=errors,
             ) from None
         return validated.model_dump(by_alias=True)
+
+
+def _finite_float(text: str) -> float:
+    """Numbers like 1e999 overflow to inf, which JSON cannot carry back out: refuse them."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:40]}")
+    return value
 
 
 def _object_schema(fields: tuple[Field, ...]) -> dict[str, Any]:

@@ -10,6 +10,8 @@ import time
 import httpx
 import pytest
 
+from app.services.agent import AgentTask
+from app.services.programs import PredictConfig
 from tests.support import gateway, live_gateway, sim_reset, sim_stats
 
 
@@ -226,7 +228,7 @@ def test_last_event_id_resumes_without_duplicates_or_gaps(sim_latency_url):
         async with httpx.AsyncClient(base_url=base, timeout=30) as c:
             first: list[dict] = []
             async with c.stream("POST", "/agent", json={"input": "tell me a story",
-                                                         "config": {"max_tokens": 60}}) as r:
+                                                         "config": {"max_tokens": 400, "min_tokens": 300}}) as r:
                 run_id = r.headers["x-vgate-run-id"]
                 buf = ""
                 async for chunk in r.aiter_text():
@@ -291,3 +293,46 @@ async def test_falls_back_to_react_when_auto_tool_choice_is_refused(sim_no_auto_
     assert react_models == {"sim-model"}
     assert names(again) == ["run", "final"]
     assert refused == 1  # remembered per model: the second run did not try native tools again
+
+
+@pytest.mark.parametrize("payload", [
+    {"input": "x", "tool_choice": {"function": "calc"}},
+    {"input": "x", "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+    {"messages": [{"role": "assistant", "tool_calls": [{"x": 1}]}]},
+    {"messages": [{"role": "user", "tool_calls": [{"id": "a", "function": {"name": "calculator"}}]}]},
+    {"messages": [{"role": "tool", "content": "42"}]},
+])
+async def test_malformed_tool_fields_are_422(sim_url, payload):
+    async with gateway(sim_url) as gw:
+        r = await gw.client.post("/agent", json=payload)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["type"] == "invalid_request"
+
+
+async def test_a_bad_tool_name_400_does_not_switch_the_model_to_react():
+    """Only vLLM's 'auto tool choice' refusal is remembered; another 400 fails just that run."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"error": {"message": "Tool 'x' has not been passed in `tools`",
+                                                   "type": "BadRequestError", "param": None, "code": 400}})
+
+    from app.main import create_app
+    from tests.support import make_settings
+
+    app = create_app(make_settings("http://up", default_model="m"), lm_transport=httpx.MockTransport(handler))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            events = parse_sse((await c.post("/agent", json={"input": "hi"})).text)
+        assert app.state.agent._react_models == set()
+    assert events[-1]["event"] == "error" and events[-1]["data"]["type"] == "upstream_bad_request"
+
+
+async def test_too_many_concurrent_runs_is_503(sim_latency_url):
+    async with gateway(sim_latency_url, agent_max_concurrent_runs=1) as gw:
+        first = gw.state.agent.start(AgentTask(
+            messages=[{"role": "user", "content": "write a long story"}], instructions=None, tool_names=[],
+            max_steps=1, model=None, config=PredictConfig(max_tokens=2000)))
+        r = await gw.client.post("/agent", json={"input": "hi"})
+        first.task.cancel()
+    assert r.status_code == 503 and r.json()["error"]["type"] == "agent_overloaded"
+    assert r.headers["retry-after"] == "1"

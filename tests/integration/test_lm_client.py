@@ -199,3 +199,32 @@ async def test_stream_cut_off_without_finish_is_an_error():
     finally:
         await lm.aclose()
     assert ei.value.type == "upstream_stream_error"
+
+
+@pytest.mark.parametrize("chunk", [
+    "null", "42", '{"choices": ["x"]}', '{"choices": [], "usage": {"prompt_tokens": "abc"}}',
+])
+async def test_upstream_garbage_is_502_malformed(chunk):
+    import httpx
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text=f"data: {chunk}\n\ndata: [DONE]\n\n",
+                              headers={"content-type": "text/event-stream"})
+
+    lm = LMClient(make_settings("http://up", default_model="m"), Metrics(), transport=httpx.MockTransport(handler))
+    try:
+        with pytest.raises(UpstreamError) as ei:
+            await lm.chat(MSG)
+    finally:
+        await lm.aclose()
+    assert ei.value.type == "upstream_malformed" and ei.value.status_code == 502
+
+
+async def test_time_queued_for_a_slot_is_not_part_of_the_deadline(sim_latency_url):
+    """Four calls through one slot take longer than one call's deadline; none may time out."""
+    async with client(sim_latency_url, max_inflight_per_upstream=1, request_timeout_s=1.0) as (lm, _):
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(lm.chat(MSG, max_tokens=30, min_tokens=30) for _ in range(4)))
+        elapsed = time.perf_counter() - t0
+    assert len(results) == 4 and elapsed > 1.0  # queued longer than the deadline, and still fine
+    assert max(r.latency_ms for r in results) < elapsed * 1000 / 2  # latency excludes the queue

@@ -244,3 +244,32 @@ def test_client_disconnect_cancels_the_batch_upstream(sim_latency_url):
 
     with live_gateway(sim_latency_url) as (base, app):
         asyncio.run(scenario(base, app))
+
+
+@pytest.mark.parametrize("payload", [
+    {"signature": "q -> a", "inputs": {"q": "\ud800"}},
+    {"signature": "q -> a", "inputs": {"q": "x"}, "config": {"chat_template_kwargs": {"x": 1e999}}},
+])
+async def test_values_json_cannot_carry_are_422(sim_url, payload):
+    async with gateway(sim_url) as gw:
+        r = await gw.client.post("/predict", content=json.dumps(payload).encode(),
+                                 headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["type"] == "invalid_request"
+
+
+async def test_one_unencodable_batch_item_fails_alone(sim_url):
+    batch = [{"q": "fine"}, {"q": "\ud800"}, {"q": "also fine"}]
+    async with gateway(sim_url) as gw:
+        r = await gw.client.post("/predict", content=json.dumps({"signature": "q -> a", "batch": batch}).encode(),
+                                 headers={"content-type": "application/json"})
+    body = r.json()
+    assert r.status_code == 200 and body["succeeded"] == 2
+    assert body["results"][1]["error"]["type"] == "invalid_request"
+
+
+async def test_a_malformed_demo_fails_a_batch_once(sim_url):
+    async with gateway(sim_url) as gw:
+        r = await gw.client.post("/predict", json={"signature": "q -> a", "batch": [{"q": "x"}] * 3,
+                                                    "demos": [{"zz": 1}]})
+    assert r.status_code == 422 and "zz" in r.json()["error"]["message"]

@@ -49,3 +49,27 @@ async def test_json_logs_carry_the_request_id_on_every_line(capsys):
     assert "hello" not in json.dumps(lines)
     access = next(x for x in request_lines if x["event"] == "request")
     assert access["status"] == 200 and access["route"] == "/predict" and "overhead_ms" in access
+
+
+async def test_unexpected_error_is_a_json_500_with_the_request_id(capsys):
+    app = create_app(make_settings("http://up", default_model="m", log_format="json", log_level="INFO"))
+
+    @app.get("/boom")
+    async def boom():
+        raise RuntimeError("secret detail")
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            r = await c.get("/boom", headers={"x-request-id": "rid-500"})
+            weird = await c.request("FOO1", "/predict")
+    assert r.status_code == 500 and r.headers["x-request-id"] == "rid-500"
+    assert r.json()["error"] == {"type": "internal_error", "request_id": "rid-500",
+                                 "message": "internal error; the request id is in the logs"}
+    assert "secret" not in r.text
+    lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
+    crash = next(x for x in lines if x["event"] == "unhandled_error")
+    assert crash["request_id"] == "rid-500" and "RuntimeError" in crash["exception"]
+    assert weird.status_code == 405
+    assert app.state.metrics.registry.get_sample_value(
+        "vgate_requests_total", {"route": "/predict", "method": "OTHER", "status": "405"}) == 1
