@@ -10,6 +10,12 @@ import structlog
 from tests.support import free_port, spawn
 
 
+def _serve(*args: str, timeout: float = 60) -> Iterator[str]:
+    port = free_port()
+    with spawn([*args, "--port", str(port)], port, timeout) as url:
+        yield url
+
+
 @pytest.fixture(autouse=True)
 def _fresh_structlog() -> Iterator[None]:
     """Each test starts from structlog's defaults: an app built by an earlier test configures a
@@ -22,39 +28,29 @@ def _fresh_structlog() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def sim_url() -> Iterator[str]:
     """The simulator in zero-latency mode."""
-    port = free_port()
-    with spawn(["sim", "--port", str(port)], port) as url:
-        yield url
+    yield from _serve("sim")
 
 
 @pytest.fixture(scope="session")
 def sim_latency_url() -> Iterator[str]:
     """The simulator with its continuous-batching latency model on."""
-    port = free_port()
-    with spawn(["sim", "--port", str(port), "--latency-model"], port) as url:
-        yield url
+    yield from _serve("sim", "--latency-model")
 
 
 @pytest.fixture(scope="session")
 def sim_slow_url() -> Iterator[str]:
     """The latency model with slow (50 ms) decode steps: every request lives for many steps, so
     whether a batch was in flight at once does not depend on how fast this machine submits it."""
-    port = free_port()
-    with spawn(["sim", "--port", str(port), "--step-ms", "50"], port) as url:
-        yield url
+    yield from _serve("sim", "--step-ms", "50")
 
 
 @pytest.fixture(scope="session")
 def sim_no_auto_tools_url() -> Iterator[str]:
     """Like a vLLM started without --enable-auto-tool-choice: tool_choice "auto" is a 400."""
-    port = free_port()
-    with spawn(["sim", "--port", str(port), "--no-auto-tool-choice"], port) as url:
-        yield url
+    yield from _serve("sim", "--no-auto-tool-choice")
 
 
 @pytest.fixture(scope="session")
 def local_llm_url() -> Iterator[str]:
     """The real local model (llama.cpp + SmolLM2-135M). Loading takes a few seconds."""
-    port = free_port()
-    with spawn(["local-llm", "--port", str(port), "--parallel", "4"], port, timeout=300) as url:
-        yield url
+    yield from _serve("local-llm", "--parallel", "4", timeout=300)

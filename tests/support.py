@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -65,13 +66,38 @@ class Gateway:
 
 
 @asynccontextmanager
-async def gateway(upstream: str, **settings_kw) -> AsyncIterator[Gateway]:
+async def gateway(upstream: str, *, lm_transport: httpx.AsyncBaseTransport | None = None,
+                  **settings_kw) -> AsyncIterator[Gateway]:
     """The real app with its lifespan, driven in-process over ASGI."""
-    app = create_app(make_settings(upstream, **settings_kw))
+    app = create_app(make_settings(upstream, **settings_kw), lm_transport=lm_transport)
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://vgate", timeout=60) as client:
             yield Gateway(app, client)
+
+
+def completion_chunks(content: str, prompt_tokens: int = 5, completion_tokens: int = 4) -> list[dict]:
+    """A well-formed streamed completion: role chunk, content, finish chunk, usage chunk."""
+    return [
+        {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+        {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": content}}]},
+        {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {"id": "c", "model": "m", "choices": [],
+         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}},
+    ]
+
+
+def fake_upstream(chunks: list, *, done: bool = True, check=None) -> httpx.MockTransport:
+    """An upstream that streams ``chunks`` (dicts as JSON, strings as they are) as SSE."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if check is not None:
+            check(request)
+        body = "".join(f"data: {c if isinstance(c, str) else json.dumps(c)}\n\n" for c in chunks)
+        body += "data: [DONE]\n\n" if done else ""
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    return httpx.MockTransport(handler)
 
 
 @contextmanager

@@ -316,14 +316,9 @@ async def test_a_bad_tool_name_400_does_not_switch_the_model_to_react():
         return httpx.Response(400, json={"error": {"message": "Tool 'x' has not been passed in `tools`",
                                                    "type": "BadRequestError", "param": None, "code": 400}})
 
-    from app.main import create_app
-    from tests.support import make_settings
-
-    app = create_app(make_settings("http://up", default_model="m"), lm_transport=httpx.MockTransport(handler))
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-            events = parse_sse((await c.post("/agent", json={"input": "hi"})).text)
-        assert app.state.agent._react_models == set()
+    async with gateway("http://up", default_model="m", lm_transport=httpx.MockTransport(handler)) as gw:
+        events = parse_sse((await gw.client.post("/agent", json={"input": "hi"})).text)
+        assert gw.state.agent._react_models == set()
     assert events[-1]["event"] == "error" and events[-1]["data"]["type"] == "upstream_bad_request"
 
 

@@ -18,7 +18,7 @@ from app.errors import (
 )
 from app.metrics import Metrics
 from app.services.lm import ContentDelta, Done, LMClient
-from tests.support import free_port, make_settings, sim_reset, sim_stats
+from tests.support import fake_upstream, free_port, make_settings, sim_reset, sim_stats
 
 MSG = [{"role": "user", "content": "Tell me about continuous batching."}]
 
@@ -183,21 +183,9 @@ async def test_inflight_cap_holds(sim_latency_url):
 
 async def test_stream_cut_off_without_finish_is_an_error():
     """A stream that ends cleanly but before finish_reason and [DONE] is not a complete answer."""
-    import json as _json
-
-    import httpx
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        chunks = [{"id": "x", "model": "m", "choices": [{"index": 0, "delta": {"content": "Half an ans"}}]}]
-        return httpx.Response(200, text="".join(f"data: {_json.dumps(c)}\n\n" for c in chunks),
-                              headers={"content-type": "text/event-stream"})
-
-    lm = LMClient(make_settings("http://up", default_model="m"), Metrics(), transport=httpx.MockTransport(handler))
-    try:
-        with pytest.raises(UpstreamError) as ei:
-            await lm.chat(MSG)
-    finally:
-        await lm.aclose()
+    chunk = {"id": "x", "model": "m", "choices": [{"index": 0, "delta": {"content": "Half an ans"}}]}
+    with pytest.raises(UpstreamError) as ei:
+        await _chat_against(fake_upstream([chunk], done=False))
     assert ei.value.type == "upstream_stream_error"
 
 
@@ -205,19 +193,17 @@ async def test_stream_cut_off_without_finish_is_an_error():
     "null", "42", '{"choices": ["x"]}', '{"choices": [], "usage": {"prompt_tokens": "abc"}}',
 ])
 async def test_upstream_garbage_is_502_malformed(chunk):
-    import httpx
+    with pytest.raises(UpstreamError) as ei:
+        await _chat_against(fake_upstream([chunk]))
+    assert ei.value.type == "upstream_malformed" and ei.value.status_code == 502
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, text=f"data: {chunk}\n\ndata: [DONE]\n\n",
-                              headers={"content-type": "text/event-stream"})
 
-    lm = LMClient(make_settings("http://up", default_model="m"), Metrics(), transport=httpx.MockTransport(handler))
+async def _chat_against(transport):
+    lm = LMClient(make_settings("http://up", default_model="m"), Metrics(), transport=transport)
     try:
-        with pytest.raises(UpstreamError) as ei:
-            await lm.chat(MSG)
+        return await lm.chat(MSG)
     finally:
         await lm.aclose()
-    assert ei.value.type == "upstream_malformed" and ei.value.status_code == 502
 
 
 async def test_time_queued_for_a_slot_is_not_part_of_the_deadline(sim_latency_url):

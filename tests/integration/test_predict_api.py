@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from tests.support import free_port, gateway, sim_reset, sim_stats
+from tests.support import completion_chunks, fake_upstream, free_port, gateway, sim_reset, sim_stats
 
 
 async def test_int_answer(sim_url):
@@ -163,26 +163,11 @@ async def test_truncated_output_is_a_clear_error(sim_url):
         assert gw.metric("vgate_predictions_total", module="predict", outcome="truncated") == 1
 
 
-async def test_output_failing_validation_carries_raw_text(sim_url):
+async def test_output_failing_validation_carries_raw_text():
     """An upstream that ignores response_format: the reply is refused, never passed off as typed."""
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        chunks = [
-            {"id": "x", "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
-            {"id": "x", "model": "m", "choices": [{"index": 0, "delta": {"content": '{"answer": "three"}'}}]},
-            {"id": "x", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
-            {"id": "x", "model": "m", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 4}},
-        ]
-        body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
-        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
-
-    from app.main import create_app
-    from tests.support import make_settings
-
-    app = create_app(make_settings("http://upstream", default_model="m"), lm_transport=httpx.MockTransport(handler))
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-            r = await c.post("/predict", json={"signature": "q -> answer: int", "inputs": {"q": "x"}})
+    upstream = fake_upstream(completion_chunks('{"answer": "three"}'))
+    async with gateway("http://up", default_model="m", lm_transport=upstream) as gw:
+        r = await gw.client.post("/predict", json={"signature": "q -> answer: int", "inputs": {"q": "x"}})
     assert r.status_code == 502
     err = r.json()["error"]
     assert err["type"] == "output_validation_error" and err["raw"] == '{"answer": "three"}'

@@ -7,8 +7,7 @@ import json
 import httpx
 
 from app.logging import sanitize_request_id
-from app.main import create_app
-from tests.support import make_settings
+from tests.support import completion_chunks, fake_upstream, gateway
 
 
 def test_request_id_sanitising():
@@ -19,23 +18,14 @@ def test_request_id_sanitising():
 
 
 async def test_json_logs_carry_the_request_id_on_every_line(capsys):
-    def upstream(request: httpx.Request) -> httpx.Response:
+    def check(request: httpx.Request) -> None:
         assert request.headers["x-request-id"] == "req-7"
-        chunks = [
-            {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
-            {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": '{"a": "x"}'}}]},
-            {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
-            {"id": "c", "model": "m", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 3}},
-        ]
-        body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
-        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
 
-    app = create_app(make_settings("http://up", default_model="m", log_format="json", log_level="INFO"),
-                     lm_transport=httpx.MockTransport(upstream))
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-            r = await c.post("/predict", headers={"x-request-id": "req-7"},
-                             json={"signature": "q -> a", "inputs": {"q": "hello"}})
+    upstream = fake_upstream(completion_chunks('{"a": "x"}', prompt_tokens=9, completion_tokens=3), check=check)
+    async with gateway("http://up", default_model="m", log_format="json", log_level="INFO",
+                       lm_transport=upstream) as gw:
+        r = await gw.client.post("/predict", headers={"x-request-id": "req-7"},
+                                 json={"signature": "q -> a", "inputs": {"q": "hello"}})
     assert r.status_code == 200, r.text
     assert r.headers["x-request-id"] == "req-7" and float(r.headers["x-vgate-overhead-ms"]) >= 0
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
@@ -52,17 +42,14 @@ async def test_json_logs_carry_the_request_id_on_every_line(capsys):
 
 
 async def test_unexpected_error_is_a_json_500_with_the_request_id(capsys):
-    app = create_app(make_settings("http://up", default_model="m", log_format="json", log_level="INFO"))
+    async with gateway("http://up", default_model="m", log_format="json", log_level="INFO") as gw:
 
-    @app.get("/boom")
-    async def boom():
-        raise RuntimeError("secret detail")
+        @gw.app.get("/boom")
+        async def boom():
+            raise RuntimeError("secret detail")
 
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            r = await c.get("/boom", headers={"x-request-id": "rid-500"})
-            weird = await c.request("FOO1", "/predict")
+        r = await gw.client.get("/boom", headers={"x-request-id": "rid-500"})
+        weird = await gw.client.request("FOO1", "/predict")
     assert r.status_code == 500 and r.headers["x-request-id"] == "rid-500"
     assert r.json()["error"] == {"type": "internal_error", "request_id": "rid-500",
                                  "message": "internal error; the request id is in the logs"}
@@ -71,5 +58,4 @@ async def test_unexpected_error_is_a_json_500_with_the_request_id(capsys):
     crash = next(x for x in lines if x["event"] == "unhandled_error")
     assert crash["request_id"] == "rid-500" and "RuntimeError" in crash["exception"]
     assert weird.status_code == 405
-    assert app.state.metrics.registry.get_sample_value(
-        "vgate_requests_total", {"route": "/predict", "method": "OTHER", "status": "405"}) == 1
+    assert gw.metric("vgate_requests_total", route="/predict", method="OTHER", status="405") == 1
