@@ -7,6 +7,7 @@ Services raise these; ``app.main`` installs the handlers that render them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 
@@ -112,3 +113,26 @@ class OutputTruncatedError(UpstreamError):
 
     def __init__(self, message: str, **kw: Any) -> None:
         super().__init__(message, retry_after_s=None, **kw)
+
+
+# --- pydantic errors, as clients see them ------------------------------------
+
+
+def clean_errors(errors: Iterable[Mapping[str, Any]], limit: int = 20) -> list[dict[str, Any]]:
+    """pydantic error dicts reduced to JSON-safe ``{"loc", "msg", "type"}`` (no input echo, no
+    exception objects in ``ctx``, no docs URL)."""
+    out = []
+    for e in errors:
+        if len(out) == limit:
+            break
+        loc = [p if isinstance(p, (str, int)) else str(p) for p in e.get("loc", ())]
+        out.append({"loc": loc, "msg": e.get("msg"), "type": e.get("type")})
+    return out
+
+
+def summarize_errors(errors: list[dict[str, Any]], limit: int = 3, root: str = "(root)") -> str:
+    """One line for a list of ``{"loc", "msg"}`` errors."""
+    parts = [f"'{'.'.join(map(str, e['loc'])) or root}': {e['msg']}" for e in errors[:limit]]
+    if len(errors) > limit:
+        parts.append(f"and {len(errors) - limit} more")
+    return "; ".join(parts)

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import __version__
-from app.errors import VGateError
+from app.errors import VGateError, clean_errors
 from app.logging import configure_logging
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
@@ -47,13 +47,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return _error_response(request, 400, {"type": "invalid_json", "message": "request body is not valid JSON",
-                                                  "errors": _clean(errors)})
+                                                  "errors": clean_errors(errors)})
         first = errors[0] if errors else {}
         loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         msg = first.get("msg", "invalid request")
         return _error_response(request, 422, {"type": "invalid_request",
                                               "message": f"{loc}: {msg}" if loc else msg,
-                                              "errors": _clean(errors)})
+                                              "errors": clean_errors(errors)})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -63,15 +63,6 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     # Unexpected exceptions become a 500 JSON error in RequestContextMiddleware, where the request id
     # is still bound (Starlette runs an app-level Exception handler outside user middleware).
-
-
-def _clean(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Pydantic errors without the 'url' noise and with JSON-safe 'input'/'ctx'."""
-    out = []
-    for e in errors[:20]:
-        item = {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
-        out.append(item)
-    return out
 
 
 def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:

@@ -46,7 +46,7 @@ from pydantic import (
 from pydantic import Field as PydanticField
 from pydantic_core import PydanticCustomError
 
-from app.errors import InvalidRequestError, OutputValidationError, SignatureError
+from app.errors import InvalidRequestError, OutputValidationError, SignatureError, clean_errors, summarize_errors
 
 __all__ = [
     "ALLOWED_TYPES",
@@ -469,8 +469,8 @@ class Signature:
         try:
             validated = model.model_validate(dict(inputs))
         except ValidationError as exc:
-            errors = _clean_errors(exc)
-            raise InvalidRequestError("invalid inputs: " + _summarize(errors), errors=errors) from None
+            errors = clean_errors(exc.errors(include_url=False, include_context=False, include_input=False))
+            raise InvalidRequestError("invalid inputs: " + summarize_errors(errors), errors=errors) from None
         return validated.model_dump(by_alias=True)
 
     def parse_outputs(self, raw_text: str) -> dict[str, Any]:
@@ -503,9 +503,9 @@ class Signature:
         try:
             validated = model.model_validate(data)
         except ValidationError as exc:
-            errors = _clean_errors(exc)
+            errors = clean_errors(exc.errors(include_url=False, include_context=False, include_input=False))
             raise OutputValidationError(
-                "the model's reply does not match the signature: " + _summarize(errors),
+                "the model's reply does not match the signature: " + summarize_errors(errors),
                 raw=raw_text,
                 errors=errors,
             ) from None
@@ -555,24 +555,6 @@ def _fields_model(key: tuple[tuple[str, TypeSpec], ...], model_name: str) -> typ
         __config__=ConfigDict(extra="ignore"),  # validated by alias only (populate_by_name is off)
         **definitions,
     )
-
-
-def _clean_errors(exc: ValidationError) -> list[dict[str, Any]]:
-    """pydantic errors reduced to JSON-safe parts (no input echo, no exception objects)."""
-    return [
-        {"loc": [p if isinstance(p, (str, int)) else str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
-        for e in exc.errors(include_url=False, include_context=False, include_input=False)
-    ]
-
-
-def _summarize(errors: list[dict[str, Any]], limit: int = 3) -> str:
-    parts = []
-    for e in errors[:limit]:
-        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
-        parts.append(f"'{loc}': {e['msg']}")
-    if len(errors) > limit:
-        parts.append(f"and {len(errors) - limit} more")
-    return "; ".join(parts)
 
 
 _FENCE_RE = re.compile(r"^```[A-Za-z0-9_-]*[ \t]*\n(.*?)\n?```$", re.DOTALL)

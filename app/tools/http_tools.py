@@ -21,14 +21,9 @@ import httpx
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from app.errors import summarize_errors
 from app.settings import HttpToolConfig
-from app.tools.registry import (
-    ArgumentsError,
-    Tool,
-    ToolError,
-    ToolRegistry,
-    summarize_errors,
-)
+from app.tools.registry import ArgumentsError, Tool, ToolError, ToolRegistry
 
 PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_\-]*)\}")
 MAX_RESPONSE_BYTES = 64 * 1024
@@ -74,7 +69,8 @@ def http_tool(config: HttpToolConfig, http_client: httpx.AsyncClient, *, default
             for e in validator.iter_errors(arguments)
         ]
         if errors:
-            raise ArgumentsError(f"invalid arguments for {name}: {summarize_errors(errors)}", errors)
+            summary = summarize_errors(errors, root="(arguments)")
+            raise ArgumentsError(f"invalid arguments for {name}: {summary}", errors)
         return arguments
 
     async def call(**arguments: Any) -> Any:

@@ -27,7 +27,7 @@ from typing import Any
 
 import pydantic
 
-from app.errors import InvalidRequestError
+from app.errors import InvalidRequestError, clean_errors, summarize_errors
 
 TOOL_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")  # what OpenAI accepts, minus a leading digit/dash
 
@@ -246,19 +246,11 @@ def _pydantic_validator(model: type[pydantic.BaseModel], name: str) -> Validator
         try:
             instance = model.model_validate(arguments)
         except pydantic.ValidationError as exc:
-            errors = [
-                {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
-                for e in exc.errors(include_url=False, include_context=False, include_input=False)
-            ]
-            raise ArgumentsError(f"invalid arguments for {name}: {summarize_errors(errors)}", errors) from None
+            errors = clean_errors(exc.errors(include_url=False, include_context=False, include_input=False))
+            summary = summarize_errors(errors, root="(arguments)")
+            raise ArgumentsError(f"invalid arguments for {name}: {summary}", errors) from None
         return {field: getattr(instance, field) for field in type(instance).model_fields}
 
     return validate
 
 
-def summarize_errors(errors: list[dict[str, Any]], limit: int = 3) -> str:
-    """One line for a list of ``{"loc", "msg"}`` errors."""
-    parts = [f"{'.'.join(map(str, e['loc'])) or '(arguments)'}: {e['msg']}" for e in errors[:limit]]
-    if len(errors) > limit:
-        parts.append(f"and {len(errors) - limit} more")
-    return "; ".join(parts)

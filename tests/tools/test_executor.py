@@ -55,9 +55,9 @@ async def test_runs_sync_and_async_tools(metrics: Metrics) -> None:
         ('{"a": 1', "not valid JSON"),
         ("[1, 2]", "must be a JSON object"),
         ("42", "must be a JSON object"),
-        ({"a": "one"}, "a: Input should be a valid integer"),
-        ({}, "a: Field required"),
-        ({"a": 1, "z": 2}, "z: Extra inputs are not permitted"),
+        ({"a": "one"}, "'a': Input should be a valid integer"),
+        ({}, "'a': Field required"),
+        ({"a": 1, "z": 2}, "'z': Extra inputs are not permitted"),
         ('{"a": "' + "x" * 300_000 + '"}', "arguments too large"),
     ],
 )

@@ -89,7 +89,7 @@ async def test_arguments_default_to_empty(client: httpx.AsyncClient, body: Any) 
     ("path", "body", "status", "type_", "message"),
     [
         ("/tools/nope", {}, 404, "unknown_tool", "unknown tool 'nope'"),
-        ("/tools/calculator", {"arguments": {}}, 422, "invalid_request", "expression: Field required"),
+        ("/tools/calculator", {"arguments": {}}, 422, "invalid_request", "'expression': Field required"),
         ("/tools/calculator", {"arguments": {"expression": "1/0"}}, 422, "tool_error", "division by zero"),
         ("/tools/calculator", {"arguments": {"expression": "9**9**9**9"}}, 422, "tool_error", "result too large"),
         ("/tools/current_time", {"arguments": {"timezone": "Nowhere/Land"}}, 422, "tool_error", "unknown time zone"),
