@@ -101,16 +101,21 @@ def _demo(args: argparse.Namespace) -> None:
             print(DEMO_CURLS.format(host=args.host, port=args.port), flush=True)
             gw.wait()
         finally:
-            gw.terminate()
-            gw.wait(10)
+            stop_process(gw)
     except KeyboardInterrupt:
         pass
     finally:
-        llm.terminate()
-        try:
-            llm.wait(10)
-        except subprocess.TimeoutExpired:
-            llm.kill()
+        stop_process(llm)
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``grace_s``."""
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import httpx
 import uvicorn
 
-from app.cli import wait_healthy
+from app.cli import stop_process, wait_healthy
 from app.main import create_app
 from app.settings import Settings
 
@@ -37,11 +37,7 @@ def spawn(args: list[str], port: int, timeout: float = 60) -> Iterator[str]:
         wait_healthy(url, timeout, proc)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 def make_settings(upstream: str, **kw) -> Settings:
