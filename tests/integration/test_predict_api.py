@@ -258,3 +258,11 @@ async def test_a_malformed_demo_fails_a_batch_once(sim_url):
         r = await gw.client.post("/predict", json={"signature": "q -> a", "batch": [{"q": "x"}] * 3,
                                                     "demos": [{"zz": 1}]})
     assert r.status_code == 422 and "zz" in r.json()["error"]["message"]
+
+
+async def test_a_number_that_overflows_is_refused_not_nulled():
+    upstream = fake_upstream(completion_chunks('{"a": 1e999}'))
+    async with gateway("http://up", default_model="m", lm_transport=upstream) as gw:
+        r = await gw.client.post("/predict", json={"signature": "q -> a: float", "inputs": {"q": "x"}})
+    assert r.status_code == 502 and r.json()["error"]["type"] == "output_validation_error"
+    assert "out of range" in r.json()["error"]["message"]
