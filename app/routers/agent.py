@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from app.errors import NotFoundError, VGateError
+from app.errors import InvalidRequestError, NotFoundError, VGateError
 from app.routers.deps import SettingsDep, cancel_on_disconnect
 from app.services.agent import AgentService, AgentTask, Mode
 from app.services.agent_runs import AgentRun
@@ -97,8 +97,7 @@ class AgentRequest(BaseModel):
 
 def _to_task(body: AgentRequest, agent: AgentService, settings: Settings) -> AgentTask:
     if body.max_steps is not None and body.max_steps > settings.agent_max_steps_limit:
-        raise VGateError(f"max_steps is at most {settings.agent_max_steps_limit}", status_code=422,
-                         type="invalid_request")
+        raise InvalidRequestError(f"max_steps is at most {settings.agent_max_steps_limit}")
     instructions = body.instructions
     if body.messages is not None:
         messages = [m.model_dump(exclude_none=True) for m in body.messages]
@@ -108,8 +107,9 @@ def _to_task(body: AgentRequest, agent: AgentService, settings: Settings) -> Age
         messages = [{"role": "user", "content": body.input}]
     tool_names = agent.check_tools(body.tools)
     if isinstance(body.tool_choice, NamedToolChoice) and body.tool_choice.function.name not in tool_names:
-        raise VGateError(f"tool_choice names {body.tool_choice.function.name!r}, which is not an enabled tool",
-                         status_code=422, type="invalid_request", enabled=tool_names)
+        raise InvalidRequestError(
+            f"tool_choice names {body.tool_choice.function.name!r}, which is not an enabled tool", enabled=tool_names
+        )
     return AgentTask(
         messages=messages,
         instructions=instructions,
@@ -149,8 +149,7 @@ async def resume_agent(run_id: str, agent: AgentDep, settings: SettingsDep,
     try:
         after = int(last_event_id or 0)
     except ValueError:
-        raise VGateError("Last-Event-ID must be an integer event id", status_code=422,
-                         type="invalid_request") from None
+        raise InvalidRequestError("Last-Event-ID must be an integer event id") from None
     return _event_stream(run, after, agent, settings)
 
 

@@ -68,7 +68,9 @@ async def predict(
             raise NotFoundError(f"unknown program {body.program!r}", type="program_not_found",
                                 available=sorted(programs))
         program_name = program.name
-        signature = parse_signature(program.signature, body.instructions or program.instructions)
+        signature = program.parsed()
+        if body.instructions:
+            signature = signature.with_instructions(body.instructions)
         module, demos, model, config = program.module, program.demos or None, program.model, program.config
     elif isinstance(body.signature, str) and body.instructions is None:
         signature = parse_signature_cached(body.signature)

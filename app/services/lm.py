@@ -301,7 +301,6 @@ class _Opened:
     lines: AsyncIterator[str]
     first: dict[str, Any] | None  # first parsed chunk, None if the stream ended at once
     attempts: int
-    first_token_at: float | None = None
 
 
 @dataclass

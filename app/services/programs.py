@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from app.services.signature import Signature, parse_signature
 
@@ -62,8 +62,13 @@ class Program(BaseModel):
     model: str | None = None
     config: PredictConfig = Field(default_factory=PredictConfig)
 
+    _signature: Signature | None = PrivateAttr(None)
+
     def parsed(self) -> Signature:
-        return parse_signature(self.signature, self.instructions)
+        """The program's signature, parsed once (at load) and reused by every request."""
+        if self._signature is None:
+            self._signature = parse_signature(self.signature, self.instructions)
+        return self._signature
 
     def summary(self) -> dict[str, Any]:
         sig = self.parsed()
@@ -91,9 +96,7 @@ def load_programs(directory: Path) -> dict[str, Program]:
             raw = json.loads(path.read_text()) if path.suffix == ".json" else tomllib.loads(path.read_text())
             program = Program.model_validate(raw)
             program.parsed()  # the signature must parse now, not at the first request
-        except (ValueError, ValidationError) as exc:
-            raise ValueError(f"invalid program file {path}: {exc}") from exc
-        except Exception as exc:  # SignatureError and friends
+        except Exception as exc:  # unreadable file, bad JSON/TOML, ValidationError, SignatureError
             raise ValueError(f"invalid program file {path}: {exc}") from exc
         if program.name in programs:
             raise ValueError(f"duplicate program name {program.name!r} in {path}")
