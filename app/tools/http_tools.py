@@ -52,6 +52,12 @@ def http_tool(config: HttpToolConfig, http_client: httpx.AsyncClient, *, default
         raise ValueError(f"http tool {name!r}: invalid parameters schema: {exc.message}") from None
     if schema.get("type") != "object":
         raise ValueError(f"http tool {name!r}: parameters must be a JSON schema of type 'object'")
+    if "patternProperties" in schema:
+        raise ValueError(f"http tool {name!r}: parameters.patternProperties is not supported: "
+                         "declare every argument in parameters.properties")
+    # Only declared arguments, whatever the operator wrote: an undeclared one would land in the
+    # query or the body unchecked. The model and GET /tools are shown the same schema.
+    schema = {**schema, "additionalProperties": False}
     if not config.url.startswith(("http://", "https://")):
         raise ValueError(f"http tool {name!r}: url must be absolute (http:// or https://)")
     placeholders = set(PLACEHOLDER_RE.findall(config.url))

@@ -11,6 +11,7 @@ from app.tools import build_tool_executor
 from app.tools.executor import ToolExecutor
 from app.tools.http_tools import MAX_RESPONSE_BYTES
 from tests.tools.conftest import LocalServer, make_settings, tool_calls
+from tests.tools.test_router import small_app
 
 CITY_SCHEMA = {
     "type": "object",
@@ -30,6 +31,23 @@ def config(url: str, **kw: Any) -> dict[str, Any]:
 
 def build(metrics: Metrics, client: httpx.AsyncClient, *tools: dict[str, Any], **settings: Any) -> ToolExecutor:
     return build_tool_executor(make_settings(http_tools=list(tools), **settings), metrics, client)
+
+
+def capturing_client(sent: list[httpx.Request], response: httpx.Response | None = None,
+                     **kw: Any) -> httpx.AsyncClient:
+    """A client whose transport records every request it is given and answers ``response`` (200 JSON)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return response if response is not None else httpx.Response(200, json={"ok": True})
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler), **kw)
+
+
+async def post_tool(tools: ToolExecutor, name: str, arguments: dict[str, Any]) -> httpx.Response:
+    """``POST /tools/{name}`` through the real router."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=small_app(tools)), base_url="http://vgate") as c:
+        return await c.post(f"/tools/{name}", json={"arguments": arguments})
 
 
 async def test_get_fills_placeholders_and_sends_the_rest_as_query(
@@ -138,7 +156,8 @@ async def test_builtins_and_configured_tools_share_one_registry(metrics: Metrics
     assert tools.registry.names() == ["calculator", "current_time", "web_search", "weather"]
     assert all(t.available for t in tools.registry)
     weather = tools.registry.get("weather")
-    assert weather is not None and weather.parameters == CITY_SCHEMA and weather.timeout_s is None
+    assert weather is not None and weather.parameters == {**CITY_SCHEMA, "additionalProperties": False}
+    assert weather.timeout_s is None
 
 
 @pytest.mark.parametrize(
@@ -152,6 +171,8 @@ async def test_builtins_and_configured_tools_share_one_registry(metrics: Metrics
         ([config("https://x", parameters={"type": "object", "properties": {"a": {"type": "strung"}}})],
          "invalid parameters schema"),
         ([config("https://x", parameters={"type": "array"})], "of type 'object'"),
+        ([config("https://x", parameters={"type": "object", "patternProperties": {"^a": {}}})],
+         "patternProperties is not supported"),
     ],
 )
 def test_configuration_mistakes_fail_at_startup(tools: list[dict[str, Any]], message: str, metrics: Metrics) -> None:
@@ -168,3 +189,26 @@ def test_a_client_with_default_credentials_is_refused(metrics: Metrics) -> None:
 def test_config_model_validates_names() -> None:
     with pytest.raises(ValueError):
         HttpToolConfig(name="bad name", description="d", url="https://x")
+
+
+# --- what a prompt-injected model must not be able to do --------------------------------------
+
+
+@pytest.mark.parametrize("additional", ["absent", True, {"type": "string"}])
+async def test_undeclared_arguments_are_refused_whatever_the_schema_says(additional: Any, metrics: Metrics) -> None:
+    schema = dict(CITY_SCHEMA) if additional == "absent" else {**CITY_SCHEMA, "additionalProperties": additional}
+    sent: list[httpx.Request] = []
+    async with capturing_client(sent) as client:
+        tools = build(metrics, client, config("https://api.example/w/{city}?units=metric", parameters=schema))
+        response = await post_tool(tools, "weather", {"city": "Lyon", "appid": "ATTACKER", "units": "imperial"})
+        assert response.status_code == 422, response.text
+        assert [e["type"] for e in response.json()["error"]["errors"]] == ["additionalProperties"]
+        assert "'appid', 'units' were unexpected" in response.json()["error"]["message"]
+        assert sent == []
+        assert tool_calls(metrics, "weather", "invalid_arguments") == 1
+        # what the model and GET /tools are shown says so too
+        weather = tools.registry.get("weather")
+        assert weather is not None and weather.info()["parameters"]["additionalProperties"] is False
+        assert tools.registry.openai_tools(["weather"])[0]["function"]["parameters"]["additionalProperties"] is False
+        assert (await tools.execute("weather", {"city": "Lyon", "days": 2})).ok  # declared ones still pass
+        assert [str(r.url) for r in sent] == ["https://api.example/w/Lyon?units=metric&days=2"]
