@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote_plus
 
 import httpx
 from jsonschema import Draft202012Validator
@@ -60,12 +60,19 @@ def http_tool(config: HttpToolConfig, http_client: httpx.AsyncClient, *, default
     schema = {**schema, "additionalProperties": False}
     if not config.url.startswith(("http://", "https://")):
         raise ValueError(f"http tool {name!r}: url must be absolute (http:// or https://)")
+    if "#" in config.url:
+        raise ValueError(f"http tool {name!r}: url must not have a fragment (it is never sent)")
     placeholders = set(PLACEHOLDER_RE.findall(config.url))
     not_required = sorted(placeholders - set(schema.get("required", [])))
     if not_required:
         raise ValueError(
             f"http tool {name!r}: url placeholder(s) {not_required} must be listed in parameters.required"
         )
+    head, _, fixed_query = config.url.partition("?")
+    fixed_keys = _query_keys(name, fixed_query)
+    clashes = sorted(p for p in schema.get("properties", {}) if p not in placeholders and p.casefold() in fixed_keys)
+    if clashes:
+        raise ValueError(f"http tool {name!r}: argument(s) {clashes} would set the url's fixed query key(s)")
     validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
     timeout = httpx.Timeout(config.timeout_s or default_timeout_s)
 
@@ -80,13 +87,15 @@ def http_tool(config: HttpToolConfig, http_client: httpx.AsyncClient, *, default
         return arguments
 
     async def call(**arguments: Any) -> Any:
-        url = httpx.URL(PLACEHOLDER_RE.sub(lambda m: quote(_text(arguments[m[1]]), safe=""), config.url))
         rest = {k: v for k, v in arguments.items() if k not in placeholders}
         body: dict[str, Any] | None = None
+        query = [_fill(fixed_query, arguments)] if fixed_query else []
         if config.method in BODY_METHODS:
             body = rest
-        elif rest:
-            url = url.copy_merge_params({k: _query_value(v) for k, v in rest.items() if v is not None})
+        elif params := {k: _query_value(v) for k, v in rest.items() if v is not None}:
+            # appended, never merged: the template's own query is sent byte for byte as configured
+            query.append(str(httpx.QueryParams(params)))
+        url = httpx.URL(_fill(head, arguments) + ("?" + "&".join(query) if query else ""))
         try:
             async with http_client.stream(
                 config.method, url, json=body, headers=config.headers, timeout=timeout
@@ -109,6 +118,21 @@ def http_tool(config: HttpToolConfig, http_client: httpx.AsyncClient, *, default
         validate=validate,
         timeout_s=config.timeout_s,
     )
+
+
+def _query_keys(name: str, query: str) -> set[str]:
+    """The template query's keys as a server reads them (decoded), case-folded."""
+    keys = set()
+    for pair in query.split("&"):
+        key = pair.partition("=")[0]
+        if "{" in key or "}" in key:
+            raise ValueError(f"http tool {name!r}: placeholders in the query may only stand in values")
+        keys.add(unquote_plus(key).casefold())
+    return keys
+
+
+def _fill(template: str, arguments: dict[str, Any]) -> str:
+    return PLACEHOLDER_RE.sub(lambda m: quote(_text(arguments[m[1]]), safe=""), template)
 
 
 async def _read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:

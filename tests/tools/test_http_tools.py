@@ -25,6 +25,10 @@ CITY_SCHEMA = {
 }
 
 
+def with_property(name: str) -> dict[str, Any]:
+    return {**CITY_SCHEMA, "properties": {**CITY_SCHEMA["properties"], name: {"type": "string"}}}
+
+
 def config(url: str, **kw: Any) -> dict[str, Any]:
     return {"name": "weather", "description": "Weather for a city.", "parameters": CITY_SCHEMA, "url": url, **kw}
 
@@ -173,6 +177,13 @@ async def test_builtins_and_configured_tools_share_one_registry(metrics: Metrics
         ([config("https://x", parameters={"type": "array"})], "of type 'object'"),
         ([config("https://x", parameters={"type": "object", "patternProperties": {"^a": {}}})],
          "patternProperties is not supported"),
+        ([config("https://x/{city}?units=metric&appid=SECRET", parameters=with_property("appid"))],
+         r"http tool 'weather': argument\(s\) \['appid'\] .* fixed query"),
+        ([config("https://x/{city}?units=metric&app%69d=SECRET", parameters=with_property("AppID"),
+                 method="POST")], r"\['AppID'\] .* fixed query"),
+        ([config("https://x/{city}?a=1#top")], "must not have a fragment"),
+        ([config("https://x/a?{city}=1")], "placeholders in the query may only stand in values"),
+        ([config("https://x/a?k=1&x{city}=2")], "placeholders in the query may only stand in values"),
     ],
 )
 def test_configuration_mistakes_fail_at_startup(tools: list[dict[str, Any]], message: str, metrics: Metrics) -> None:
@@ -212,3 +223,14 @@ async def test_undeclared_arguments_are_refused_whatever_the_schema_says(additio
         assert tools.registry.openai_tools(["weather"])[0]["function"]["parameters"]["additionalProperties"] is False
         assert (await tools.execute("weather", {"city": "Lyon", "days": 2})).ok  # declared ones still pass
         assert [str(r.url) for r in sent] == ["https://api.example/w/Lyon?units=metric&days=2"]
+
+
+async def test_the_fixed_query_is_sent_exactly_as_configured(
+    metrics: Metrics, http_client: httpx.AsyncClient, local_server: LocalServer
+) -> None:
+    fixed = "appid=S%2BCR%20ET&sig=a+b%7e&units=metric"
+    tools = build(metrics, http_client, config(f"{local_server.url}/echo/w/{{city}}?{fixed}"))
+    result = await tools.execute("weather", {"city": "Lyon", "days": 3, "tags": ["x y", "&units=imperial"]})
+    assert result.ok, result.error
+    assert result.result["raw_path"] == f"/echo/w/Lyon?{fixed}&days=3&tags=x+y&tags=%26units%3Dimperial"
+    assert result.result["query"]["units"] == ["metric"]
