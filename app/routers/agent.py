@@ -13,8 +13,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.errors import InvalidRequestError, NotFoundError, VGateError
 from app.routers.deps import SettingsDep, cancel_on_disconnect
-from app.services.agent import AgentService, AgentTask, Mode
-from app.services.agent_runs import AgentRun
+from app.services.agent import AgentRun, AgentService, AgentTask, Mode
 from app.services.programs import PredictConfig
 from app.settings import Settings
 

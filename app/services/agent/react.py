@@ -148,3 +148,13 @@ def _first_json_object(raw: str) -> str:
             if depth == 0:
                 return raw[start:i + 1]
     return raw[start:]
+
+
+def as_text_message(m: dict[str, Any]) -> dict[str, Any]:
+    """Conversation messages for an upstream without tool support: tool turns become plain text."""
+    if m.get("role") == "tool":
+        return {"role": "user", "content": f"Observation: {m.get('content')}"}
+    if m.get("tool_calls"):
+        calls = "; ".join(f"{c['function']['name']}({c['function']['arguments']})" for c in m["tool_calls"])
+        return {"role": "assistant", "content": (m.get("content") or "") + f"\n[called {calls}]"}
+    return {"role": m["role"], "content": m.get("content") or ""}

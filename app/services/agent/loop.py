@@ -1,11 +1,11 @@
-"""The tool-using agent: model → tool calls (in parallel) → results → model, until an answer.
+"""One agent run: model → tool calls (in parallel) → results → model, until an answer.
 
 A run is an asyncio task that publishes events into its ``AgentRun`` log; HTTP streams follow
-that log (so a client can resume with ``Last-Event-ID``). Cancelling the task — the last client
-went away — closes the upstream stream (vLLM aborts the sequence) and cancels running tools.
+that log. Cancelling the task closes the upstream stream (vLLM aborts the sequence) and cancels
+running tools.
 
 Native tool calling (vLLM ``tools``) is the default; an upstream that refuses it gets the ReAct
-text protocol instead (see ``app.services.react``), remembered per model.
+text protocol instead (see ``react``).
 """
 
 from __future__ import annotations
@@ -15,49 +15,25 @@ import json
 import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 
-from app.errors import InvalidRequestError, UpstreamBadRequestError, VGateError
+from app.errors import UpstreamBadRequestError, VGateError
 from app.metrics import Metrics
-from app.services import react
-from app.services.agent_runs import AgentRun, RunStore, SessionStore
-from app.services.lm import (
-    ContentDelta,
-    Done,
-    LMClient,
-    LMResult,
-    ReasoningDelta,
-    ToolCall,
-    Usage,
-)
-from app.services.programs import PredictConfig
+from app.services.agent import react
+from app.services.agent.runs import AgentRun, SessionStore
+from app.services.agent.stream import Coalescer
+from app.services.agent.task import AgentTask
+from app.services.lm import ContentDelta, Done, LMClient, LMResult, ReasoningDelta, ToolCall, Usage
 from app.settings import Settings
 from app.tools.executor import ToolExecutor, ToolResult
 
 log = structlog.get_logger("vgate.agent")
 
-Mode = Literal["auto", "native", "react"]
-
 
 @dataclass
-class AgentTask:
-    """A validated agent request, ready to run."""
-
-    messages: list[dict[str, Any]]  # the conversation so far, system message excluded
-    instructions: str | None
-    tool_names: list[str]
-    max_steps: int
-    model: str | None
-    config: PredictConfig
-    tool_choice: Any = None  # first step only
-    session_id: str | None = None
-    mode: Mode = "auto"
-
-
-@dataclass
-class _Totals:
+class Totals:
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
     steps: int = 0  # loop steps (each ends in an answer or in tool calls)
@@ -71,82 +47,41 @@ class _Totals:
         self.model = r.model
 
 
-class AgentService:
-    def __init__(self, lm: LMClient, tools: ToolExecutor, settings: Settings, metrics: Metrics) -> None:
+class RunLoop:
+    """The loop of one run, with what it needs of the gateway."""
+
+    def __init__(self, run: AgentRun, task: AgentTask, *, lm: LMClient, tools: ToolExecutor, settings: Settings,
+                 metrics: Metrics, sessions: SessionStore, react_models: set[str]) -> None:
+        self.run = run
+        self.task = task
         self.lm = lm
         self.tools = tools
         self.settings = settings
         self.metrics = metrics
-        self.runs = RunStore(ttl_s=settings.agent_resume_ttl_s, max_runs=settings.agent_max_retained_runs)
-        self.sessions = SessionStore(ttl_s=settings.agent_session_ttl_s, max_sessions=settings.agent_max_sessions)
-        self._react_models: set[str] = set()  # upstream models that refused native tool calling
+        self.sessions = sessions
+        self.react_models = react_models
+        self.totals = Totals()
+        self.outcome = "error"
+        self.conversation = list(task.messages)
+        self.started = time.perf_counter()
 
-    async def aclose(self) -> None:
-        """Cancel live runs (at shutdown) and wait for them to wind down."""
-        live = [r.task for r in self.runs.live() if r.task is not None]
-        for t in live:
-            t.cancel()
-        await asyncio.gather(*live, return_exceptions=True)
-
-    # ------------------------------------------------------------------ request → task
-
-    def check_tools(self, names: list[str] | None) -> list[str]:
-        """The enabled tools: the named ones (each must exist and be available) or every available one."""
-        registry = self.tools.registry
-        if names is None:
-            return [t.name for t in registry if t.available]
-        unknown = [n for n in names if registry.get(n) is None]
-        if unknown:
-            raise InvalidRequestError(f"unknown tools: {', '.join(unknown)}", type="unknown_tool",
-                                      available=registry.names())
-        unavailable = [n for n in names if not registry.get(n).available]  # type: ignore[union-attr]
-        if unavailable:
-            raise InvalidRequestError(f"tools not available on this gateway: {', '.join(unavailable)}",
-                                      type="tool_unavailable")
-        return list(dict.fromkeys(names))
-
-    def start(self, task: AgentTask) -> AgentRun:
-        """Create the run and start its task. Raises 409 if the session is busy."""
-        history: list[dict[str, Any]] = []
-        if task.session_id is not None:
-            got = self.sessions.acquire(task.session_id)
-            if got is None:
-                raise VGateError("another run is using this session", status_code=409, type="session_busy")
-            history = got
-        if len(self.runs.live()) >= self.settings.agent_max_concurrent_runs:
-            if task.session_id is not None:
-                self.sessions.release(task.session_id, None)
-            raise VGateError("too many agent runs in progress; retry shortly", status_code=503,
-                             type="agent_overloaded", retry_after_s=1.0)
-        run = self.runs.create()
-        run.session_id = task.session_id
-        run.model = task.model
-        task.messages = history + task.messages
-        run.task = asyncio.create_task(self._run(run, task), name=run.run_id)
-        return run
-
-    # ------------------------------------------------------------------ the loop
-
-    async def _run(self, run: AgentRun, task: AgentTask) -> None:
+    async def main(self) -> None:
+        run, task, totals = self.run, self.task, self.totals
         structlog.contextvars.bind_contextvars(run_id=run.run_id)
-        started = time.perf_counter()
-        totals = _Totals()
-        outcome = "error"
-        conversation = list(task.messages)
         try:
             model = await self.lm.resolve_model(task.model)
             run.model = model
             run.publish("run", {"run_id": run.run_id, "model": model, "session_id": task.session_id,
                                 "tools": task.tool_names})
-            react_mode = task.mode == "react" or (task.mode == "auto" and model in self._react_models)
+            react_mode = task.mode == "react" or (task.mode == "auto" and model in self.react_models)
             answer, stop_reason = None, "max_steps"
             for step in range(1, task.max_steps + 1):
                 totals.steps = step
                 if react_mode:
-                    answer = await self._react_step(run, task, model, conversation, totals, step)
+                    answer = await self._react_step(model, step)
                 else:
                     try:
-                        answer = await self._native_step(run, task, model, conversation, totals, step)
+                        answer = await self._native_step(model, step)
                     except (UpstreamBadRequestError, _SwitchToReact) as exc:
                         # vLLM without --enable-auto-tool-choice refuses "auto" with a 400 that names it;
                         # this can come at any step (a forced first call works without that flag).
@@ -155,13 +90,13 @@ class AgentService:
                             raise
                         if refused:
                             log.warning("native_tools_refused_fallback_to_react", model=model, error=exc.message)
-                            self._react_models.add(model)
+                            self.react_models.add(model)
                         react_mode = True
-                        answer = await self._react_step(run, task, model, conversation, totals, step)
+                        answer = await self._react_step(model, step)
                 if answer is not None:
                     stop_reason = "answer"
                     break
-            outcome = "ok" if stop_reason == "answer" else "max_steps"
+            self.outcome = "ok" if stop_reason == "answer" else "max_steps"
             final = {
                 "answer": answer,
                 "stop_reason": stop_reason,
@@ -169,7 +104,7 @@ class AgentService:
                 "model_calls": totals.model_calls,
                 "usage": totals.usage.as_dict(),
                 "cost_usd": totals.cost_usd,
-                "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+                "latency_ms": round((time.perf_counter() - self.started) * 1000, 2),
                 "model": totals.model or model,
                 "run_id": run.run_id,
             }
@@ -179,7 +114,7 @@ class AgentService:
                 final["session_id"] = task.session_id
             run.publish("final", final)
         except asyncio.CancelledError:
-            outcome = "cancelled"
+            self.outcome = "cancelled"
             run.publish("error", {"type": "cancelled", "message": "the run was cancelled (client disconnected)"})
             raise
         except VGateError as exc:
@@ -188,65 +123,71 @@ class AgentService:
             log.exception("agent_run_crashed")
             run.publish("error", {"type": "internal_error", "message": "internal error; the run id is in the logs"})
         finally:
-            run.finish()
-            if task.session_id is not None:
-                self.sessions.release(task.session_id, conversation if outcome in ("ok", "max_steps") else None)
-            self.metrics.agent_runs.labels(outcome=outcome).inc()
-            self.metrics.agent_steps.observe(totals.steps)
-            log.info("agent_run", outcome=outcome, steps=totals.steps, cost_usd=round(totals.cost_usd, 8),
-                     prompt_tokens=totals.usage.prompt_tokens, completion_tokens=totals.usage.completion_tokens,
-                     latency_ms=round((time.perf_counter() - started) * 1000, 2))
+            self.finish()
 
-    def _params(self, task: AgentTask) -> dict[str, Any]:
-        params = task.config.upstream_params()
+    def finish(self) -> None:
+        """Close the run's books: its log, its session, its metrics."""
+        run, task, totals = self.run, self.task, self.totals
+        run.finish()
+        if task.session_id is not None:
+            self.sessions.release(task.session_id,
+                                  self.conversation if self.outcome in ("ok", "max_steps") else None)
+        self.metrics.agent_runs.labels(outcome=self.outcome).inc()
+        self.metrics.agent_steps.observe(totals.steps)
+        log.info("agent_run", outcome=self.outcome, steps=totals.steps, cost_usd=round(totals.cost_usd, 8),
+                 prompt_tokens=totals.usage.prompt_tokens, completion_tokens=totals.usage.completion_tokens,
+                 latency_ms=round((time.perf_counter() - self.started) * 1000, 2))
+
+    def _params(self) -> dict[str, Any]:
+        params = self.task.config.upstream_params()
         params.setdefault("max_tokens", self.settings.agent_default_max_tokens)
         return params
 
-    async def _native_step(self, run: AgentRun, task: AgentTask, model: str, conversation: list[dict[str, Any]],
-                           totals: _Totals, step: int) -> str | None:
+    async def _native_step(self, model: str, step: int) -> str | None:
         """One model call with native tools. Returns the answer, or None after running tool calls."""
+        task, conversation = self.task, self.conversation
         messages = ([{"role": "system", "content": task.instructions}] if task.instructions else []) + conversation
         tools = self.tools.registry.openai_tools(task.tool_names) if task.tool_names else None
-        params = self._params(task)
-        forced = _forced_tool(task, step)
+        params = self._params()
+        forced = task.forced_tool(step)
         if tools:
             params["tools"] = tools
             if step == 1 and task.tool_choice is not None:
                 params["tool_choice"] = task.tool_choice
         # A forced step must not stream text: if the upstream ignores tool_choice, that text is discarded.
-        result = await self._call(run, model, messages, params, stream_text=not forced)
-        totals.add(result)
+        result = await self._call(model, messages, params, stream_text=not forced)
+        self.totals.add(result)
         log.info("agent_step", step=step, tool_calls=len(result.tool_calls), finish_reason=result.finish_reason)
         if forced and tools and not result.tool_calls:
             # The upstream ignored tools/tool_choice (e.g. a chat template without tool support):
             # use the gateway's own protocol for this model from now on.
             log.warning("tool_choice_ignored_fallback_to_react", model=model)
-            self._react_models.add(model)
+            self.react_models.add(model)
             raise _SwitchToReact()
         if not result.tool_calls:
             conversation.append({"role": "assistant", "content": result.content})
             return result.content
         conversation.append({"role": "assistant", "content": result.content or None,
                              "tool_calls": [tc.as_openai() for tc in result.tool_calls]})
-        results = await self._execute(run, task, result.tool_calls)
+        results = await self._run_tools(result.tool_calls)
         conversation.extend(r.to_message() for r in results)
         return None
 
-    async def _react_step(self, run: AgentRun, task: AgentTask, model: str, conversation: list[dict[str, Any]],
-                          totals: _Totals, step: int) -> str | None:
+    async def _react_step(self, model: str, step: int) -> str | None:
+        run, task, conversation = self.run, self.task, self.conversation
         tools = self.tools.registry.openai_tools(task.tool_names) if task.tool_names else []
         messages = [{"role": "system", "content": react.system_prompt(task.instructions, tools)}] + [
-            _as_text_message(m) for m in conversation
+            react.as_text_message(m) for m in conversation
         ]
-        params = self._params(task)
-        forced = _forced_tool(task, step)
+        params = self._params()
+        forced = task.forced_tool(step)
         if forced and tools:
             # Force the tool call with structured outputs: the reply must be a JSON action.
             params["response_format"] = react.action_response_format(tools, None if forced is True else forced)
         else:
             params["stop"] = list(dict.fromkeys((params.get("stop") or []) + react.STOP))
-        result = await self._call(run, model, messages, params, stream_text=False)
-        totals.add(result)
+        result = await self._call(model, messages, params, stream_text=False)
+        self.totals.add(result)
         parsed = react.parse_action_json(result.content) if forced and tools else react.parse(result.content)
         log.info("agent_step", step=step, mode="react", action=parsed.action)
         if parsed.thought:
@@ -262,15 +203,15 @@ class AgentService:
         # continues in the form it sees, and the next turn should end with "Final Answer:".
         conversation.append({"role": "assistant", "content": react.render_action(parsed) if forced
                              else result.content})
-        [tool_result] = await self._execute(run, task, [call])
+        [tool_result] = await self._run_tools([call])
         conversation.append({"role": "user", "content": f"Observation: {tool_result.content()}"})
         return None
 
-    async def _call(self, run: AgentRun, model: str, messages: list[dict[str, Any]], params: dict[str, Any],
+    async def _call(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any],
                     *, stream_text: bool) -> LMResult:
         stream = self.lm.stream_chat(messages, model=model, route="agent", **params)
-        text = _Coalescer(run, "delta")
-        thought = _Coalescer(run, "reasoning")
+        text = Coalescer(self.run, "delta")
+        thought = Coalescer(self.run, "reasoning")
         async with aclosing(stream):
             async for ev in stream:
                 if isinstance(ev, ContentDelta):
@@ -284,9 +225,10 @@ class AgentService:
                     return ev.result
         raise VGateError("upstream stream ended without a result", status_code=502, type="upstream_error")
 
-    async def _execute(self, run: AgentRun, task: AgentTask, calls: list[ToolCall]) -> list[ToolResult]:
+    async def _run_tools(self, calls: list[ToolCall]) -> list[ToolResult]:
         """Run the calls concurrently; publish each result as it lands; return them in call order."""
-        enabled = set(task.tool_names)
+        run = self.run
+        enabled = set(self.task.tool_names)
         for tc in calls:
             run.publish("tool_call", {"id": tc.id, "name": tc.name, "arguments": _loads_or_raw(tc.arguments)})
 
@@ -307,35 +249,6 @@ class AgentService:
         return list(await asyncio.gather(*(one(tc) for tc in calls)))
 
 
-class _Coalescer:
-    """Joins token deltas into events of up to ~64 characters or 50 ms: each event is kept for
-    resumable streams, so one event per token would make a long run's log needlessly large."""
-
-    MAX_CHARS = 64
-    MAX_AGE_S = 0.05
-
-    def __init__(self, run: AgentRun, event: str) -> None:
-        self.run = run
-        self.event = event
-        self.parts: list[str] = []
-        self.size = 0
-        self.since = 0.0
-
-    def add(self, piece: str) -> None:
-        if not self.parts:
-            self.since = time.perf_counter()
-        self.parts.append(piece)
-        self.size += len(piece)
-        if self.size >= self.MAX_CHARS or time.perf_counter() - self.since >= self.MAX_AGE_S:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.parts:
-            self.run.publish(self.event, {"text": "".join(self.parts)})
-            self.parts.clear()
-            self.size = 0
-
-
 def _refuses_auto_tools(message: str) -> bool:
     """vLLM's 400 for a server started without --enable-auto-tool-choice. Only that refusal is
     remembered per model; any other 400 (a bad tool name, say) is the request's own problem."""
@@ -347,29 +260,8 @@ class _SwitchToReact(Exception):
     """The upstream ignored a forced tool call: redo the step with the ReAct protocol."""
 
 
-def _forced_tool(task: AgentTask, step: int) -> str | bool:
-    """The tool name the first step must call, True for any tool, False when not forced."""
-    if step != 1 or task.tool_choice is None:
-        return False
-    if task.tool_choice == "required":
-        return True
-    if isinstance(task.tool_choice, dict):
-        return (task.tool_choice.get("function") or {}).get("name") or True
-    return False
-
-
 def _loads_or_raw(text: str) -> Any:
     try:
         return json.loads(text)
     except ValueError:
         return text
-
-
-def _as_text_message(m: dict[str, Any]) -> dict[str, Any]:
-    """Conversation messages for an upstream without tool support: tool turns become plain text."""
-    if m.get("role") == "tool":
-        return {"role": "user", "content": f"Observation: {m.get('content')}"}
-    if m.get("tool_calls"):
-        calls = "; ".join(f"{c['function']['name']}({c['function']['arguments']})" for c in m["tool_calls"])
-        return {"role": "assistant", "content": (m.get("content") or "") + f"\n[called {calls}]"}
-    return {"role": m["role"], "content": m.get("content") or ""}

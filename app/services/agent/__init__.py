@@ -1,0 +1,14 @@
+"""The tool-using agent behind ``POST /agent``.
+
+- ``service``: requests → runs, the run cap, subscribers, disconnects, JSON results;
+- ``loop``: one run — model → tool calls (in parallel) → results → model, until an answer;
+- ``stream``: how model text becomes ``delta``/``reasoning`` events;
+- ``runs``: the runs' event logs (resumable streams) and the sessions' conversations;
+- ``react``: the ReAct text protocol, for upstreams without native tool calling.
+"""
+
+from app.services.agent.runs import AgentEvent, AgentRun, RunStore, SessionStore
+from app.services.agent.service import AgentService
+from app.services.agent.task import AgentTask, Mode
+
+__all__ = ["AgentEvent", "AgentRun", "AgentService", "AgentTask", "Mode", "RunStore", "SessionStore"]
