@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from app.errors import InvalidRequestError, NotFoundError, VGateError
+from app.errors import InvalidRequestError
 from app.routers.deps import SettingsDep, cancel_on_disconnect
-from app.services.agent import AgentRun, AgentService, AgentTask, Mode
+from app.services.agent import AgentRun, AgentService, Mode
 from app.services.programs import PredictConfig
 from app.settings import Settings
 
@@ -94,34 +94,6 @@ class AgentRequest(BaseModel):
         return self
 
 
-def _to_task(body: AgentRequest, agent: AgentService, settings: Settings) -> AgentTask:
-    if body.max_steps is not None and body.max_steps > settings.agent_max_steps_limit:
-        raise InvalidRequestError(f"max_steps is at most {settings.agent_max_steps_limit}")
-    instructions = body.instructions
-    if body.messages is not None:
-        messages = [m.model_dump(exclude_none=True) for m in body.messages]
-        if instructions is None and messages[0]["role"] == "system":
-            instructions = messages.pop(0).get("content")
-    else:
-        messages = [{"role": "user", "content": body.input}]
-    tool_names = agent.check_tools(body.tools)
-    if isinstance(body.tool_choice, NamedToolChoice) and body.tool_choice.function.name not in tool_names:
-        raise InvalidRequestError(
-            f"tool_choice names {body.tool_choice.function.name!r}, which is not an enabled tool", enabled=tool_names
-        )
-    return AgentTask(
-        messages=messages,
-        instructions=instructions,
-        tool_names=tool_names,
-        max_steps=body.max_steps or settings.agent_max_steps,
-        model=body.model,
-        config=body.config,
-        tool_choice=body.tool_choice.model_dump() if isinstance(body.tool_choice, BaseModel) else body.tool_choice,
-        session_id=body.session_id,
-        mode=body.mode,
-    )
-
-
 def _wants_json(request: Request) -> bool:
     accept = request.headers.get("accept", "")
     return "application/json" in accept and "text/event-stream" not in accept
@@ -130,11 +102,10 @@ def _wants_json(request: Request) -> bool:
 @router.post("/agent", response_model=None)
 async def run_agent(body: AgentRequest, request: Request, agent: AgentDep,
                     settings: SettingsDep) -> EventSourceResponse | dict[str, Any]:
-    run = agent.start(_to_task(body, agent, settings))
+    task = agent.make_task(config=body.config, **body.model_dump(exclude={"config"}, exclude_none=True))
+    run = agent.start(task)
     if _wants_json(request):
-        assert run.task is not None
-        await cancel_on_disconnect(request, run.task)
-        return _final_document(run)
+        return await cancel_on_disconnect(request, agent.result(run))
     return _event_stream(run, 0, agent, settings)
 
 
@@ -142,9 +113,7 @@ async def run_agent(body: AgentRequest, request: Request, agent: AgentDep,
 async def resume_agent(run_id: str, agent: AgentDep, settings: SettingsDep,
                        last_event_id: Annotated[str | None, Header()] = None) -> EventSourceResponse:
     """The events after ``Last-Event-ID`` (header, as EventSource sends it), then the live ones."""
-    run = agent.runs.get(run_id)
-    if run is None:
-        raise NotFoundError(f"unknown or expired run {run_id!r}", type="run_not_found")
+    run = agent.get_run(run_id)
     try:
         after = int(last_event_id or 0)
     except ValueError:
@@ -154,42 +123,10 @@ async def resume_agent(run_id: str, agent: AgentDep, settings: SettingsDep,
 
 def _event_stream(run: AgentRun, after_id: int, agent: AgentService, settings: Settings) -> EventSourceResponse:
     async def events() -> AsyncIterator[ServerSentEvent]:
-        run.subscribers += 1
-        try:
-            async for ev in run.follow(after_id):
+        async with aclosing(agent.follow(run, after_id)) as followed:
+            async for ev in followed:
                 yield ServerSentEvent(data=json.dumps(ev.data, ensure_ascii=False, default=str),
                                       event=ev.event, id=str(ev.id))
-        finally:
-            run.subscribers -= 1
-            if run.subscribers == 0 and not run.finished:
-                _cancel_later(run, settings.agent_disconnect_grace_s)
 
     return EventSourceResponse(events(), ping=settings.sse_heartbeat_s, sep="\n",
                                headers={"x-vgate-run-id": run.run_id})
-
-
-def _cancel_later(run: AgentRun, grace_s: float) -> None:
-    """Cancel the run unless a client reconnects within the grace period."""
-    if run.task is None:
-        return
-    if grace_s <= 0:
-        run.task.cancel()
-        return
-
-    async def later() -> None:
-        await asyncio.sleep(grace_s)
-        if run.subscribers == 0 and run.task is not None:
-            run.task.cancel()
-
-    asyncio.get_running_loop().create_task(later())
-
-
-def _final_document(run: AgentRun) -> dict[str, Any]:
-    last = run.events[-1] if run.events else None
-    if last is None or last.event != "final":
-        err = dict(last.data) if last is not None else {"type": "internal_error", "message": "run produced nothing"}
-        status = err.pop("status", 502)
-        raise VGateError(err.pop("message", "agent run failed"), status_code=status,
-                         type=err.pop("type", "agent_error"), run_id=run.run_id, **err)
-    trace = [{"event": e.event, **e.data} for e in run.events if e.event in ("tool_call", "tool_result")]
-    return {**last.data, "trace": trace}

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
-from app.errors import InvalidRequestError, VGateError
+from app.errors import InvalidRequestError, NotFoundError, VGateError
 from app.metrics import Metrics
 from app.services.agent.loop import RunLoop
-from app.services.agent.runs import AgentRun, RunStore, SessionStore
-from app.services.agent.task import AgentTask
+from app.services.agent.runs import AgentEvent, AgentRun, RunStore, SessionStore
+from app.services.agent.task import AgentTask, Mode
 from app.services.lm import LMClient
+from app.services.programs import PredictConfig
 from app.settings import Settings
 from app.tools.executor import ToolExecutor
 
@@ -33,6 +35,38 @@ class AgentService:
         await asyncio.gather(*live, return_exceptions=True)
 
     # ------------------------------------------------------------------ request → task
+
+    def make_task(self, *, input: str | None = None, messages: list[dict[str, Any]] | None = None,
+                  instructions: str | None = None, tools: list[str] | None = None, max_steps: int | None = None,
+                  model: str | None = None, config: PredictConfig | None = None, tool_choice: Any = None,
+                  session_id: str | None = None, mode: Mode = "auto") -> AgentTask:
+        """A request (``input`` or OpenAI-style ``messages``, already shape-checked) checked against
+        this gateway's limits and tools."""
+        limit = self.settings.agent_max_steps_limit
+        if max_steps is not None and max_steps > limit:
+            raise InvalidRequestError(f"max_steps is at most {limit}")
+        if messages is not None:
+            messages = [dict(m) for m in messages]
+            if instructions is None and messages and messages[0]["role"] == "system":
+                instructions = messages.pop(0).get("content")
+        else:
+            messages = [{"role": "user", "content": input}]
+        tool_names = self.check_tools(tools)
+        named = tool_choice.get("function", {}).get("name") if isinstance(tool_choice, dict) else None
+        if named is not None and named not in tool_names:
+            raise InvalidRequestError(f"tool_choice names {named!r}, which is not an enabled tool",
+                                      enabled=tool_names)
+        return AgentTask(
+            messages=messages,
+            instructions=instructions,
+            tool_names=tool_names,
+            max_steps=max_steps or self.settings.agent_max_steps,
+            model=model,
+            config=config or PredictConfig(),
+            tool_choice=tool_choice,
+            session_id=session_id,
+            mode=mode,
+        )
 
     def check_tools(self, names: list[str] | None) -> list[str]:
         """The enabled tools: the named ones (each must exist and be available) or every available one."""
@@ -70,3 +104,57 @@ class AgentService:
                        sessions=self.sessions, react_models=self._react_models)
         run.task = asyncio.create_task(loop.main(), name=run.run_id)
         return run
+
+    # ------------------------------------------------------------------ clients of a run
+
+    def get_run(self, run_id: str) -> AgentRun:
+        run = self.runs.get(run_id)
+        if run is None:
+            raise NotFoundError(f"unknown or expired run {run_id!r}", type="run_not_found")
+        return run
+
+    async def follow(self, run: AgentRun, after_id: int = 0) -> AsyncIterator[AgentEvent]:
+        """The run's events after ``after_id``, then live ones, for one streaming client. When the
+        last client leaves a live run, the run is cancelled after the disconnect grace."""
+        run.subscribers += 1
+        try:
+            async for ev in run.follow(after_id):
+                yield ev
+        finally:
+            run.subscribers -= 1
+            if run.subscribers == 0 and not run.finished:
+                self._cancel_later(run, self.settings.agent_disconnect_grace_s)
+
+    def _cancel_later(self, run: AgentRun, grace_s: float) -> None:
+        """Cancel the run unless a client reconnects within the grace period."""
+        if run.task is None:
+            return
+        if grace_s <= 0:
+            run.task.cancel()
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(grace_s)
+            if run.subscribers == 0 and run.task is not None:
+                run.task.cancel()
+
+        asyncio.get_running_loop().create_task(later())
+
+    async def result(self, run: AgentRun) -> dict[str, Any]:
+        """Wait for the run and return its ``final`` data with a trace of the tool calls, or raise
+        its error. Cancelling the wait (the client went away) cancels the run."""
+        assert run.task is not None
+        try:
+            await asyncio.wait({run.task})
+        except asyncio.CancelledError:
+            run.task.cancel()
+            raise
+        last = run.events[-1] if run.events else None
+        if last is None or last.event != "final":
+            err = dict(last.data) if last is not None else {"type": "internal_error",
+                                                             "message": "run produced nothing"}
+            status = err.pop("status", 502)
+            raise VGateError(err.pop("message", "agent run failed"), status_code=status,
+                             type=err.pop("type", "agent_error"), run_id=run.run_id, **err)
+        trace = [{"event": e.event, **e.data} for e in run.events if e.event in ("tool_call", "tool_result")]
+        return {**last.data, "trace": trace}
