@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from typing import Any
-from urllib.parse import quote, unquote_plus
+from urllib.parse import quote, unquote, unquote_plus
 
 import httpx
 from jsonschema import Draft202012Validator
@@ -29,6 +30,10 @@ PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_\-]*)\}")
 MAX_RESPONSE_BYTES = 64 * 1024
 MAX_ERROR_SNIPPET_CHARS = 500
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+PATH_SEGMENT_MSG = (
+    "it fills a url path segment: it must not be empty, '.' or '..', nor hold '/', '\\' or control "
+    "characters, percent-encoded or not"
+)
 
 
 def register_http_tools(
@@ -69,6 +74,9 @@ def http_tool(config: HttpToolConfig, http_client: httpx.AsyncClient, *, default
             f"http tool {name!r}: url placeholder(s) {not_required} must be listed in parameters.required"
         )
     head, _, fixed_query = config.url.partition("?")
+    origin_end = head.find("/", head.index("://") + 3)
+    origin, path = (head, "") if origin_end < 0 else (head[:origin_end], head[origin_end:])
+    path_segments = [seg for seg in path.split("/") if PLACEHOLDER_RE.search(seg)]
     fixed_keys = _query_keys(name, fixed_query)
     clashes = sorted(p for p in schema.get("properties", {}) if p not in placeholders and p.casefold() in fixed_keys)
     if clashes:
@@ -81,6 +89,12 @@ def http_tool(config: HttpToolConfig, http_client: httpx.AsyncClient, *, default
             {"loc": list(e.absolute_path), "msg": e.message, "type": str(e.validator)}
             for e in validator.iter_errors(arguments)
         ]
+        if not errors:
+            bad = dict.fromkeys(
+                p for seg in path_segments if not _plain_segment(_fill(seg, arguments))
+                for p in PLACEHOLDER_RE.findall(seg)
+            )
+            errors = [{"loc": [p], "msg": PATH_SEGMENT_MSG, "type": "path_segment"} for p in bad]
         if errors:
             summary = summarize_errors(errors, root="(arguments)")
             raise ArgumentsError(f"invalid arguments for {name}: {summary}", errors)
@@ -95,7 +109,7 @@ def http_tool(config: HttpToolConfig, http_client: httpx.AsyncClient, *, default
         elif params := {k: _query_value(v) for k, v in rest.items() if v is not None}:
             # appended, never merged: the template's own query is sent byte for byte as configured
             query.append(str(httpx.QueryParams(params)))
-        url = httpx.URL(_fill(head, arguments) + ("?" + "&".join(query) if query else ""))
+        url = httpx.URL(origin + _fill(path, arguments) + ("?" + "&".join(query) if query else ""))
         try:
             async with http_client.stream(
                 config.method, url, json=body, headers=config.headers, timeout=timeout
@@ -133,6 +147,20 @@ def _query_keys(name: str, query: str) -> set[str]:
 
 def _fill(template: str, arguments: dict[str, Any]) -> str:
     return PLACEHOLDER_RE.sub(lambda m: quote(_text(arguments[m[1]]), safe=""), template)
+
+
+def _plain_segment(segment: str) -> bool:
+    """False for a path segment that some server could read as empty, '.', '..' or as several
+    segments. Judged on its text decoded as often as it decodes (``%252e`` is '.' to a server that
+    decodes twice) and NFKC-normalised (fullwidth '．' and '／'); a ``;`` starts path parameters
+    (Tomcat reads ``..;x`` as ``..``)."""
+    text = segment
+    while (decoded := unquote(text)) != text:  # each round shortens the text: it ends
+        text = decoded
+    text = unicodedata.normalize("NFKC", text)
+    if any(c in "/\\" or c < " " or c == "\x7f" for c in text):
+        return False
+    return text.split(";", 1)[0].strip().strip(".") != ""
 
 
 async def _read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:

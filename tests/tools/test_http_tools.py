@@ -60,12 +60,13 @@ async def test_get_fills_placeholders_and_sends_the_rest_as_query(
     tools = build(metrics, http_client, config(
         f"{local_server.url}/echo/weather/{{city}}?units=metric", headers={"X-Api-Key": "k1"}))
 
-    result = await tools.execute("weather", {"city": "São Paulo/../x?y", "days": 3, "tags": ["a", "b"],
+    result = await tools.execute("weather", {"city": "São Paulo?x&y=1 %", "days": 3, "tags": ["a", "b"],
                                              "exact": True})
     assert result.ok, result.error
     echo = result.result
     assert echo["method"] == "GET" and echo["body"] is None
-    assert echo["raw_path"].startswith("/echo/weather/S%C3%A3o%20Paulo%2F..%2Fx%3Fy?")  # one path segment
+    assert echo["raw_path"].startswith("/echo/weather/S%C3%A3o%20Paulo%3Fx%26y%3D1%20%25?")  # one path segment
+    assert echo["path"] == "/echo/weather/São Paulo?x&y=1 %"
     assert echo["query"] == {"units": ["metric"], "days": ["3"], "tags": ["a", "b"], "exact": ["true"]}
     assert echo["headers"]["x-api-key"] == "k1"
     assert tool_calls(metrics, "weather", "ok") == 1
@@ -234,3 +235,47 @@ async def test_the_fixed_query_is_sent_exactly_as_configured(
     assert result.ok, result.error
     assert result.result["raw_path"] == f"/echo/w/Lyon?{fixed}&days=3&tags=x+y&tags=%26units%3Dimperial"
     assert result.result["query"]["units"] == ["metric"]
+
+
+USER_SCHEMA = {"type": "object", "properties": {"user": {"type": "string"}}, "required": ["user"]}
+
+
+@pytest.mark.parametrize("value", [
+    ".", "..", "...", "", " .. ", "/", "a/b", "../admin", "\\", "..\\admin",  # as they are
+    "%2e", "%2e%2e", "%2E.", ".%2e", "%2F", "a%2fb", "%5c", "..%5C",  # percent-encoded
+    "%252e%252e", "%25252e%25252e", "%252F",  # encoded twice, three times
+    "．．", "a／b",  # fullwidth, which NFKC turns into '..' and '/'
+    "..;", "..;jsessionid=1", "..%00", "a\nb",  # Tomcat's path parameters, control characters
+])
+async def test_path_placeholders_refuse_dot_segments_and_slashes(value: str, metrics: Metrics) -> None:
+    sent: list[httpx.Request] = []
+    async with capturing_client(sent) as client:
+        tools = build(metrics, client, {"name": "weather", "description": "W.", "parameters": USER_SCHEMA,
+                                        "url": "https://api.example/v1/users/{user}/weather?appid=SECRET"})
+        response = await post_tool(tools, "weather", {"user": value})
+    assert response.status_code == 422, response.text
+    assert [(e["loc"], e["type"]) for e in response.json()["error"]["errors"]] == [(["user"], "path_segment")]
+    assert sent == []
+    assert tool_calls(metrics, "weather", "invalid_arguments") == 1
+
+
+@pytest.mark.parametrize("value", ["a..b", ".env", "v1.2", "%41", "100%", "x;y"])
+async def test_path_placeholders_take_ordinary_names(
+    value: str, metrics: Metrics, http_client: httpx.AsyncClient, local_server: LocalServer
+) -> None:
+    tools = build(metrics, http_client, {"name": "weather", "description": "W.", "parameters": USER_SCHEMA,
+                                         "url": f"{local_server.url}/echo/users/{{user}}/weather"})
+    result = await tools.execute("weather", {"user": value})
+    assert result.ok, result.error
+    assert result.result["path"] == f"/echo/users/{value}/weather"
+
+
+async def test_query_placeholders_hold_any_text(
+    metrics: Metrics, http_client: httpx.AsyncClient, local_server: LocalServer
+) -> None:
+    tools = build(metrics, http_client, config(f"{local_server.url}/echo/search?q={{city}}&units=metric"))
+    value = "../../admin/%2e%2e/?x=1&units=imperial#\\"
+    result = await tools.execute("weather", {"city": value})
+    assert result.ok, result.error
+    assert result.result["path"] == "/echo/search"
+    assert result.result["query"] == {"q": [value], "units": ["metric"]}
