@@ -76,6 +76,9 @@ def http_tool(config: HttpToolConfig, http_client: httpx.AsyncClient, *, default
     head, _, fixed_query = config.url.partition("?")
     origin_end = head.find("/", head.index("://") + 3)
     origin, path = (head, "") if origin_end < 0 else (head[:origin_end], head[origin_end:])
+    if PLACEHOLDER_RE.search(origin):
+        raise ValueError(f"http tool {name!r}: placeholders may not stand in the url's scheme, host, port "
+                         "or user info, only in its path and query values")
     path_segments = [seg for seg in path.split("/") if PLACEHOLDER_RE.search(seg)]
     fixed_keys = _query_keys(name, fixed_query)
     clashes = sorted(p for p in schema.get("properties", {}) if p not in placeholders and p.casefold() in fixed_keys)

@@ -183,6 +183,10 @@ async def test_builtins_and_configured_tools_share_one_registry(metrics: Metrics
         ([config("https://x/{city}?units=metric&app%69d=SECRET", parameters=with_property("AppID"),
                  method="POST")], r"\['AppID'\] .* fixed query"),
         ([config("https://x/{city}?a=1#top")], "must not have a fragment"),
+        *[([config(url)], r"http tool 'weather': placeholders may not stand in the url's scheme, host, port")
+          for url in ["https://{city}/x", "https://api.{city}.example/x", "https://api.example:{city}/x",
+                      "https://{city}@api.example/x", "https://u:{city}@api.example/x", "https://api.example{city}",
+                      "https://api.example{city}?q=1"]],
         ([config("https://x/a?{city}=1")], "placeholders in the query may only stand in values"),
         ([config("https://x/a?k=1&x{city}=2")], "placeholders in the query may only stand in values"),
     ],
