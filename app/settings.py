@@ -42,6 +42,9 @@ class HttpToolConfig(BaseModel):
     url: str  # e.g. "https://api.example.com/weather?city={city}"
     headers: dict[str, str] = Field(default_factory=dict)
     timeout_s: float | None = None
+    # Host names the tool may call; the url's host must be one of them (checked at start and before
+    # every request). None: no list.
+    allowed_hosts: list[str] | None = None
 
 
 class Settings(BaseSettings):

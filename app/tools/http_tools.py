@@ -79,6 +79,15 @@ def http_tool(config: HttpToolConfig, http_client: httpx.AsyncClient, *, default
     if PLACEHOLDER_RE.search(origin):
         raise ValueError(f"http tool {name!r}: placeholders may not stand in the url's scheme, host, port "
                          "or user info, only in its path and query values")
+    try:
+        host = _host(httpx.URL(origin))
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"http tool {name!r}: invalid url: {exc}") from None
+    if not host:
+        raise ValueError(f"http tool {name!r}: url must name a host")
+    allowed_hosts = None if config.allowed_hosts is None else {h.lower().rstrip(".") for h in config.allowed_hosts}
+    if allowed_hosts is not None and host not in allowed_hosts:
+        raise ValueError(f"http tool {name!r}: the url's host {host!r} is not in allowed_hosts")
     path_segments = [seg for seg in path.split("/") if PLACEHOLDER_RE.search(seg)]
     fixed_keys = _query_keys(name, fixed_query)
     clashes = sorted(p for p in schema.get("properties", {}) if p not in placeholders and p.casefold() in fixed_keys)
@@ -113,6 +122,8 @@ def http_tool(config: HttpToolConfig, http_client: httpx.AsyncClient, *, default
             # appended, never merged: the template's own query is sent byte for byte as configured
             query.append(str(httpx.QueryParams(params)))
         url = httpx.URL(origin + _fill(path, arguments) + ("?" + "&".join(query) if query else ""))
+        if allowed_hosts is not None and _host(url) not in allowed_hosts:  # cannot happen: the host is fixed
+            raise ToolError(f"{name}: the host {url.host!r} is not in allowed_hosts", type="tool_failed")
         try:
             async with http_client.stream(
                 config.method, url, json=body, headers=config.headers, timeout=timeout
@@ -135,6 +146,10 @@ def http_tool(config: HttpToolConfig, http_client: httpx.AsyncClient, *, default
         validate=validate,
         timeout_s=config.timeout_s,
     )
+
+
+def _host(url: httpx.URL) -> str:
+    return url.host.rstrip(".")  # httpx lower-cases it
 
 
 def _query_keys(name: str, query: str) -> set[str]:

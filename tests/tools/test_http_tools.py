@@ -183,6 +183,11 @@ async def test_builtins_and_configured_tools_share_one_registry(metrics: Metrics
         ([config("https://x/{city}?units=metric&app%69d=SECRET", parameters=with_property("AppID"),
                  method="POST")], r"\['AppID'\] .* fixed query"),
         ([config("https://x/{city}?a=1#top")], "must not have a fragment"),
+        ([config("https:///{city}")], "url must name a host"),
+        ([config("https://api.example:x/{city}")], r"http tool 'weather': invalid url: Invalid port"),
+        ([config("https://api.example/{city}", allowed_hosts=["other.example", "example"])],
+         r"http tool 'weather': the url's host 'api.example' is not in allowed_hosts"),
+        ([config("https://api.example/{city}", allowed_hosts=[])], "is not in allowed_hosts"),
         *[([config(url)], r"http tool 'weather': placeholders may not stand in the url's scheme, host, port")
           for url in ["https://{city}/x", "https://api.{city}.example/x", "https://api.example:{city}/x",
                       "https://{city}@api.example/x", "https://u:{city}@api.example/x", "https://api.example{city}",
@@ -283,3 +288,12 @@ async def test_query_placeholders_hold_any_text(
     assert result.ok, result.error
     assert result.result["path"] == "/echo/search"
     assert result.result["query"] == {"q": [value], "units": ["metric"]}
+
+
+async def test_allowed_hosts_let_the_templates_host_through(metrics: Metrics) -> None:
+    assert HttpToolConfig(name="t", description="d", url="https://x/").allowed_hosts is None
+    sent: list[httpx.Request] = []
+    async with capturing_client(sent) as client:
+        tools = build(metrics, client, config("https://api.example./w/{city}", allowed_hosts=["other", "API.Example"]))
+        assert (await tools.execute("weather", {"city": "Lyon"})).ok
+    assert [str(r.url) for r in sent] == ["https://api.example./w/Lyon"]
