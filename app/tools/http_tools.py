@@ -125,8 +125,8 @@ def http_tool(config: HttpToolConfig, http_client: httpx.AsyncClient, *, default
         if allowed_hosts is not None and _host(url) not in allowed_hosts:  # cannot happen: the host is fixed
             raise ToolError(f"{name}: the host {url.host!r} is not in allowed_hosts", type="tool_failed")
         try:
-            async with http_client.stream(
-                config.method, url, json=body, headers=config.headers, timeout=timeout
+            async with http_client.stream(  # a redirect is answered, never followed: it could lead anywhere
+                config.method, url, json=body, headers=config.headers, timeout=timeout, follow_redirects=False
             ) as response:
                 content, truncated = await _read_capped(response, MAX_RESPONSE_BYTES)
         except httpx.TimeoutException:

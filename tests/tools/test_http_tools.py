@@ -297,3 +297,14 @@ async def test_allowed_hosts_let_the_templates_host_through(metrics: Metrics) ->
         tools = build(metrics, client, config("https://api.example./w/{city}", allowed_hosts=["other", "API.Example"]))
         assert (await tools.execute("weather", {"city": "Lyon"})).ok
     assert [str(r.url) for r in sent] == ["https://api.example./w/Lyon"]
+
+
+async def test_redirects_are_not_followed_even_by_a_client_that_would(metrics: Metrics) -> None:
+    sent: list[httpx.Request] = []
+    moved = httpx.Response(302, headers={"location": "https://evil.example/steal"}, text="moved")
+    async with capturing_client(sent, moved, follow_redirects=True) as client:
+        tools = build(metrics, client, config("https://api.example/w/{city}?appid=SECRET"))
+        result = await tools.execute("weather", {"city": "Lyon"})
+    assert result.error == {"type": "tool_upstream_error", "upstream_status": 302,
+                            "message": "weather: the service answered HTTP 302: moved"}
+    assert [str(r.url) for r in sent] == ["https://api.example/w/Lyon?appid=SECRET"]
