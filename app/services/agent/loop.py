@@ -64,6 +64,7 @@ class RunLoop:
         self.outcome = "error"
         self.conversation = list(task.messages)
         self.started = time.perf_counter()
+        self.text = Coalescer(run)  # one per run: text and reasoning events in the model's order
 
     async def main(self) -> None:
         run, task, totals = self.run, self.task, self.totals
@@ -210,19 +211,18 @@ class RunLoop:
     async def _call(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any],
                     *, stream_text: bool) -> LMResult:
         stream = self.lm.stream_chat(messages, model=model, route="agent", **params)
-        text = Coalescer(self.run, "delta")
-        thought = Coalescer(self.run, "reasoning")
-        async with aclosing(stream):
-            async for ev in stream:
-                if isinstance(ev, ContentDelta):
-                    if stream_text:
-                        text.add(ev.text)
-                elif isinstance(ev, ReasoningDelta):
-                    thought.add(ev.text)
-                elif isinstance(ev, Done):
-                    thought.flush()
-                    text.flush()
-                    return ev.result
+        try:
+            async with aclosing(stream):
+                async for ev in stream:
+                    if isinstance(ev, ContentDelta):
+                        if stream_text:
+                            self.text.add("delta", ev.text)
+                    elif isinstance(ev, ReasoningDelta):
+                        self.text.add("reasoning", ev.text)
+                    elif isinstance(ev, Done):
+                        return ev.result
+        finally:
+            self.text.flush()  # before the step's tool calls or the run's end; no timer outlives the call
         raise VGateError("upstream stream ended without a result", status_code=502, type="upstream_error")
 
     async def _run_tools(self, calls: list[ToolCall]) -> list[ToolResult]:

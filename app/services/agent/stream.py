@@ -2,35 +2,48 @@
 
 from __future__ import annotations
 
-import time
+import asyncio
 
 from app.services.agent.runs import AgentRun
 
 
 class Coalescer:
-    """Joins token deltas into events of up to ~64 characters or 50 ms: each event is kept for
-    resumable streams, so one event per token would make a long run's log needlessly large."""
+    """Joins token pieces into events of up to ~64 characters or 50 ms: each event is kept for
+    resumable streams, so one event per token would make a long run's log needlessly large.
+
+    One coalescer per run keeps the model's order: a piece of another kind (reasoning, then
+    answer text) first publishes what is pending. A pending piece is published at most
+    ``MAX_AGE_S`` after it came, even if no further token arrives (a slow stream, a pause).
+    """
 
     MAX_CHARS = 64
     MAX_AGE_S = 0.05
 
-    def __init__(self, run: AgentRun, event: str) -> None:
+    def __init__(self, run: AgentRun) -> None:
         self.run = run
-        self.event = event
+        self.kind: str | None = None
         self.parts: list[str] = []
         self.size = 0
-        self.since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
-    def add(self, piece: str) -> None:
-        if not self.parts:
-            self.since = time.perf_counter()
+    def add(self, kind: str, piece: str) -> None:
+        if not piece:
+            return
+        if kind != self.kind:
+            self.flush()
+            self.kind = kind
         self.parts.append(piece)
         self.size += len(piece)
-        if self.size >= self.MAX_CHARS or time.perf_counter() - self.since >= self.MAX_AGE_S:
+        if self.size >= self.MAX_CHARS:
             self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.MAX_AGE_S, self.flush)
 
     def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.parts:
-            self.run.publish(self.event, {"text": "".join(self.parts)})
+            self.run.publish(self.kind or "delta", {"text": "".join(self.parts)})
             self.parts.clear()
             self.size = 0

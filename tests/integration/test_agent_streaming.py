@@ -1,0 +1,126 @@
+"""How /agent streams model text: the order of `reasoning` and `delta` events, how soon a piece is
+published, and that the ReAct path streams too. Timings come from a scripted upstream that sends
+each chunk at a set time, served over real HTTP to a real gateway (uvicorn), read by a real client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import uvicorn
+
+from app.cli import wait_healthy
+from tests.integration.test_agent_api import parse_sse, run_sse
+from tests.support import fake_upstream, free_port, gateway, live_gateway
+
+
+def chunk(**delta) -> dict:
+    return {"id": "c", "model": "m", "choices": [{"index": 0, "delta": delta}]}
+
+
+def finish(reason: str = "stop") -> list[dict]:
+    return [{"id": "c", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]},
+            {"id": "c", "model": "m", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}}]
+
+
+@contextmanager
+def scripted_upstream(script: list[tuple[float, dict]]) -> Iterator[str]:
+    """An OpenAI-compatible upstream on a free port whose chat stream sends each ``(at_s, chunk)``
+    ``at_s`` seconds after the request arrived (the same script for every request)."""
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if path.endswith("/chat/completions"):
+            more = True
+            while more:
+                more = (await receive()).get("more_body", False)
+            t0 = time.perf_counter()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream")]})
+            for at, c in script:
+                await asyncio.sleep(max(0.0, at - (time.perf_counter() - t0)))
+                await send({"type": "http.response.body", "body": f"data: {json.dumps(c)}\n\n".encode(),
+                            "more_body": True})
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+            return
+        body = (json.dumps({"object": "list", "data": [{"id": "m", "object": "model", "max_model_len": 8192}]})
+                if path.endswith("/models") else "").encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off",
+                                           loop="asyncio"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", 30, path="/health")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+async def timed_events(base: str, payload: dict) -> list[tuple[float, dict]]:
+    """The run's events, each with its arrival time in seconds after the `run` event arrived."""
+    got: list[tuple[float, dict]] = []
+    t_run = None
+    async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+        async with c.stream("POST", "/agent", json=payload) as r:
+            buf = ""
+            async for text in r.aiter_text():
+                buf += text.replace("\r\n", "\n")
+                while "\n\n" in buf:
+                    block, buf = buf.split("\n\n", 1)
+                    for ev in parse_sse(block + "\n\n"):
+                        now = time.perf_counter()
+                        t_run = now if t_run is None else t_run
+                        got.append((now - t_run, ev))
+    return got
+
+
+def test_a_pending_piece_is_published_without_waiting_for_the_next_token():
+    """Reasoning sent at 0.2 s and an answer word at 0.4 s, then nothing until 0.9 s: each reaches
+    the client about 50 ms after the upstream sent it, not when the next token comes."""
+    script = [(0.0, chunk(role="assistant", content="")), (0.2, chunk(reasoning="thinking")),
+              (0.4, chunk(content="Hello")), (0.9, chunk(content=" world")),
+              *((0.9, c) for c in finish())]
+    with scripted_upstream(script) as up, live_gateway(up, default_model="m") as (base, _):
+        events = asyncio.run(timed_events(base, {"input": "hi", "tools": []}))
+    text = [(t, e["event"], e["data"]["text"]) for t, e in events if e["event"] in ("reasoning", "delta")]
+    assert [(kind, s) for _, kind, s in text] == [("reasoning", "thinking"), ("delta", "Hello"),
+                                                  ("delta", " world")]
+    (t_thought, _, _), (t_hello, _, _), (t_world, _, _) = text
+    assert t_thought < 0.35  # sent at 0.2 (until now it waited for the next token, at 0.9)
+    assert t_hello < 0.7 and t_world - t_hello > 0.25  # sent 0.5 s apart
+    assert events[-1][1]["event"] == "final" and events[-1][1]["data"]["answer"] == "Hello world"
+
+
+async def test_reasoning_and_answer_events_keep_the_models_order(sim_url):
+    """With thinking on, the simulator streams all its reasoning, then the answer, at once: no
+    reasoning event may come after an answer delta, and each kind joins back to the whole."""
+    async with gateway(sim_url) as gw:
+        events = await run_sse(gw.client, {"input": "Why is the sky blue?", "tools": [],
+                                           "config": {"chat_template_kwargs": {"enable_thinking": True}}})
+    kinds = [e["event"] for e in events if e["event"] in ("reasoning", "delta")]
+    assert "reasoning" in kinds and "delta" in kinds
+    assert kinds == sorted(kinds, key=lambda k: k == "delta"), kinds  # all reasoning first
+    answer = "".join(e["data"]["text"] for e in events if e["event"] == "delta")
+    assert answer == events[-1]["data"]["answer"]
+
+
+async def test_a_reasoning_tail_is_not_published_after_the_answer():
+    chunks = [chunk(role="assistant", content=""), chunk(reasoning="think-tail"), chunk(content="A" * 70),
+              *finish()]
+    async with gateway("http://up", default_model="m", lm_transport=fake_upstream(chunks)) as gw:
+        events = await run_sse(gw.client, {"input": "hi", "tools": []})
+    assert [(e["event"], e["data"]["text"]) for e in events if e["event"] in ("reasoning", "delta")] == [
+        ("reasoning", "think-tail"), ("delta", "A" * 70)]
