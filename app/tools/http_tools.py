@@ -6,8 +6,22 @@ DELETE) or a JSON body (POST, PUT, PATCH), and returns the response: parsed JSON
 content type says JSON, else text, capped at ``MAX_RESPONSE_BYTES`` (read as a stream, so a huge
 response is never downloaded whole). A non-2xx answer is an error carrying the status.
 
-Configuration mistakes (bad schema, a placeholder the schema does not require, a relative URL)
-fail at startup.
+The arguments come from a model, which prompt-injected content can steer, so a call can only go
+where the operator said:
+
+- only declared arguments (``parameters.properties``) are accepted: ``additionalProperties`` is
+  forced to false, in the schema the model sees too;
+- the template's own query is sent exactly as configured; arguments are appended after it, and
+  an argument named like one of its keys is a configuration error;
+- a path placeholder must leave its segment one plain segment: a value that, decoded however many
+  times, is empty, ``.`` or ``..`` or holds ``/`` or ``\\`` is refused (422); query placeholders
+  take any text;
+- placeholders never stand in the scheme, host, port or user info; with ``allowed_hosts`` the host
+  must be in that list (checked at startup and before each request);
+- redirects are never followed.
+
+Configuration mistakes (bad schema, a placeholder the schema does not require or in the wrong
+place, a relative URL, a host outside ``allowed_hosts``) fail at startup.
 """
 
 from __future__ import annotations
@@ -15,6 +29,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, unquote_plus
 
@@ -63,34 +78,18 @@ def http_tool(config: HttpToolConfig, http_client: httpx.AsyncClient, *, default
     # Only declared arguments, whatever the operator wrote: an undeclared one would land in the
     # query or the body unchecked. The model and GET /tools are shown the same schema.
     schema = {**schema, "additionalProperties": False}
-    if not config.url.startswith(("http://", "https://")):
-        raise ValueError(f"http tool {name!r}: url must be absolute (http:// or https://)")
-    if "#" in config.url:
-        raise ValueError(f"http tool {name!r}: url must not have a fragment (it is never sent)")
-    placeholders = set(PLACEHOLDER_RE.findall(config.url))
-    not_required = sorted(placeholders - set(schema.get("required", [])))
+    url = _UrlTemplate.parse(name, config.url)
+    not_required = sorted(url.placeholders - set(schema.get("required", [])))
     if not_required:
         raise ValueError(
             f"http tool {name!r}: url placeholder(s) {not_required} must be listed in parameters.required"
         )
-    head, _, fixed_query = config.url.partition("?")
-    origin_end = head.find("/", head.index("://") + 3)
-    origin, path = (head, "") if origin_end < 0 else (head[:origin_end], head[origin_end:])
-    if PLACEHOLDER_RE.search(origin):
-        raise ValueError(f"http tool {name!r}: placeholders may not stand in the url's scheme, host, port "
-                         "or user info, only in its path and query values")
-    try:
-        host = _host(httpx.URL(origin))
-    except httpx.InvalidURL as exc:
-        raise ValueError(f"http tool {name!r}: invalid url: {exc}") from None
-    if not host:
-        raise ValueError(f"http tool {name!r}: url must name a host")
     allowed_hosts = None if config.allowed_hosts is None else {h.lower().rstrip(".") for h in config.allowed_hosts}
-    if allowed_hosts is not None and host not in allowed_hosts:
-        raise ValueError(f"http tool {name!r}: the url's host {host!r} is not in allowed_hosts")
-    path_segments = [seg for seg in path.split("/") if PLACEHOLDER_RE.search(seg)]
-    fixed_keys = _query_keys(name, fixed_query)
-    clashes = sorted(p for p in schema.get("properties", {}) if p not in placeholders and p.casefold() in fixed_keys)
+    if allowed_hosts is not None and url.host not in allowed_hosts:
+        raise ValueError(f"http tool {name!r}: the url's host {url.host!r} is not in allowed_hosts")
+    clashes = sorted(
+        p for p in schema.get("properties", {}) if p not in url.placeholders and p.casefold() in url.query_keys
+    )
     if clashes:
         raise ValueError(f"http tool {name!r}: argument(s) {clashes} would set the url's fixed query key(s)")
     validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
@@ -102,31 +101,27 @@ def http_tool(config: HttpToolConfig, http_client: httpx.AsyncClient, *, default
             for e in validator.iter_errors(arguments)
         ]
         if not errors:
-            bad = dict.fromkeys(
-                p for seg in path_segments if not _plain_segment(_fill(seg, arguments))
-                for p in PLACEHOLDER_RE.findall(seg)
-            )
-            errors = [{"loc": [p], "msg": PATH_SEGMENT_MSG, "type": "path_segment"} for p in bad]
+            errors = [{"loc": [p], "msg": PATH_SEGMENT_MSG, "type": "path_segment"}
+                      for p in url.unsafe_path_placeholders(arguments)]
         if errors:
             summary = summarize_errors(errors, root="(arguments)")
             raise ArgumentsError(f"invalid arguments for {name}: {summary}", errors)
         return arguments
 
     async def call(**arguments: Any) -> Any:
-        rest = {k: v for k, v in arguments.items() if k not in placeholders}
+        rest = {k: v for k, v in arguments.items() if k not in url.placeholders}
         body: dict[str, Any] | None = None
-        query = [_fill(fixed_query, arguments)] if fixed_query else []
+        params: dict[str, Any] = {}
         if config.method in BODY_METHODS:
             body = rest
-        elif params := {k: _query_value(v) for k, v in rest.items() if v is not None}:
-            # appended, never merged: the template's own query is sent byte for byte as configured
-            query.append(str(httpx.QueryParams(params)))
-        url = httpx.URL(origin + _fill(path, arguments) + ("?" + "&".join(query) if query else ""))
-        if allowed_hosts is not None and _host(url) not in allowed_hosts:  # cannot happen: the host is fixed
-            raise ToolError(f"{name}: the host {url.host!r} is not in allowed_hosts", type="tool_failed")
+        else:
+            params = {k: _query_value(v) for k, v in rest.items() if v is not None}
+        target = url.fill(arguments, params)
+        if allowed_hosts is not None and _host(target) not in allowed_hosts:  # cannot happen: the host is fixed
+            raise ToolError(f"{name}: the host {target.host!r} is not in allowed_hosts", type="tool_failed")
         try:
             async with http_client.stream(  # a redirect is answered, never followed: it could lead anywhere
-                config.method, url, json=body, headers=config.headers, timeout=timeout, follow_redirects=False
+                config.method, target, json=body, headers=config.headers, timeout=timeout, follow_redirects=False
             ) as response:
                 content, truncated = await _read_capped(response, MAX_RESPONSE_BYTES)
         except httpx.TimeoutException:
@@ -148,19 +143,60 @@ def http_tool(config: HttpToolConfig, http_client: httpx.AsyncClient, *, default
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _UrlTemplate:
+    """A tool's url, split where placeholders may and may not stand."""
+
+    origin: str  # scheme://[userinfo@]host[:port]: no placeholders
+    host: str
+    path: str  # placeholders fill whole or part of a segment, which must stay one plain segment
+    query: str  # without '?'; placeholders only in values; sent as configured, arguments after it
+    query_keys: frozenset[str]  # decoded, case-folded
+    placeholders: frozenset[str]
+
+    @classmethod
+    def parse(cls, name: str, url: str) -> _UrlTemplate:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"http tool {name!r}: url must be absolute (http:// or https://)")
+        if "#" in url:
+            raise ValueError(f"http tool {name!r}: url must not have a fragment (it is never sent)")
+        head, _, query = url.partition("?")
+        path_start = head.find("/", head.index("://") + 3)
+        origin, path = (head, "") if path_start < 0 else (head[:path_start], head[path_start:])
+        if PLACEHOLDER_RE.search(origin):
+            raise ValueError(f"http tool {name!r}: placeholders may not stand in the url's scheme, host, port "
+                             "or user info, only in its path and query values")
+        try:
+            host = _host(httpx.URL(origin))
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"http tool {name!r}: invalid url: {exc}") from None
+        if not host:
+            raise ValueError(f"http tool {name!r}: url must name a host")
+        keys = [pair.partition("=")[0] for pair in query.split("&")] if query else []
+        if any("{" in key or "}" in key for key in keys):
+            raise ValueError(f"http tool {name!r}: placeholders in the query may only stand in values")
+        return cls(origin, host, path, query, frozenset(unquote_plus(k).casefold() for k in keys),
+                   frozenset(PLACEHOLDER_RE.findall(url)))
+
+    def unsafe_path_placeholders(self, arguments: dict[str, Any]) -> list[str]:
+        """The placeholders of the path segments that ``arguments`` would not leave plain."""
+        bad = dict.fromkeys(
+            p for segment in self.path.split("/") if PLACEHOLDER_RE.search(segment)
+            if not _plain_segment(_fill(segment, arguments)) for p in PLACEHOLDER_RE.findall(segment)
+        )
+        return list(bad)
+
+    def fill(self, arguments: dict[str, Any], params: dict[str, Any]) -> httpx.URL:
+        """The url with ``arguments`` in its placeholders and ``params`` appended to its query (never
+        merged into it: the template's own query goes out byte for byte as configured)."""
+        query = [_fill(self.query, arguments)] if self.query else []
+        if params:
+            query.append(str(httpx.QueryParams(params)))
+        return httpx.URL(self.origin + _fill(self.path, arguments) + ("?" + "&".join(query) if query else ""))
+
+
 def _host(url: httpx.URL) -> str:
     return url.host.rstrip(".")  # httpx lower-cases it
-
-
-def _query_keys(name: str, query: str) -> set[str]:
-    """The template query's keys as a server reads them (decoded), case-folded."""
-    keys = set()
-    for pair in query.split("&"):
-        key = pair.partition("=")[0]
-        if "{" in key or "}" in key:
-            raise ValueError(f"http tool {name!r}: placeholders in the query may only stand in values")
-        keys.add(unquote_plus(key).casefold())
-    return keys
 
 
 def _fill(template: str, arguments: dict[str, Any]) -> str:
