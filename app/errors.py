@@ -92,6 +92,17 @@ class UpstreamTimeoutError(UpstreamError):
     type = "upstream_timeout"
 
 
+class UpstreamAuthError(UpstreamError):
+    """The upstream refused the gateway's own credentials (401/403): the gateway is misconfigured,
+    and a retry by the client cannot help."""
+
+    type = "upstream_auth_error"
+    retryable = False
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        super().__init__(message, retry_after_s=None, **kw)
+
+
 class UpstreamBadRequestError(VGateError):
     """The upstream refused the request as invalid (e.g. prompt longer than the context)."""
 

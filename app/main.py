@@ -18,7 +18,7 @@ from app import __version__
 from app.errors import VGateError, clean_errors
 from app.logging import configure_logging
 from app.metrics import Metrics
-from app.middleware import RequestContextMiddleware
+from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.routers import agent, health, predict, tools
 from app.services.agent import AgentService
 from app.services.lm import LMClient
@@ -100,6 +100,8 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
     app.include_router(predict.router)
     app.include_router(agent.router)
     app.include_router(tools.router)
+    # Added innermost first: RequestContext (request id) > CORS (headers on every answer, 413 included) > BodyLimit.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -108,5 +110,5 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
             allow_headers=["*"],
             expose_headers=["x-request-id", "x-vgate-overhead-ms"],
         )
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)  # outermost: the request id is bound first
     return app

@@ -52,6 +52,14 @@ class Metrics:
         self.upstream_queued = Gauge(
             "vgate_upstream_queued", "Requests waiting for an in-flight slot", ["upstream"], registry=r
         )
+        self.upstream_queue = Histogram(
+            "vgate_upstream_queue_seconds", "Time a call waited in the gateway for an in-flight slot",
+            ["upstream"], buckets=(0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300), registry=r,
+        )
+        self.upstream_shed = Counter(
+            "vgate_upstream_shed", "Calls refused at once (503 upstream_overloaded) by reason: queue_full, deadline",
+            ["upstream", "reason"], registry=r,
+        )
         self.upstream_errors = Counter(
             "vgate_upstream_errors", "Failed upstream attempts", ["model", "type"], registry=r
         )

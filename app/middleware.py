@@ -2,7 +2,7 @@
 
 For every HTTP request it
 - takes or makes the request id, binds it to structlog's context so every log line carries it;
-- measures the time spent waiting on the upstream (see ``UpstreamTimer``) and reports the
+- measures the time spent waiting on the upstream (``app.context.UpstreamTimer``) and reports the
   gateway's own overhead in the ``X-Vgate-Overhead-Ms`` header and a histogram;
 - counts requests by route template, method and status; logs one access line.
 """
@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import time
-from contextvars import ContextVar
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.logging import request_id_var, sanitize_request_id
+from app.context import RequestContext, request_context
+from app.logging import sanitize_request_id
 from app.metrics import Metrics
 
 log = structlog.get_logger("vgate.access")
@@ -26,37 +26,12 @@ REQUEST_ID_HEADER = b"x-request-id"
 OVERHEAD_HEADER = b"x-vgate-overhead-ms"
 
 
-class UpstreamTimer:
-    """Wall time during which at least one upstream call of this request was in progress.
-
-    Concurrent calls (a batch) are counted once, so ``total - upstream`` is the gateway's
-    own time: parsing, validation, queueing for a slot, rendering.
-    """
-
-    __slots__ = ("_active", "_since", "busy_s")
-
-    def __init__(self) -> None:
-        self._active = 0
-        self._since = 0.0
-        self.busy_s = 0.0
-
-    def enter(self) -> None:
-        if self._active == 0:
-            self._since = time.perf_counter()
-        self._active += 1
-
-    def exit(self) -> None:
-        self._active -= 1
-        if self._active == 0:
-            self.busy_s += time.perf_counter() - self._since
-
-    def current(self) -> float:
-        if self._active:
-            return self.busy_s + time.perf_counter() - self._since
-        return self.busy_s
-
-
-upstream_timer_var: ContextVar[UpstreamTimer | None] = ContextVar("vgate_upstream_timer", default=None)
+async def send_error(send: Send, status: int, type: str, message: str, request_id: str | None, **details) -> None:
+    """An error response in the gateway's one shape, from middleware (outside FastAPI's handlers)."""
+    body = json.dumps({"error": {"type": type, "message": message, **details, "request_id": request_id}}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class RequestContextMiddleware:
@@ -76,9 +51,9 @@ class RequestContextMiddleware:
                 incoming = v.decode("latin-1")
                 break
         request_id = sanitize_request_id(incoming)
-        timer = UpstreamTimer()
-        rid_token = request_id_var.set(request_id)
-        timer_token = upstream_timer_var.set(timer)
+        ctx = RequestContext(request_id)
+        timer = ctx.timer
+        ctx_token = request_context.set(ctx)
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         scope.setdefault("state", {})["request_id"] = request_id
@@ -107,12 +82,8 @@ class RequestContextMiddleware:
             log.exception("unhandled_error", path=scope.get("path"))
             if response_started:
                 raise
-            body = json.dumps({"error": {"type": "internal_error", "request_id": request_id,
-                                         "message": "internal error; the request id is in the logs"}}).encode()
-            await send_wrapper({"type": "http.response.start", "status": 500,
-                                "headers": [(b"content-type", b"application/json"),
-                                            (b"content-length", str(len(body)).encode())]})
-            await send_wrapper({"type": "http.response.body", "body": body})
+            await send_error(send_wrapper, 500, "internal_error", "internal error; the request id is in the logs",
+                             request_id)
         finally:
             self.metrics.requests_in_flight.dec()
             elapsed = time.perf_counter() - start
@@ -136,6 +107,66 @@ class RequestContextMiddleware:
                 duration_ms=round(elapsed * 1000, 2),
                 overhead_ms=round(overhead * 1000, 2),
             )
-            request_id_var.reset(rid_token)
-            upstream_timer_var.reset(timer_token)
+            request_context.reset(ctx_token)
             structlog.contextvars.clear_contextvars()
+
+
+class BodyLimitMiddleware:
+    """Refuses a request body over ``max_bytes`` with a 413, before any of it reaches a route.
+
+    A declared ``Content-Length`` over the limit is refused without reading the body. A body of
+    unknown length (chunked) is read up to the limit and replayed to the app; one byte more is a
+    413. (A body with a ``Content-Length`` cannot run past it: the HTTP server enforces the framing.)
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length: bytes | None = None
+        chunked = False
+        for k, v in scope["headers"]:
+            if k == b"content-length":
+                length = v
+            elif k == b"transfer-encoding" and b"chunked" in v.lower():
+                chunked = True
+        if length is not None:
+            try:
+                too_large = int(length) > self.max_bytes
+            except ValueError:
+                too_large = False  # the HTTP server refuses a malformed Content-Length itself
+            if too_large:
+                await self._refuse(scope, send)
+                return
+        elif chunked:
+            messages: list[Message] = []
+            size = 0
+            while True:
+                message = await receive()
+                messages.append(message)
+                if message["type"] != "http.request":
+                    break  # a disconnect: let the app see it
+                size += len(message.get("body", b""))
+                if size > self.max_bytes:
+                    await self._refuse(scope, send)
+                    return
+                if not message.get("more_body", False):
+                    break
+            replay = iter(messages)
+
+            async def receive_replayed() -> Message:
+                return next(replay, None) or await receive()
+
+            await self.app(scope, receive_replayed, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        await send_error(send, 413, "payload_too_large",
+                         f"the request body exceeds the gateway's limit of {self.max_bytes} bytes "
+                         "(VGATE_MAX_REQUEST_BODY_BYTES)",
+                         scope.get("state", {}).get("request_id"), limit_bytes=self.max_bytes)

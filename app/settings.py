@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -56,7 +56,9 @@ class Settings(BaseSettings):
 
     # --- serving ---------------------------------------------------------
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: int = Field(8080, ge=1, le=65535)
+    # Request bodies above this are refused with a 413 before anything reaches the upstream.
+    max_request_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
 
     # --- upstream (vLLM OpenAI-compatible server) -------------------------
     # One upstream today; a list later (load-aware routing), hence the plural-ready client design.
@@ -78,8 +80,15 @@ class Settings(BaseSettings):
     # Cap on requests in flight to one upstream. vLLM's default max_num_seqs is 256;
     # staying at or above it keeps continuous batching full.
     max_inflight_per_upstream: int = Field(256, ge=1)
+    # Calls waiting for a slot, per upstream; beyond it (or when a call's deadline cannot be met in the
+    # queue) the answer is a 503 upstream_overloaded at once. Default: max_batch_size, so a full
+    # /predict batch fits.
+    max_queued_per_upstream: int | None = Field(None, ge=0)
     # Pooled keep-alive connections (>= in-flight cap, so the pool never queues).
     max_connections: int = Field(512, ge=1)
+    # How long the upstream's model list is trusted before it is fetched again (the default model and
+    # the check that a requested model is served follow it).
+    models_refresh_s: float = Field(30.0, gt=0)
 
     # --- cost ------------------------------------------------------------
     prices: dict[str, Price] = Field(default_factory=dict)
@@ -118,6 +127,23 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, v: str) -> str:
         return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        """Settings that contradict each other fail at start, naming both values."""
+        pairs = [
+            ("agent_max_steps", self.agent_max_steps, "<=", "agent_max_steps_limit", self.agent_max_steps_limit),
+            ("retry_backoff_initial_s", self.retry_backoff_initial_s, "<=", "retry_backoff_max_s",
+             self.retry_backoff_max_s),
+            ("max_inflight_per_upstream", self.max_inflight_per_upstream, "<=", "max_connections",
+             self.max_connections),
+        ]
+        problems = [f"{a}={va} must be {op} {b}={vb}" for a, va, op, b, vb in pairs if va > vb]
+        if problems:
+            raise ValueError("contradictory settings: " + "; ".join(problems))
+        if self.max_queued_per_upstream is None:
+            self.max_queued_per_upstream = self.max_batch_size
+        return self
 
     def price_for(self, model: str) -> Price:
         return self.prices.get(model, self.default_price)

@@ -87,6 +87,8 @@ def fake_upstream(chunks: list, *, done: bool = True, check=None) -> httpx.MockT
     """An upstream that streams ``chunks`` (dicts as JSON, strings as they are) as SSE."""
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "m", "object": "model"}]})
         if check is not None:
             check(request)
         body = "".join(f"data: {c if isinstance(c, str) else json.dumps(c)}\n\n" for c in chunks)

@@ -3,7 +3,7 @@
 (Named ``app.logging`` inside the package: a top-level ``logging`` package would shadow the stdlib.)
 """
 
-from app.logging.request_id import new_request_id, request_id_var, sanitize_request_id
+from app.logging.request_id import new_request_id, sanitize_request_id
 from app.logging.setup import configure_logging, get_logger
 
-__all__ = ["configure_logging", "get_logger", "new_request_id", "request_id_var", "sanitize_request_id"]
+__all__ = ["configure_logging", "get_logger", "new_request_id", "sanitize_request_id"]

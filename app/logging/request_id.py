@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from contextvars import ContextVar
-
-request_id_var: ContextVar[str | None] = ContextVar("vgate_request_id", default=None)
 
 _SAFE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 

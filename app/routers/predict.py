@@ -81,7 +81,7 @@ async def predict(
     demos = body.demos if body.demos is not None else demos
     model = body.model or model
     config = config.merged(body.config) if config else body.config
-    kw = dict(module=module, demos=demos, model=model, config=config, request_id=request_id)
+    kw = dict(module=module, demos=demos, model=model, config=config)
 
     head: dict[str, Any] = {"request_id": request_id, "signature": str(signature), "module": module}
     if program_name:

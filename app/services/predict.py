@@ -80,11 +80,10 @@ class PredictService:
         demos: list[dict[str, Any]] | None = None,
         model: str | None = None,
         config: PredictConfig | None = None,
-        request_id: str | None = None,
     ) -> Prediction:
         sig, fmt = self._prepare(signature, module)
         values = signature.validate_inputs(inputs)
-        return await self._run(sig, fmt, values, module, demos, model, config, request_id)
+        return await self._run(sig, fmt, values, module, demos, model, config)
 
     async def predict_batch(
         self,
@@ -95,7 +94,6 @@ class PredictService:
         demos: list[dict[str, Any]] | None = None,
         model: str | None = None,
         config: PredictConfig | None = None,
-        request_id: str | None = None,
     ) -> BatchResult:
         """Every item is submitted at once (the LM client's in-flight cap is the only limit),
         so vLLM batches them; each item succeeds or fails on its own."""
@@ -106,8 +104,7 @@ class PredictService:
         async def one(i: int, inputs: dict[str, Any]) -> Prediction | VGateError:
             try:
                 values = signature.validate_inputs(inputs)
-                rid = f"{request_id}-{i}" if request_id else None
-                return await self._run(sig, fmt, values, module, demos, model, config, rid)
+                return await self._run(sig, fmt, values, module, demos, model, config)
             except VGateError as exc:
                 return exc
             except Exception:  # a bug must fail this item, not the batch (gather would not cancel the rest)
@@ -131,7 +128,6 @@ class PredictService:
         demos: list[dict[str, Any]] | None,
         model: str | None,
         config: PredictConfig | None,
-        request_id: str | None,
     ) -> Prediction:
         params = (config or PredictConfig()).upstream_params()
         params.setdefault("max_tokens", self.settings.predict_default_max_tokens)
@@ -139,7 +135,7 @@ class PredictService:
         outcome = "error"
         try:
             r = await self.lm.chat(
-                messages, model=model, route="predict", request_id=request_id, response_format=fmt, **params
+                messages, model=model, route="predict", response_format=fmt, **params
             )
             if self.settings.log_prompts:
                 log.info("predict_io", messages=messages, completion=r.content)

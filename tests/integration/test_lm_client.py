@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
+from structlog.testing import capture_logs
 
+from app.context import RequestContext, request_context
 from app.errors import (
     NotFoundError,
     UpstreamBadRequestError,
@@ -18,7 +20,7 @@ from app.errors import (
 )
 from app.metrics import Metrics
 from app.services.lm import ContentDelta, Done, LMClient
-from tests.support import fake_upstream, free_port, make_settings, sim_reset, sim_stats
+from tests.support import fake_upstream, free_port, gateway, make_settings, sim_reset, sim_stats
 
 MSG = [{"role": "user", "content": "Tell me about continuous batching."}]
 
@@ -57,10 +59,25 @@ async def test_default_price_applies_to_unpriced_models(sim_url):
     assert r.cost_usd == pytest.approx((r.usage.prompt_tokens * 0.01 + r.usage.completion_tokens * 0.03) / 1000)
 
 
-async def test_request_id_propagates_to_upstream(sim_url):
+async def test_request_id_propagates_to_upstream_unique_per_call(sim_url):
+    """vLLM refuses a request id that is already running: each call of a request gets its own."""
+    ctx = RequestContext("abc-123")
+    token = request_context.set(ctx)
+    try:
+        async with client(sim_url) as (lm, _):
+            rs = await asyncio.gather(*(lm.chat(MSG, max_tokens=5) for _ in range(3)))
+            later = await lm.chat(MSG, max_tokens=5)
+    finally:
+        request_context.reset(token)
+    assert sorted(r.upstream_id for r in rs) == ["chatcmpl-abc-123-1", "chatcmpl-abc-123-2", "chatcmpl-abc-123-3"]
+    assert later.upstream_id == "chatcmpl-abc-123-4"
+
+
+async def test_explicit_request_id_is_numbered_too(sim_url):
     async with client(sim_url) as (lm, _):
-        r = await lm.chat(MSG, max_tokens=5, request_id="abc-123")
-    assert r.upstream_id == "chatcmpl-abc-123"
+        a = await lm.chat(MSG, max_tokens=5, request_id="abc")
+        b = await lm.chat(MSG, max_tokens=5, request_id="abc")
+    assert a.upstream_id != b.upstream_id and a.upstream_id.startswith("chatcmpl-abc-")
 
 
 async def test_stream_yields_deltas_then_done(sim_url):
@@ -206,11 +223,61 @@ async def _chat_against(transport):
         await lm.aclose()
 
 
-async def test_time_queued_for_a_slot_is_not_part_of_the_deadline(sim_latency_url):
-    """Six calls through one slot (~0.27 s each) take longer than one call's deadline; none may time out."""
-    async with client(sim_latency_url, max_inflight_per_upstream=1, request_timeout_s=1.0) as (lm, _):
+async def _timed(coro, t0: float):
+    try:
+        return await coro, time.perf_counter() - t0
+    except Exception as exc:  # noqa: BLE001 - the test inspects what each call ended with
+        return exc, time.perf_counter() - t0
+
+
+async def test_queue_time_counts_against_the_deadline(sim_url):
+    """2 slots, a 1.5 s upstream, a 2 s deadline, 20 calls: nobody waits in line past the deadline
+    (the old client had the last one wait 15 s), and those that cannot start get 503 + Retry-After."""
+    slow = {"x-sim-fault": "slow_first_token_ms=1500"}
+    async with client(sim_url, max_inflight_per_upstream=2, max_connections=2, request_timeout_s=2.0,
+                      read_timeout_s=5, max_retries=0) as (lm, m):
         t0 = time.perf_counter()
-        results = await asyncio.gather(*(lm.chat(MSG, max_tokens=30, min_tokens=30) for _ in range(6)))
-        elapsed = time.perf_counter() - t0
-    assert len(results) == 6 and elapsed > 1.0  # queued longer than the deadline, and still fine
-    assert max(r.latency_ms for r in results) < elapsed * 1000 / 2  # latency excludes the queue
+        with capture_logs() as logs:
+            outcomes = await asyncio.gather(*(_timed(lm.chat(MSG, max_tokens=3, headers=slow), t0)
+                                              for _ in range(20)))
+    ok = [r for r, _ in outcomes if not isinstance(r, Exception)]
+    shed = [r for r, _ in outcomes if isinstance(r, UpstreamUnavailableError) and r.type == "upstream_overloaded"]
+    assert len(ok) == 2  # the two that held the slots
+    assert len(shed) >= 16 and all(e.status_code == 503 and e.headers().get("Retry-After") for e in shed)
+    others = [r for r, _ in outcomes if isinstance(r, Exception) and r not in shed]
+    assert all(isinstance(e, UpstreamTimeoutError) for e in others)  # got a slot at 1.5 s, out of time at 2 s
+    assert max(t for _, t in outcomes) < 3.5  # bounded by the 2 s deadline, not by the length of the line
+    assert sample(m, "vgate_upstream_queue_seconds_count", upstream=sim_url) == 20
+    assert sample(m, "vgate_upstream_queue_seconds_sum", upstream=sim_url) > 16 * 1.5  # the shed ones waited
+    assert sample(m, "vgate_upstream_shed_total", upstream=sim_url, reason="deadline") == len(shed)
+    calls = [e for e in logs if e["event"] == "upstream_call"]
+    assert len(calls) == 20 and all("queue_ms" in e for e in calls)
+    assert max(e["queue_ms"] for e in calls) >= 1500  # a call's log line says how long it queued ...
+    assert all(e["latency_ms"] < 2100 for e in calls)  # ... and its latency is the upstream's alone
+
+
+async def test_a_full_queue_is_refused_at_once(sim_url):
+    """Beyond the queue's bound, calls fail at once instead of joining the line."""
+    slow = {"x-sim-fault": "slow_first_token_ms=600"}
+    async with client(sim_url, max_inflight_per_upstream=1, max_queued_per_upstream=2, max_retries=0) as (lm, m):
+        t0 = time.perf_counter()
+        outcomes = await asyncio.gather(*(_timed(lm.chat(MSG, max_tokens=3, headers=slow), t0) for _ in range(6)))
+    refused = [(r, t) for r, t in outcomes if isinstance(r, UpstreamUnavailableError)]
+    served = [(r, t) for r, t in outcomes if not isinstance(r, Exception)]
+    assert len(served) == 3 and len(refused) == 3  # one in flight, two queued, three refused
+    assert all(r.type == "upstream_overloaded" and r.retry_after_s >= 1 for r, _ in refused)
+    assert max(t for _, t in refused) < min(t for _, t in served)  # refused before the first call even ended
+    assert sample(m, "vgate_upstream_shed_total", upstream=sim_url, reason="queue_full") == 3
+
+
+async def test_overloaded_is_a_503_with_retry_after_through_predict(sim_url):
+    async with gateway(sim_url, max_inflight_per_upstream=1, max_queued_per_upstream=0, max_retries=0) as gw:
+        # another call holds the only slot for 0.6 s
+        first = asyncio.ensure_future(gw.state.lm.chat(MSG, max_tokens=3,
+                                                       headers={"x-sim-fault": "slow_first_token_ms=600"}))
+        await asyncio.sleep(0.2)
+        r = await gw.client.post("/predict", json={"signature": "q -> a", "inputs": {"q": "x"}})
+        assert (await first).content
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    err = r.json()["error"]
+    assert err["type"] == "upstream_overloaded" and err["retryable"] is True and err["request_id"]

@@ -35,3 +35,20 @@ def test_invalid_values_are_refused(monkeypatch):
     monkeypatch.setenv("VGATE_MAX_INFLIGHT_PER_UPSTREAM", "0")
     with pytest.raises(ValidationError):
         Settings()
+
+
+@pytest.mark.parametrize("kw, names", [
+    ({"agent_max_steps": 40}, ("agent_max_steps=40", "agent_max_steps_limit=32")),
+    ({"retry_backoff_initial_s": 20.0}, ("retry_backoff_initial_s=20.0", "retry_backoff_max_s=10.0")),
+    ({"max_inflight_per_upstream": 600}, ("max_inflight_per_upstream=600", "max_connections=512")),
+])
+def test_contradictory_settings_fail_at_start_naming_both(kw, names):
+    with pytest.raises(ValidationError) as ei:
+        Settings(**kw)
+    assert all(n in str(ei.value) for n in names)
+
+
+def test_the_upstream_queue_fits_a_full_batch_by_default():
+    assert Settings().max_queued_per_upstream == Settings().max_batch_size
+    assert Settings(max_batch_size=50).max_queued_per_upstream == 50
+    assert Settings(max_queued_per_upstream=0).max_queued_per_upstream == 0

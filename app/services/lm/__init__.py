@@ -1,0 +1,32 @@
+"""The one LM client, by concern: ``types`` (what callers get), ``errors`` (an upstream's status →
+a typed error), ``stream`` (SSE → typed chunks → events), ``retry`` (the policy and loop),
+``admission`` (in-flight cap and bounded queue), ``client`` (:class:`LMClient`)."""
+
+from app.services.lm.client import LMClient, UsageCallback
+from app.services.lm.types import (
+    CallUsage,
+    ContentDelta,
+    Done,
+    LMResult,
+    ReasoningDelta,
+    StreamEvent,
+    ToolCall,
+    ToolCallDelta,
+    UpstreamModel,
+    Usage,
+)
+
+__all__ = [
+    "CallUsage",
+    "ContentDelta",
+    "Done",
+    "LMClient",
+    "LMResult",
+    "ReasoningDelta",
+    "StreamEvent",
+    "ToolCall",
+    "ToolCallDelta",
+    "UpstreamModel",
+    "Usage",
+    "UsageCallback",
+]

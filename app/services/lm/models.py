@@ -1,0 +1,123 @@
+"""The upstream's served models: listed from ``/v1/models``, trusted for ``models_refresh_s``.
+
+The default model (the upstream's first, when none is configured) follows the list as it
+changes, and a requested name the upstream does not serve is a 404 ``model_not_found`` before any
+call is made: llama.cpp, for one, silently answers any name with its own model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pydantic
+
+from app.errors import NotFoundError, UpstreamError, VGateError
+from app.services.lm.errors import log, malformed, status_failure, transport_failure
+from app.services.lm.types import UpstreamModel
+from app.settings import Settings
+
+MISS_REFRESH_INTERVAL_S = 1.0  # an unknown name refetches the list at most this often
+
+
+class _ModelCard(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow")
+    id: str = pydantic.Field(min_length=1)
+    max_model_len: int | None = None
+
+
+class _ModelList(pydantic.BaseModel):
+    data: list[_ModelCard]
+
+
+class ModelCatalog:
+    def __init__(self, http: httpx.AsyncClient, settings: Settings) -> None:
+        self._http = http
+        self.settings = settings
+        self._models: list[UpstreamModel] | None = None
+        self._error: VGateError | None = None  # the last listing's failure, cached like a list
+        self._served: frozenset[str] = frozenset()
+        self._listed_at = float("-inf")  # time.monotonic() of the last listing attempt
+        self._lock = asyncio.Lock()
+        self._known: set[str] = set(settings.prices)  # label values: configured or served names
+        if settings.default_model:
+            self._known.add(settings.default_model)
+
+    async def list(self, *, refresh: bool = False) -> list[UpstreamModel]:
+        """The served models. Raises a 502/503/504 ``VGateError`` when the upstream cannot list them
+        (an answer that is not a model list is ``upstream_malformed``)."""
+        if not refresh and self._fresh():
+            return self._cached()
+        async with self._lock:
+            if not refresh and self._fresh():  # another call refreshed it while this one waited
+                return self._cached()
+            try:
+                self._models = await self._fetch()
+            except VGateError as exc:
+                self._error = exc
+                raise
+            else:
+                self._error = None
+            finally:
+                self._listed_at = time.monotonic()
+            self._served = frozenset(m.id for m in self._models)
+            self._known.update(self._served)
+            return self._models
+
+    def invalidate(self) -> None:
+        self._listed_at = float("-inf")
+
+    async def resolve(self, model: str | None) -> str:
+        """The model to call: the named one, else the configured default, else the upstream's first."""
+        name = model or self.settings.default_model
+        if name is None:
+            models = await self.list()
+            if not models:
+                raise UpstreamError("the upstream serves no model")
+            return models[0].id
+        try:
+            await self.list()
+            if name in self._served:
+                return name
+            if time.monotonic() - self._listed_at >= MISS_REFRESH_INTERVAL_S:  # it may have just been loaded
+                await self.list(refresh=True)
+                if name in self._served:
+                    return name
+        except VGateError as exc:
+            # The list is unavailable (an old or odd server): let the upstream judge the name.
+            log.info("model_list_unavailable", model=name, error_type=exc.type)
+            return name
+        raise NotFoundError(f"model {name!r} is not served by the upstream", type="model_not_found",
+                            available=sorted(self._served))
+
+    def label(self, model: str) -> str:
+        """Bounded label values: configured or served names only."""
+        return model if model in self._known else "other"
+
+    def _fresh(self) -> bool:
+        return time.monotonic() - self._listed_at < self.settings.models_refresh_s
+
+    def _cached(self) -> list[UpstreamModel]:
+        if self._error is not None:
+            raise self._error
+        assert self._models is not None
+        return self._models
+
+    async def _fetch(self) -> list[UpstreamModel]:
+        try:
+            r = await self._http.get("/v1/models", timeout=self.settings.connect_timeout_s * 2)
+        except httpx.HTTPError as exc:
+            raise transport_failure(exc, self.settings.upstream_url).error from exc
+        if r.status_code == 404:
+            raise UpstreamError("the upstream lists no models (404 on /v1/models)", upstream_status=404)
+        if r.status_code != 200:
+            raise status_failure(r.status_code, r.content, None, model="").error
+        try:
+            raw = json.loads(r.content)
+            listed = _ModelList.model_validate(raw)
+        except (ValueError, pydantic.ValidationError):
+            raise malformed("a model list of an unexpected shape", r.text) from None
+        return [UpstreamModel(id=m.id, max_model_len=m.max_model_len, raw=item)
+                for m, item in zip(listed.data, raw["data"], strict=True)]

@@ -1,0 +1,146 @@
+"""vLLM's stream, read: SSE lines → typed chunks → events, folded into one result.
+
+Chunks are parsed straight from JSON into pydantic models — faster than ``json.loads`` and
+walking the dicts (``benchmarks/chunk_parse.py``; figures in benchmarks/RESULTS.md) — and
+anything of another shape is an ``upstream_malformed`` error at the parse, not a ``TypeError``
+deep in the fold. Unknown fields are ignored, as vLLM adds fields between releases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pydantic
+from pydantic import BaseModel, ConfigDict
+
+from app.errors import UpstreamError
+from app.services.lm.errors import log, malformed
+from app.services.lm.types import ContentDelta, ReasoningDelta, StreamEvent, ToolCall, ToolCallDelta
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class FunctionDelta(_Model):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallChunk(_Model):
+    index: int = 0
+    id: str | None = None
+    function: FunctionDelta | None = None
+
+
+class Delta(_Model):
+    content: str | None = None
+    reasoning: str | None = None
+    reasoning_content: str | None = None  # vLLM before 0.10
+    tool_calls: list[ToolCallChunk] | None = None
+
+
+class Choice(_Model):
+    index: int = 0
+    delta: Delta | None = None
+    finish_reason: str | None = None
+
+
+class ChunkUsage(_Model):
+    prompt_tokens: int = pydantic.Field(0, ge=0)
+    completion_tokens: int = pydantic.Field(0, ge=0)
+
+
+class Chunk(_Model):
+    id: str | None = None
+    model: str | None = None
+    choices: list[Choice] = []
+    usage: ChunkUsage | None = None
+    error: dict[str, Any] | str | None = None  # an error after the stream started (HTTP 200)
+
+
+class EndOfStream(Exception):
+    """The connection closed without ``[DONE]``."""
+
+
+def parse_chunk(data: str) -> Chunk:
+    try:
+        return Chunk.model_validate_json(data)
+    except pydantic.ValidationError:
+        raise malformed("a chunk of an unexpected shape", data) from None
+
+
+async def next_chunk(lines: AsyncIterator[str]) -> Chunk | None:
+    """The next chunk; None after ``[DONE]``. Raises ``EndOfStream`` if the connection ended without it."""
+    async for line in lines:
+        if not line.startswith("data:"):
+            continue  # blank lines, comments (": keep-alive"), other SSE fields
+        data = line[5:].lstrip(" ")
+        if data == "[DONE]":
+            return None
+        return parse_chunk(data)
+    raise EndOfStream
+
+
+class Accumulator:
+    """Folds streamed chunks into one result, and counts what was streamed (for a call cut short)."""
+
+    __slots__ = ("id", "content", "reasoning", "tools", "finish_reason", "usage", "model", "token_chunks")
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.tools: dict[int, list[Any]] = {}  # index -> [id, name, [fragments]]
+        self.finish_reason: str | None = None
+        self.usage: ChunkUsage | None = None
+        self.model: str | None = None
+        self.token_chunks = 0  # chunks that carried generated text: ~ one token each in vLLM
+
+    def feed(self, chunk: Chunk) -> list[StreamEvent]:
+        if chunk.error is not None:
+            err = chunk.error
+            log.warning("upstream_stream_error", upstream_message=str(err.get("message") if isinstance(err, dict)
+                                                                      else err)[:2000])
+            raise UpstreamError("upstream failed mid-stream", type="upstream_stream_error")
+        if self.id is None:
+            self.id = chunk.id
+        if chunk.model:
+            self.model = chunk.model
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        events: list[StreamEvent] = []
+        for choice in chunk.choices:
+            delta = choice.delta
+            if delta is not None:
+                if delta.content:
+                    self.content.append(delta.content)
+                    events.append(ContentDelta(delta.content))
+                thought = delta.reasoning or delta.reasoning_content
+                if thought:
+                    self.reasoning.append(thought)
+                    events.append(ReasoningDelta(thought))
+                for tc in delta.tool_calls or ():
+                    slot = self.tools.setdefault(tc.index, [None, None, []])
+                    fn = tc.function
+                    name = fn.name if fn is not None else None
+                    frag = (fn.arguments if fn is not None else None) or ""
+                    if tc.id:
+                        slot[0] = tc.id
+                    if name:
+                        slot[1] = name
+                    if frag:
+                        slot[2].append(frag)
+                    events.append(ToolCallDelta(tc.index, tc.id, name, frag))
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
+        if events:
+            self.token_chunks += 1
+        return events
+
+    def tool_calls(self) -> list[ToolCall]:
+        return [
+            ToolCall(id=tid or f"call_{idx}", name=name or "", arguments="".join(frags) or "{}")
+            for idx, (tid, name, frags) in sorted(self.tools.items())
+        ]

@@ -1,0 +1,153 @@
+"""What clients see when the upstream fails or misbehaves: clean messages, the right status,
+retry hints only where a retry can help; the upstream's model list kept honest."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+from structlog.testing import capture_logs
+
+from tests.support import completion_chunks, gateway
+
+PREDICT = {"signature": "q -> a", "inputs": {"q": "x"}}
+INTERNAL = "EngineCore died: CUDA error at /opt/vllm/worker.py:123 on node gpu-17.internal (10.2.3.4)"
+
+
+def _models(*names: str) -> httpx.Response:
+    return httpx.Response(200, json={"object": "list", "data": [{"id": n, "object": "model"} for n in names]})
+
+
+def _sse(content: str, model: str = "m") -> httpx.Response:
+    chunks = completion_chunks(content)
+    for c in chunks:
+        c["model"] = model
+    body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+    return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+
+def _upstream(status: int, body: dict) -> httpx.MockTransport:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return _models("m")
+        return httpx.Response(status, json=body)
+
+    return httpx.MockTransport(handler)
+
+
+async def test_upstream_5xx_text_stays_in_the_log():
+    async with gateway("http://up", default_model="m", max_retries=0,
+                       lm_transport=_upstream(500, {"error": {"message": INTERNAL}})) as gw:
+        with capture_logs() as logs:
+            r = await gw.client.post("/predict", json=PREDICT, headers={"x-request-id": "leak-1"})
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert err["message"] == "upstream error (500)" and err["upstream_status"] == 500
+    assert err["request_id"] == "leak-1"
+    assert "gpu-17" not in r.text and "10.2.3.4" not in r.text and "/opt/vllm" not in r.text
+    assert any(e.get("upstream_message") == INTERNAL for e in logs)  # the operator still sees it
+
+
+async def test_error_chunk_text_mid_stream_stays_in_the_log():
+    chunks = [{"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": "{"}}]},
+              {"error": {"message": INTERNAL, "code": 500}}]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return _models("m")
+        body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    async with gateway("http://up", default_model="m", lm_transport=httpx.MockTransport(handler)) as gw:
+        r = await gw.client.post("/predict", json=PREDICT)
+    assert r.status_code == 502 and r.json()["error"]["type"] == "upstream_stream_error"
+    assert "gpu-17" not in r.text
+
+
+async def test_upstream_400_about_the_request_stays_visible():
+    msg = "This model's maximum context length is 4096 tokens. However, your prompt contains 9000 input tokens."
+    async with gateway("http://up", default_model="m",
+                       lm_transport=_upstream(400, {"error": {"message": msg, "type": "BadRequestError"}})) as gw:
+        r = await gw.client.post("/predict", json=PREDICT)
+    assert r.status_code == 400 and r.json()["error"]["message"] == msg
+
+
+async def test_upstream_401_is_a_502_that_is_not_retryable():
+    for status in (401, 403):
+        async with gateway("http://up", default_model="m",
+                           lm_transport=_upstream(status, {"error": "Unauthorized"})) as gw:
+            r = await gw.client.post("/predict", json=PREDICT)
+            retries = gw.metric("vgate_upstream_retries_total", model="m", reason=str(status))
+        assert r.status_code == 502, status
+        err = r.json()["error"]
+        assert "retryable" not in err and "retry_after_s" not in err and "retry-after" not in r.headers
+        assert err["type"] == "upstream_auth_error" and err["upstream_status"] == status
+        assert retries == 0
+
+
+async def test_a_model_list_that_is_not_json_is_a_502_not_a_500():
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, text="<html>proxy login</html>")
+        return httpx.Response(500)
+
+    async with gateway("http://up", lm_transport=httpx.MockTransport(handler)) as gw:
+        predict = await gw.client.post("/predict", json=PREDICT)
+        models = await gw.client.get("/v1/models")
+        agent = await gw.client.post("/agent", json={"input": "hi"}, headers={"accept": "application/json"})
+    for r in (predict, models, agent):
+        assert r.status_code == 502, r.text
+        assert r.json()["error"]["type"] == "upstream_malformed"
+        assert "proxy login" not in r.text
+
+
+async def test_a_model_list_of_the_wrong_shape_is_a_502():
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"data": [{"name": "no id"}]})
+
+    async with gateway("http://up", lm_transport=httpx.MockTransport(handler)) as gw:
+        r = await gw.client.get("/v1/models")
+    assert r.status_code == 502 and r.json()["error"]["type"] == "upstream_malformed"
+
+
+async def test_default_model_follows_the_upstreams_list():
+    served = ["first-model"]
+    called: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return _models(*served)
+        model = json.loads(request.content)["model"]
+        called.append(model)
+        return _sse('{"a": "x"}', model=model)
+
+    async with gateway("http://up", models_refresh_s=0.05, lm_transport=httpx.MockTransport(handler)) as gw:
+        r1 = await gw.client.post("/predict", json=PREDICT)
+        served[:] = ["second-model"]  # the operator swapped the model behind vLLM
+        await asyncio.sleep(0.1)
+        r2 = await gw.client.post("/predict", json=PREDICT)
+    assert r1.json()["model"] == "first-model" and r2.json()["model"] == "second-model"
+    assert called == ["first-model", "second-model"]
+
+
+async def test_a_model_the_upstream_does_not_serve_is_a_404_before_any_call():
+    """llama.cpp answers any model name with its own model: the gateway must not pass that off."""
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return _models("served-model")
+        calls.append(request.url.path)
+        return _sse('{"a": "x"}', model="served-model")
+
+    async with gateway("http://up", lm_transport=httpx.MockTransport(handler)) as gw:
+        r = await gw.client.post("/predict", json={**PREDICT, "model": "gpt-4o"})
+        agent = await gw.client.post("/agent", json={"input": "hi", "model": "gpt-4o"},
+                                     headers={"accept": "application/json"})
+        ok = await gw.client.post("/predict", json={**PREDICT, "model": "served-model"})
+    assert r.status_code == 404
+    err = r.json()["error"]
+    assert err["type"] == "model_not_found" and err["available"] == ["served-model"]
+    assert agent.status_code == 404 and agent.json()["error"]["type"] == "model_not_found"
+    assert ok.status_code == 200 and calls == ["/v1/chat/completions"]  # only the served name was sent
