@@ -124,3 +124,67 @@ async def test_a_reasoning_tail_is_not_published_after_the_answer():
         events = await run_sse(gw.client, {"input": "hi", "tools": []})
     assert [(e["event"], e["data"]["text"]) for e in events if e["event"] in ("reasoning", "delta")] == [
         ("reasoning", "think-tail"), ("delta", "A" * 70)]
+
+
+# ---------------------------------------------------------------------- ReAct and the fallback
+
+
+def deltas(events: list[dict]) -> list[str]:
+    return [e["data"]["text"] for e in events if e["event"] == "delta"]
+
+
+async def test_react_answers_stream(sim_url):
+    """The simulator ignores the ReAct format, so its whole reply is the answer: it must arrive in
+    several deltas (64 characters at most each), not in one piece at the end."""
+    async with gateway(sim_url) as gw:
+        events = await run_sse(gw.client, {"input": "Tell me about the history of the bicycle in Europe",
+                                           "mode": "react", "config": {"min_tokens": 60}})
+    answer = events[-1]["data"]["answer"]
+    assert len(answer) > 130
+    assert len(deltas(events)) >= 2 and "".join(deltas(events)) == answer
+
+
+async def test_react_final_answer_streams_without_the_protocol_markers():
+    words = ["Thought", ":", " I", " know", " it", ".", "\n", "Final", " Answer", ":", " The", " bicycle",
+             *[f" word{i}" for i in range(20)], "\n"]
+    chunks = [chunk(role="assistant", content=""), *(chunk(content=w) for w in words), *finish()]
+    async with gateway("http://up", default_model="m", lm_transport=fake_upstream(chunks)) as gw:
+        events = await run_sse(gw.client, {"input": "hi", "mode": "react", "tools": ["calculator"]})
+    final = events[-1]["data"]
+    assert final["answer"] == "The bicycle" + "".join(f" word{i}" for i in range(20))
+    assert len(deltas(events)) >= 2 and "".join(deltas(events)) == final["answer"]
+    thoughts = [e["data"]["text"] for e in events if e["event"] == "reasoning"]
+    assert "".join(thoughts) == "I know it."
+
+
+async def test_an_ignored_forced_tool_call_does_not_stop_later_runs_streaming():
+    """An upstream that ignores tools answers the forced first call in text. That run falls back to
+    ReAct; later runs, with or without tools, still try native tools first and stream their text."""
+    words = [f" w{i}" for i in range(40)]
+    chunks = [chunk(role="assistant", content=""), *(chunk(content=w) for w in words), *finish()]
+    sent: list[dict] = []
+    upstream = fake_upstream(chunks, check=lambda r: sent.append(json.loads(r.content)))
+    async with gateway("http://up", default_model="m", lm_transport=upstream) as gw:
+        first = await run_sse(gw.client, {"input": "What is 12*7?", "tools": ["calculator"],
+                                          "tool_choice": {"type": "function", "function": {"name": "calculator"}}})
+        n_first = len(sent)
+        plain = await run_sse(gw.client, {"input": "hello", "tools": []})
+        with_tools = await run_sse(gw.client, {"input": "hello", "tools": ["calculator"]})
+    assert first[-1]["event"] == "final" and n_first == 2  # the ignored native call, then ReAct
+    assert "response_format" in sent[1]
+    for events in (plain, with_tools):
+        assert events[-1]["event"] == "final"
+        assert events[-1]["data"]["answer"].strip() == "".join(words).strip()
+        assert len(deltas(events)) >= 2 and "".join(deltas(events)) == events[-1]["data"]["answer"]
+    assert "tools" in sent[-1] and "Final Answer" not in json.dumps(sent[-1]["messages"])  # native again
+
+
+async def test_a_refusal_of_native_tools_is_forgotten_after_a_while(sim_no_auto_tools_url):
+    """The refusal (vLLM without --enable-auto-tool-choice) is remembered for a time, not for good."""
+    async with gateway(sim_no_auto_tools_url) as gw:
+        gw.state.agent.tool_support.ttl_s = 0  # forgotten at once
+        for _ in range(2):
+            events = await run_sse(gw.client, {"input": "hello", "tools": ["calculator"]})
+            assert events[-1]["event"] == "final" and events[-1]["data"]["answer"]
+        refused = gw.metric("vgate_upstream_errors_total", model="sim-model", type="upstream_bad_request")
+    assert refused == 2  # each run asked for native tools again

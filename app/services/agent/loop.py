@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +52,7 @@ class RunLoop:
     """The loop of one run, with what it needs of the gateway."""
 
     def __init__(self, run: AgentRun, task: AgentTask, *, lm: LMClient, tools: ToolExecutor, settings: Settings,
-                 metrics: Metrics, sessions: SessionStore, react_models: set[str]) -> None:
+                 metrics: Metrics, sessions: SessionStore, tool_support: ToolSupport) -> None:
         self.run = run
         self.task = task
         self.lm = lm
@@ -59,7 +60,7 @@ class RunLoop:
         self.settings = settings
         self.metrics = metrics
         self.sessions = sessions
-        self.react_models = react_models
+        self.tool_support = tool_support
         self.totals = Totals()
         self.outcome = "error"
         self.conversation = list(task.messages)
@@ -74,7 +75,10 @@ class RunLoop:
             run.model = model
             run.publish("run", {"run_id": run.run_id, "model": model, "session_id": task.session_id,
                                 "tools": task.tool_names})
-            react_mode = task.mode == "react" or (task.mode == "auto" and model in self.react_models)
+            # Per run: the ReAct protocol when asked for, or when this upstream recently refused native
+            # tools; a run that finds out (a refusal, an ignored forced call) switches for its own rest.
+            react_mode = task.mode == "react" or (
+                task.mode == "auto" and bool(task.tool_names) and self.tool_support.refused(model))
             answer, stop_reason = None, "max_steps"
             for step in range(1, task.max_steps + 1):
                 totals.steps = step
@@ -91,7 +95,7 @@ class RunLoop:
                             raise
                         if refused:
                             log.warning("native_tools_refused_fallback_to_react", model=model, error=exc.message)
-                            self.react_models.add(model)
+                            self.tool_support.mark_refused(model)
                         react_mode = True
                         answer = await self._react_step(model, step)
                 if answer is not None:
@@ -156,14 +160,14 @@ class RunLoop:
             if step == 1 and task.tool_choice is not None:
                 params["tool_choice"] = task.tool_choice
         # A forced step must not stream text: if the upstream ignores tool_choice, that text is discarded.
-        result = await self._call(model, messages, params, stream_text=not forced)
+        result = await self._call(model, messages, params, on_text=None if forced else self._answer_text)
         self.totals.add(result)
         log.info("agent_step", step=step, tool_calls=len(result.tool_calls), finish_reason=result.finish_reason)
         if forced and tools and not result.tool_calls:
             # The upstream ignored tools/tool_choice (e.g. a chat template without tool support):
-            # use the gateway's own protocol for this model from now on.
+            # redo the step, and go on, with the gateway's own protocol. This run only: another may
+            # not force a call, and a model that ignored tool_choice once may honour tools later.
             log.warning("tool_choice_ignored_fallback_to_react", model=model)
-            self.react_models.add(model)
             raise _SwitchToReact()
         if not result.tool_calls:
             conversation.append({"role": "assistant", "content": result.content})
@@ -175,7 +179,7 @@ class RunLoop:
         return None
 
     async def _react_step(self, model: str, step: int) -> str | None:
-        run, task, conversation = self.run, self.task, self.conversation
+        task, conversation = self.task, self.conversation
         tools = self.tools.registry.openai_tools(task.tool_names) if task.tool_names else []
         messages = [{"role": "system", "content": react.system_prompt(task.instructions, tools)}] + [
             react.as_text_message(m) for m in conversation
@@ -187,15 +191,21 @@ class RunLoop:
             params["response_format"] = react.action_response_format(tools, None if forced is True else forced)
         else:
             params["stop"] = list(dict.fromkeys((params.get("stop") or []) + react.STOP))
-        result = await self._call(model, messages, params, stream_text=False)
+        # A forced turn is JSON (not shown); otherwise the thought and the final answer stream as
+        # they come, and what the splitter held back follows once the whole reply is parsed.
+        splitter = None if forced and tools else react.StreamSplitter()
+        on_text = None if splitter is None else (lambda piece: self._publish(splitter.feed(piece)))
+        result = await self._call(model, messages, params, on_text=on_text)
         self.totals.add(result)
-        parsed = react.parse_action_json(result.content) if forced and tools else react.parse(result.content)
+        parsed = react.parse_action_json(result.content) if splitter is None else react.parse(result.content)
         log.info("agent_step", step=step, mode="react", action=parsed.action)
-        if parsed.thought:
-            run.publish("reasoning", {"text": parsed.thought})
+        if splitter is not None:
+            self._publish(splitter.finish(parsed))
+        elif parsed.thought:
+            self._publish([("reasoning", parsed.thought)])
+        self.text.flush()
         if parsed.action is None:
             conversation.append({"role": "assistant", "content": result.content})
-            run.publish("delta", {"text": parsed.final or ""})
             return parsed.final or ""
         call = ToolCall(id=f"react-{step}", name=parsed.action,
                         arguments=json.dumps(parsed.arguments) if parsed.arguments is not None
@@ -208,15 +218,24 @@ class RunLoop:
         conversation.append({"role": "user", "content": f"Observation: {tool_result.content()}"})
         return None
 
+    def _answer_text(self, piece: str) -> None:
+        self.text.add("delta", piece)
+
+    def _publish(self, pieces: list[tuple[str, str]]) -> None:
+        for kind, text in pieces:
+            self.text.add(kind, text)
+
     async def _call(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any],
-                    *, stream_text: bool) -> LMResult:
+                    *, on_text: Callable[[str], None] | None) -> LMResult:
+        """One streamed model call: reasoning is published as it comes, answer text goes to
+        ``on_text`` (None: not shown)."""
         stream = self.lm.stream_chat(messages, model=model, route="agent", **params)
         try:
             async with aclosing(stream):
                 async for ev in stream:
                     if isinstance(ev, ContentDelta):
-                        if stream_text:
-                            self.text.add("delta", ev.text)
+                        if on_text is not None:
+                            on_text(ev.text)
                     elif isinstance(ev, ReasoningDelta):
                         self.text.add("reasoning", ev.text)
                     elif isinstance(ev, Done):
@@ -247,6 +266,24 @@ class RunLoop:
             return r
 
         return list(await asyncio.gather(*(one(tc) for tc in calls)))
+
+
+class ToolSupport:
+    """Upstream models that recently refused native tool calling (vLLM started without
+    --enable-auto-tool-choice), so that each run need not be refused again. Remembered for
+    ``ttl_s`` only: the upstream may be restarted with the flag."""
+
+    def __init__(self, ttl_s: float = 300.0) -> None:
+        self.ttl_s = ttl_s
+        self._until: dict[str, float] = {}
+
+    def refused(self, model: str) -> bool:
+        return time.monotonic() < self._until.get(model, 0.0)
+
+    def mark_refused(self, model: str) -> None:
+        now = time.monotonic()
+        self._until = {m: t for m, t in self._until.items() if t > now}
+        self._until[model] = now + self.ttl_s
 
 
 def _refuses_auto_tools(message: str) -> bool:

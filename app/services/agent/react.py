@@ -158,3 +158,105 @@ def as_text_message(m: dict[str, Any]) -> dict[str, Any]:
         calls = "; ".join(f"{c['function']['name']}({c['function']['arguments']})" for c in m["tool_calls"])
         return {"role": "assistant", "content": (m.get("content") or "") + f"\n[called {calls}]"}
     return {"role": m["role"], "content": m.get("content") or ""}
+
+
+_START = re.compile(r"\s*(?P<m>Thought|Action|Final\s*Answer)\s*:")
+_THOUGHT_END = re.compile(r"\n\s*(?P<m>Action|Final\s*Answer)\s*:")
+_MARKER = re.compile(r"(?:Action|Final\s*Answer)\s*:")
+_LAST_LINE = re.compile(r"\n\s*(?P<tail>[^\n]*)\Z")
+_OPENERS = ("Thought:", "Action:", "FinalAnswer:")  # as written, whitespace left out
+_ENDS = ("Action:", "FinalAnswer:")
+
+
+class StreamSplitter:
+    """Splits a ReAct reply while it streams into what clients see: ``reasoning`` (the thought)
+    and ``delta`` (the text after "Final Answer:", or a reply in neither form, which ``parse``
+    takes as the answer). Only what may still become a protocol marker, and trailing whitespace
+    (``parse`` strips it), is held back; ``finish`` publishes what ``parse`` kept of it."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.pos = 0  # text[:pos] is handled
+        self.section: str | None = None  # None: undecided; thought, final, plain (no marker yet), quiet
+        self.fresh = True  # nothing published in this section yet (its leading whitespace is skipped)
+        self.sent = {"reasoning": "", "delta": ""}
+
+    def feed(self, piece: str) -> list[tuple[str, str]]:
+        self.text += piece
+        out: list[tuple[str, str]] = []
+        while self._advance(out):
+            pass
+        return out
+
+    def finish(self, step: ReactStep) -> list[tuple[str, str]]:
+        """The rest of the thought and of the answer, as ``parse`` read the whole reply."""
+        out: list[tuple[str, str]] = []
+        if step.thought and step.thought.startswith(self.sent["reasoning"]):
+            self._out(out, "reasoning", step.thought[len(self.sent["reasoning"]):])
+        if step.action is None and (step.final or "").startswith(self.sent["delta"]):
+            self._out(out, "delta", (step.final or "")[len(self.sent["delta"]):])
+        return out
+
+    def _advance(self, out: list[tuple[str, str]]) -> bool:
+        """Handle what can be handled of the unhandled text; True if the section changed."""
+        rest = self.text[self.pos:]
+        if self.section is None:
+            m = _START.match(rest)
+            if m:
+                self._enter({"Thought": "thought", "Action": "quiet"}.get(m["m"], "final"), m.end())
+                return True
+            if not _may_be(rest, _OPENERS):
+                self.section = "plain"
+                return True
+            return False
+        if self.section == "thought":
+            m = _THOUGHT_END.search(rest)
+            if m:
+                self._publish(out, "reasoning", rest[:m.start()].rstrip())
+                self._enter("quiet" if m["m"] == "Action" else "final", m.end())
+                return True
+            end = len(rest.rstrip())
+            last = _LAST_LINE.search(rest)
+            if last and _may_be(last["tail"], _ENDS):
+                end = min(end, len(rest[:last.start()].rstrip()))
+            self._publish(out, "reasoning", rest[:end])
+            self.pos += end
+        elif self.section == "final":
+            end = len(rest.rstrip())
+            self._publish(out, "delta", rest[:end])
+            self.pos += end
+        elif self.section == "plain":
+            if _MARKER.search(rest):
+                self.section = "quiet"  # the reply takes the protocol's form after all: parse decides
+                return True
+            end = len(rest.rstrip())
+            for i in range(max(0, end - 16), end):
+                if rest[i] in "AF" and _may_be(rest[i:end], _ENDS):
+                    end = len(rest[:i].rstrip())
+                    break
+            self._publish(out, "delta", rest[:end])
+            self.pos += end
+        return False
+
+    def _enter(self, section: str, advance: int) -> None:
+        self.section = section
+        self.pos += advance
+        self.fresh = True
+
+    def _publish(self, out: list[tuple[str, str]], kind: str, text: str) -> None:
+        if self.fresh:
+            text = text.lstrip()
+        if text:
+            self.fresh = False
+            self._out(out, kind, text)
+
+    def _out(self, out: list[tuple[str, str]], kind: str, text: str) -> None:
+        if text:
+            self.sent[kind] += text
+            out.append((kind, text))
+
+
+def _may_be(text: str, markers: tuple[str, ...]) -> bool:
+    """Whether ``text`` (whitespace aside) is the beginning of one of ``markers``."""
+    squeezed = "".join(text.split())
+    return any(m.startswith(squeezed) for m in markers)

@@ -8,7 +8,7 @@ from typing import Any
 
 from app.errors import InvalidRequestError, NotFoundError, VGateError
 from app.metrics import Metrics
-from app.services.agent.loop import RunLoop
+from app.services.agent.loop import RunLoop, ToolSupport
 from app.services.agent.runs import AgentEvent, AgentRun, RunStore, SessionStore
 from app.services.agent.task import AgentTask, Mode
 from app.services.lm import LMClient
@@ -25,7 +25,7 @@ class AgentService:
         self.metrics = metrics
         self.runs = RunStore(ttl_s=settings.agent_resume_ttl_s, max_runs=settings.agent_max_retained_runs)
         self.sessions = SessionStore(ttl_s=settings.agent_session_ttl_s, max_sessions=settings.agent_max_sessions)
-        self._react_models: set[str] = set()  # upstream models that refused native tool calling
+        self.tool_support = ToolSupport()  # which upstream models recently refused native tool calling
 
     async def aclose(self) -> None:
         """Cancel live runs (at shutdown) and wait for them to wind down."""
@@ -101,7 +101,7 @@ class AgentService:
         run.model = task.model
         task.messages = history + task.messages
         loop = RunLoop(run, task, lm=self.lm, tools=self.tools, settings=self.settings, metrics=self.metrics,
-                       sessions=self.sessions, react_models=self._react_models)
+                       sessions=self.sessions, tool_support=self.tool_support)
         run.task = asyncio.create_task(loop.main(), name=run.run_id)
         return run
 
