@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 DEMO_CURLS = """
@@ -66,21 +69,109 @@ def _local_llm(args: argparse.Namespace) -> None:
                   n_parallel=args.parallel, n_ctx=args.ctx)
 
 
+def _listening_inodes(port: int) -> set[str] | None:
+    """Inodes of the TCP sockets listening on ``port`` (Linux /proc); None where /proc cannot tell."""
+    inodes: set[str] = set()
+    readable = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        readable = True
+        for row in rows:
+            f = row.split()
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f[9])
+    return inodes if readable else None
+
+
+def serves_port(pid: int, port: int) -> bool | None:
+    """Whether process ``pid`` itself holds the socket listening on ``port``; None where that cannot be
+    told (no /proc: not Linux)."""
+    inodes = _listening_inodes(port)
+    if inodes is None:
+        return None
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                return True
+    return False
+
+
+def how_it_ended(returncode: int) -> str:
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-returncode).name}"
+        return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
 def wait_healthy(base_url: str, timeout: float, proc: subprocess.Popen | None = None, path: str = "/health") -> None:
-    """Wait until ``base_url + path`` answers 200 (llama.cpp opens its port before the model is loaded)."""
+    """Wait until ``base_url + path`` answers 200 (llama.cpp opens its port before the model is loaded).
+
+    Given ``proc``, the process that should be serving there, an answer counts only while ``proc`` is
+    alive and (on Linux) itself holds the listening port: a server left on that port by an earlier run
+    answers at once, while ``proc`` is still starting and about to fail to bind."""
     import httpx
 
+    port = httpx.URL(base_url).port
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    someone_else = False
+    while True:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {base_url} was healthy")
+            hint = f" (another server answers there: port {port} is taken)" if someone_else else ""
+            raise RuntimeError(f"process {proc.pid} {how_it_ended(proc.returncode)} "
+                               f"before {base_url} was healthy{hint}")
+        if time.monotonic() >= deadline:
+            break
         try:
-            if httpx.get(base_url + path, timeout=2).status_code == 200:
-                return
+            ok = httpx.get(base_url + path, timeout=2).status_code == 200
         except httpx.HTTPError:
-            pass
+            ok = False
+        if ok:
+            if proc is None:
+                return
+            owner = serves_port(proc.pid, port) if port is not None else None
+            if proc.poll() is None and owner is not False:
+                return
+            someone_else = owner is False
         time.sleep(0.2)
+    if someone_else:
+        raise RuntimeError(f"{base_url}{path} answers, but not from process {proc.pid}: something else "
+                           f"holds port {port}")
     raise TimeoutError(f"{base_url}{path} not healthy after {timeout}s")
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has Linux SIGKILL the child when the process that started it dies, even by
+    SIGKILL (prctl PR_SET_PDEATHSIG), so a server never outlives its demo or test run. None elsewhere.
+
+    Linux sends it when the *thread* that started the child exits: start children from the main thread."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:  # runs in the child, between fork and exec
+        pr_set_pdeathsig = 1
+        if prctl(pr_set_pdeathsig, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                 ctypes.c_ulong(0)) == 0 and os.getppid() != parent:
+            os._exit(1)  # the parent died before prctl took effect: do not start orphaned
+
+    return preexec
 
 
 def _demo(args: argparse.Namespace) -> None:

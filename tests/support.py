@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import httpx
 import uvicorn
 
-from app.cli import stop_process, wait_healthy
+from app.cli import die_with_parent, stop_process, wait_healthy
 from app.main import create_app
 from app.settings import Settings
 
@@ -30,14 +31,23 @@ def free_port() -> int:
 
 @contextmanager
 def spawn(args: list[str], port: int, timeout: float = 60) -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, timeout, proc)
-        yield url
-    finally:
-        stop_process(proc)
+    """``vgate ARGS`` serving on ``port`` until the block ends. Fails, with the server's stderr, if it
+    does not come up, or if what answers there is not it (another server on a taken port). The server
+    dies with this process even if it is SIGKILLed (Linux)."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=err, preexec_fn=die_with_parent())
+        try:
+            url = f"http://127.0.0.1:{port}"
+            try:
+                wait_healthy(url, timeout, proc)
+            except (RuntimeError, TimeoutError) as e:
+                err.seek(max(0, err.seek(0, os.SEEK_END) - 3000))
+                tail = err.read().decode(errors="replace")
+                raise type(e)(f"vgate {' '.join(args)}: {e}\n--- its stderr, last lines:\n{tail}") from None
+            yield url
+        finally:
+            stop_process(proc)
 
 
 def make_settings(upstream: str, **kw) -> Settings:
