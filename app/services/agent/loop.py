@@ -63,6 +63,7 @@ class RunLoop:
         self.tool_support = tool_support
         self.totals = Totals()
         self.outcome = "error"
+        self.truncated = False  # a model turn was cut by max_tokens: the run ends with it
         self.conversation = list(task.messages)
         self.started = time.perf_counter()
         self.text = Coalescer(run)  # one per run: text and reasoning events in the model's order
@@ -98,10 +99,13 @@ class RunLoop:
                             self.tool_support.mark_refused(model)
                         react_mode = True
                         answer = await self._react_step(model, step)
+                if self.truncated:
+                    stop_reason = "length"
+                    break
                 if answer is not None:
                     stop_reason = "answer"
                     break
-            self.outcome = "ok" if stop_reason == "answer" else "max_steps"
+            self.outcome = {"answer": "ok"}.get(stop_reason, stop_reason)
             final = {
                 "answer": answer,
                 "stop_reason": stop_reason,
@@ -115,6 +119,10 @@ class RunLoop:
             }
             if stop_reason == "max_steps":
                 final["message"] = f"stopped after max_steps={task.max_steps} steps without a final answer"
+            elif stop_reason == "length":
+                final["message"] = (f"the model hit max_tokens={self._params()['max_tokens']} before finishing "
+                                    "its turn: the answer is cut off (a cut tool call was not run); "
+                                    "raise config.max_tokens")
             if task.session_id:
                 final["session_id"] = task.session_id
             run.publish("final", final)
@@ -136,7 +144,7 @@ class RunLoop:
         run.finish()
         if task.session_id is not None:
             self.sessions.release(task.session_id,
-                                  self.conversation if self.outcome in ("ok", "max_steps") else None)
+                                  self.conversation if self.outcome in ("ok", "max_steps", "length") else None)
         self.metrics.agent_runs.labels(outcome=self.outcome).inc()
         self.metrics.agent_steps.observe(totals.steps)
         log.info("agent_run", outcome=self.outcome, steps=totals.steps, cost_usd=round(totals.cost_usd, 8),
@@ -169,6 +177,8 @@ class RunLoop:
             # not force a call, and a model that ignored tool_choice once may honour tools later.
             log.warning("tool_choice_ignored_fallback_to_react", model=model)
             raise _SwitchToReact()
+        if result.finish_reason == "length":
+            return self._cut(result.content, result.content if not result.tool_calls else None)
         if not result.tool_calls:
             conversation.append({"role": "assistant", "content": result.content})
             return result.content
@@ -204,6 +214,8 @@ class RunLoop:
         elif parsed.thought:
             self._publish([("reasoning", parsed.thought)])
         self.text.flush()
+        if result.finish_reason == "length":
+            return self._cut(result.content, parsed.final if parsed.action is None else None)
         if parsed.action is None:
             conversation.append({"role": "assistant", "content": result.content})
             return parsed.final or ""
@@ -217,6 +229,13 @@ class RunLoop:
         [tool_result] = await self._run_tools([call])
         conversation.append({"role": "user", "content": f"Observation: {tool_result.content()}"})
         return None
+
+    def _cut(self, content: str, answer: str | None) -> str | None:
+        """A turn cut by max_tokens ends the run: its text is kept, a cut tool call (partial
+        arguments) is not run."""
+        self.truncated = True
+        self.conversation.append({"role": "assistant", "content": content})
+        return answer
 
     def _answer_text(self, piece: str) -> None:
         self.text.add("delta", piece)

@@ -1,0 +1,40 @@
+"""/agent runs end to end against the simulator: how they end (truncation, limits), their sessions,
+their lifecycle (cancellation, disconnect grace), and what they log."""
+
+from __future__ import annotations
+
+from tests.integration.test_agent_api import names, run_sse
+from tests.support import gateway
+
+
+async def test_an_answer_cut_by_max_tokens_is_reported_as_truncated(sim_url):
+    async with gateway(sim_url) as gw:
+        events = await run_sse(gw.client, {"input": "Tell me a long story about the sea", "tools": [],
+                                           "config": {"max_tokens": 5}})
+        r = await gw.client.post("/agent", headers={"accept": "application/json"},
+                                 json={"input": "Tell me a long story about the sea", "tools": [],
+                                       "config": {"max_tokens": 5}})
+        truncated = gw.metric("vgate_agent_runs_total", outcome="length")
+        ok = gw.metric("vgate_agent_runs_total", outcome="ok")
+    final = events[-1]["data"]
+    assert events[-1]["event"] == "final"
+    assert final["stop_reason"] == "length" and "max_tokens=5" in final["message"]
+    assert final["answer"] and final["usage"]["completion_tokens"] == 5  # the cut text is kept
+    assert r.status_code == 200 and r.json()["stop_reason"] == "length" and r.json()["message"]
+    assert truncated == 2 and ok == 0
+
+
+async def test_a_tool_call_cut_by_max_tokens_is_not_run(sim_url):
+    async with gateway(sim_url) as gw:
+        events = await run_sse(gw.client, {
+            "input": 'CALL calculator {"expression": "1+2+3+4+5+6+7+8+9+10+11+12+13+14+15"}',
+            "config": {"max_tokens": 6}})
+    assert names(events) == ["run", "final"]  # partial arguments: nothing executed
+    assert events[-1]["data"]["stop_reason"] == "length" and events[-1]["data"]["answer"] is None
+
+
+async def test_a_react_answer_cut_by_max_tokens_is_reported_as_truncated(sim_url):
+    async with gateway(sim_url) as gw:
+        events = await run_sse(gw.client, {"input": "Tell me a long story about the sea", "mode": "react",
+                                           "config": {"max_tokens": 5}})
+    assert events[-1]["data"]["stop_reason"] == "length"
