@@ -313,6 +313,8 @@ async def test_a_bad_tool_name_400_does_not_switch_the_model_to_react():
     sent: list[dict] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "m", "object": "model"}]})
         sent.append(json.loads(request.content))
         return httpx.Response(400, json={"error": {"message": "Tool 'x' has not been passed in `tools`",
                                                    "type": "BadRequestError", "param": None, "code": 400}})
