@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,6 +32,10 @@ vgate is up on http://{host}:{port} in front of the local model (SmolLM2-135M on
 
 Ctrl-C stops both.
 """
+
+# Signals that stop the demo, its local model and its gateway: Ctrl-C, and how make, systemd,
+# Docker and CI runners stop a process (SIGTERM), and a closed terminal (SIGHUP).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -65,8 +71,38 @@ def _sim(args: argparse.Namespace) -> None:
 def _local_llm(args: argparse.Namespace) -> None:
     from app import local_llm
 
+    refuse_taken_port(args.host, args.port, "--port", "vgate local-llm")
     local_llm.run(args.host, args.port, model_path=Path(args.model_path) if args.model_path else None,
                   n_parallel=args.parallel, n_ctx=args.ctx)
+
+
+# --- ports and processes -------------------------------------------------------------------------
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether a server could not bind ``host:port`` now because something else holds it.
+
+    Binds with SO_REUSEADDR as uvicorn and llama.cpp do, so a socket left in TIME_WAIT does not count.
+    Other bind errors (a host that is not local, a privileged port) are left for the server to report."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror:
+        return False
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            return e.errno == errno.EADDRINUSE
+    return False
+
+
+def refuse_taken_port(host: str, port: int, flag: str, what: str) -> None:
+    """Exit 1 with a message naming the port and the flag that changes it, if the port is taken."""
+    if port_in_use(host, port):
+        sys.exit(f"{what}: port {port} on {host} is already in use (an earlier vgate demo or another "
+                 f"server still running?). Stop that, or choose another port with {flag}.")
 
 
 def _listening_inodes(port: int) -> set[str] | None:
@@ -174,39 +210,142 @@ def die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
+def stop_process(proc: subprocess.Popen, grace_s: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``grace_s``."""
+    stop_processes([proc], grace_s)
+
+
+def stop_processes(procs: list[subprocess.Popen], grace_s: float = 10) -> None:
+    """SIGTERM all at once, then SIGKILL those not exited within ``grace_s`` (one deadline for all)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- the demo --------------------------------------------------------------------------------------
+
+
+class _Stop(BaseException):
+    """A stop signal arrived: unwinds the demo into its one shutdown path (like KeyboardInterrupt)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class DemoError(Exception):
+    """The demo cannot go on; the message says why."""
+
+
+class _Demo:
+    """The demo's children, its signal handling and its one way to stop."""
+
+    def __init__(self) -> None:
+        self.children: list[tuple[str, subprocess.Popen]] = []
+        self._spawning = False
+        self._pending: int | None = None
+        self._preexec = die_with_parent()
+
+    def on_signal(self, signum: int, _frame: object) -> None:
+        if self._spawning:  # a child is being created: raise once it is tracked, not half-way
+            self._pending = signum
+            return
+        raise _Stop(signum)
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        self._spawning = True
+        try:
+            proc = subprocess.Popen(argv, env=env, preexec_fn=self._preexec)  # the demo runs no threads
+            self.children.append((name, proc))
+        finally:
+            self._spawning = False
+        if self._pending is not None:
+            raise _Stop(self._pending)
+        return proc
+
+    def wait_up(self, name: str, proc: subprocess.Popen, base_url: str, timeout: float, path: str) -> None:
+        try:
+            wait_healthy(base_url, timeout, proc, path=path)
+        except (RuntimeError, TimeoutError) as e:
+            raise DemoError(f"{name} did not come up: {e}") from None
+
+    def watch(self) -> None:
+        """Until a child dies: then stop, naming it."""
+        while True:
+            for name, proc in self.children:
+                if proc.poll() is not None:
+                    others = " and ".join(n for n, p in self.children if p is not proc) or "the demo"
+                    raise DemoError(f"{name} (pid {proc.pid}) {how_it_ended(proc.returncode)} "
+                                    f"while the demo ran; stopping {others}")
+            time.sleep(0.2)
+
+    def shutdown(self) -> None:
+        for s in STOP_SIGNALS:  # a second Ctrl-C must not abort the cleanup; it is bounded anyway
+            signal.signal(s, signal.SIG_IGN)
+        stop_processes([proc for _, proc in reversed(self.children)])
+
+
+def _check_serves_alias(llm_url: str, alias: str, llm_port: int) -> None:
+    import httpx
+
+    try:
+        ids = [m.get("id") for m in httpx.get(f"{llm_url}/v1/models", timeout=5).json().get("data", [])]
+    except (httpx.HTTPError, ValueError, AttributeError) as e:
+        raise DemoError(f"{llm_url}/v1/models did not answer properly ({e})") from None
+    if alias not in ids:
+        raise DemoError(f"{llm_url} serves {ids}, not {alias}: is another server on --llm-port {llm_port}?")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from app import local_llm
 
-    local_llm.ensure_xllamacpp()
-    local_llm.ensure_model()
-    llm = subprocess.Popen([sys.executable, "-m", "app.cli", "local-llm", "--host", "127.0.0.1",
-                            "--port", str(args.llm_port)])
+    refuse_taken_port(args.host, args.port, "--port", "vgate demo: the gateway")
+    refuse_taken_port("127.0.0.1", args.llm_port, "--llm-port", "vgate demo: the local model")
+    llm_url, gw_url = f"http://127.0.0.1:{args.llm_port}", f"http://{args.host}:{args.port}"
+    llm_name, gw_name = "the llama.cpp server", "the gateway"
+    demo = _Demo()
+    for s in STOP_SIGNALS:
+        signal.signal(s, demo.on_signal)
+    stopped_by: int | None = None
+    failure: str | None = None
     try:
-        wait_healthy(f"http://127.0.0.1:{args.llm_port}", 300, llm)
-        env = {**os.environ, "VGATE_UPSTREAM_URL": f"http://127.0.0.1:{args.llm_port}",
+        local_llm.ensure_xllamacpp()
+        local_llm.ensure_model()
+        llm = demo.spawn(llm_name, [sys.executable, "-m", "app.cli", "local-llm", "--host", "127.0.0.1",
+                                    "--port", str(args.llm_port)])
+        demo.wait_up(llm_name, llm, llm_url, 300, "/health")
+        _check_serves_alias(llm_url, local_llm.MODEL_ALIAS, args.llm_port)
+        env = {**os.environ, "VGATE_UPSTREAM_URL": llm_url,
                "VGATE_LOG_FORMAT": os.environ.get("VGATE_LOG_FORMAT", "console")}
-        gw = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--host", args.host,
-                               "--port", str(args.port)], env=env)
-        try:
-            wait_healthy(f"http://{args.host}:{args.port}", 60, gw, path="/healthz")
-            print(DEMO_CURLS.format(host=args.host, port=args.port), flush=True)
-            gw.wait()
-        finally:
-            stop_process(gw)
-    except KeyboardInterrupt:
-        pass
+        gw = demo.spawn(gw_name, [sys.executable, "-m", "app.cli", "serve", "--host", args.host,
+                                  "--port", str(args.port)], env)
+        demo.wait_up(gw_name, gw, gw_url, 60, "/healthz")
+        print(DEMO_CURLS.format(host=args.host, port=args.port, llm_port=args.llm_port), flush=True)
+        demo.watch()
+    except _Stop as e:
+        stopped_by = e.signum
+        running = " and ".join(n for n, p in demo.children if p.poll() is None) or "nothing started yet"
+        print(f"vgate demo: {signal.Signals(stopped_by).name}: stopping {running}", file=sys.stderr, flush=True)
+    except DemoError as e:
+        failure = str(e)
     finally:
-        stop_process(llm)
-
-
-def stop_process(proc: subprocess.Popen, grace_s: float = 10) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within ``grace_s``."""
-    proc.terminate()
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        demo.shutdown()
+    if failure is not None:
+        sys.exit(f"vgate demo: {failure}")
+    if stopped_by is not None:
+        # Die by the same signal, as a well-behaved child of a shell, make or systemd does.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(stopped_by, signal.SIG_DFL)
+        os.kill(os.getpid(), stopped_by)
+        sys.exit(128 + stopped_by)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,7 @@
-"""The health wait refuses a port that something else holds, instead of talking to it."""
+"""`vgate demo` and the health wait refuse a port that something else holds, instead of talking to it.
+
+These start no model: a taken port must be refused before anything is loaded.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,27 @@ import sys
 import pytest
 
 from app.cli import wait_healthy
-from tests.demo_helpers import healthy_impostor
+from tests.demo_helpers import healthy_impostor, kill_all, output, start_demo
 from tests.support import ROOT, free_port, spawn
+
+
+@pytest.mark.parametrize("taken", ["--port", "--llm-port"])
+def test_demo_refuses_a_taken_port_naming_it_and_its_flag(tmp_path, taken):
+    port, llm_port = free_port(), free_port()
+    held = port if taken == "--port" else llm_port
+    with healthy_impostor(held) as seen:  # a stale demo still answering /health and /healthz
+        demo = start_demo(tmp_path, "--port", str(port), "--llm-port", str(llm_port))
+        try:
+            rc = demo.wait(60)
+        except subprocess.TimeoutExpired:
+            rc = None
+        finally:
+            kill_all(demo)
+    text = output(demo, tmp_path)
+    assert rc not in (None, 0), f"demo exit {rc}, output:\n{text}"
+    assert f"port {held}" in text and f" {taken}" in text, text  # " --port" is no part of " --llm-port"
+    assert "vgate is up" not in text, text
+    assert seen == [], "the demo talked to the server that holds the port"
 
 
 def test_spawn_on_a_taken_port_fails_instead_of_talking_to_the_other_server():
