@@ -15,7 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 DEMO_CURLS = """
-vgate is up on http://{host}:{port} in front of the local model (SmolLM2-135M on llama.cpp, CPU).
+vgate is up on http://{host}:{port} in front of the local model (SmolLM2-135M on llama.cpp, CPU)
+on http://127.0.0.1:{llm_port}. Other ports: vgate demo --port GATEWAY_PORT --llm-port MODEL_PORT.
+
+The demo model is tiny (135M parameters): its answers are often wrong, but their types are always
+right (an int is an int, a label is one of the labels), which is what vgate guarantees.
 
   curl -s http://{host}:{port}/predict -H 'content-type: application/json' \\
     -d '{{"signature": "question -> answer: int", "inputs": {{"question": "What is 2 + 3?"}}}}'
@@ -30,7 +34,7 @@ vgate is up on http://{host}:{port} in front of the local model (SmolLM2-135M on
   curl -s http://{host}:{port}/predict/programs
   curl -s http://{host}:{port}/metrics | grep ^vgate_
 
-Ctrl-C stops both.
+Ctrl-C (or SIGTERM, SIGHUP) stops both.
 """
 
 # Signals that stop the demo, its local model and its gateway: Ctrl-C, and how make, systemd,
@@ -373,10 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx", type=int, default=8192, help="total context, split between the slots")
     p.set_defaults(func=_local_llm)
 
-    p = sub.add_parser("demo", help="start the local model and the gateway together")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--llm-port", type=int, default=8000)
+    p = sub.add_parser("demo", help="start the local model and the gateway together",
+                       description="Start the local model (llama.cpp) and the gateway in front of it, until "
+                                   "Ctrl-C, SIGTERM or SIGHUP stops both, or one of them dies (then exit 1).")
+    p.add_argument("--host", default="127.0.0.1", help="the gateway's host (default %(default)s)")
+    p.add_argument("--port", type=int, default=8080, help="the gateway's port (default %(default)s)")
+    p.add_argument("--llm-port", type=int, default=8000,
+                   help="the local model server's port, on 127.0.0.1 (default %(default)s)")
     p.set_defaults(func=_demo)
     return parser
 

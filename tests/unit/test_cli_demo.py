@@ -10,9 +10,15 @@ import sys
 
 import pytest
 
-from app.cli import wait_healthy
+from app.cli import DEMO_CURLS, wait_healthy
 from tests.demo_helpers import healthy_impostor, kill_all, output, start_demo
 from tests.support import ROOT, free_port, spawn
+
+
+def test_demo_text_says_the_tiny_model_is_often_wrong_and_names_the_llm_port_flag():
+    text = DEMO_CURLS.format(host="127.0.0.1", port=8080, llm_port=8000)
+    assert "135M" in text and "often wrong" in text and "types" in text
+    assert "--llm-port" in text and "--port" in text
 
 
 @pytest.mark.parametrize("taken", ["--port", "--llm-port"])
