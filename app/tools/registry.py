@@ -9,8 +9,9 @@ A tool's name, description and argument schema come from the function itself::
         \"\"\"Evaluate an arithmetic expression.\"\"\"
 
 The docstring is the description, the type hints become a pydantic arguments model whose JSON
-schema is what the model sees (OpenAI function ``parameters``). Names are checked when a tool is
-registered, so a duplicate fails at startup rather than when a model first calls it.
+schema is what the model sees (OpenAI function ``parameters``), made by :mod:`app.json_schema`,
+the generator signatures use too. Names are checked when a tool is registered, so a duplicate
+fails at startup rather than when a model first calls it.
 
 Tools report their own failures by raising :class:`ToolError` (the caller's input or an outside
 service was at fault); any other exception is treated as a bug in the tool.
@@ -28,6 +29,7 @@ from typing import Any
 import pydantic
 
 from app.errors import InvalidRequestError, clean_errors, summarize_errors
+from app.json_schema import model_json_schema
 
 TOOL_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")  # what OpenAI accepts, minus a leading digit/dash
 
@@ -129,7 +131,7 @@ class ToolRegistry:
             Tool(
                 name=name,
                 description=description or inspect.getdoc(func) or "",
-                parameters=model_schema(model),
+                parameters=model_json_schema(model),  # the one generator, shared with signatures
                 func=func,
                 is_async=inspect.iscoroutinefunction(func),
                 validate=_pydantic_validator(model, name),
@@ -217,28 +219,6 @@ def arguments_model(func: Callable[..., Any], name: str) -> type[pydantic.BaseMo
         __config__=pydantic.ConfigDict(extra="forbid"),
         **fields,
     )
-
-
-def model_schema(model: type[pydantic.BaseModel]) -> dict[str, Any]:
-    """The model's JSON schema without pydantic's generated titles (tokens the model need not read)."""
-    return _strip_titles(model.model_json_schema())
-
-
-def _strip_titles(node: Any) -> Any:
-    if isinstance(node, list):
-        return [_strip_titles(v) for v in node]
-    if not isinstance(node, dict):
-        return node
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if key == "title" and isinstance(value, str):
-            continue
-        if key in ("properties", "$defs", "definitions", "patternProperties") and isinstance(value, dict):
-            # keys here are names (a property may well be called "title"), values are schemas
-            out[key] = {k: _strip_titles(v) for k, v in value.items()}
-        else:
-            out[key] = _strip_titles(value)
-    return out
 
 
 def _pydantic_validator(model: type[pydantic.BaseModel], name: str) -> Validator:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 import pytest
@@ -41,6 +42,31 @@ def test_schema_description_and_kind_come_from_the_function() -> None:
         },
         "required": ["city"],
     }
+
+
+def test_parameters_text_is_pinned_byte_for_byte() -> None:
+    """Chat templates render a tool's schema into the prompt as text: its bytes, key order (pydantic's
+    alphabetical one) included, must not drift when the schema generator changes."""
+    registry = ToolRegistry()
+
+    @registry.tool()
+    def lookup(
+        city: Annotated[str, Field(description="the city name")],
+        days: Annotated[int, Field(ge=1, le=7)] = 3,
+        units: Literal["metric", "imperial"] = "metric",
+        tags: list[str] | None = None,
+        title: str = "",
+    ) -> dict:
+        """Look up the weather forecast."""
+        return {}
+
+    assert json.dumps(registry.get("lookup").parameters) == (  # type: ignore[union-attr]
+        '{"additionalProperties": false, "properties": {"city": {"description": "the city name", "type": "string"}, '
+        '"days": {"default": 3, "maximum": 7, "minimum": 1, "type": "integer"}, '
+        '"units": {"default": "metric", "enum": ["metric", "imperial"], "type": "string"}, '
+        '"tags": {"anyOf": [{"items": {"type": "string"}, "type": "array"}, {"type": "null"}], "default": null}, '
+        '"title": {"default": "", "type": "string"}}, "required": ["city"], "type": "object"}'
+    )
 
 
 def test_decorator_returns_the_function_and_detects_async() -> None:
