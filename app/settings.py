@@ -112,6 +112,8 @@ class Settings(BaseSettings):
     agent_resume_ttl_s: float = Field(300.0, gt=0)  # finished runs stay resumable this long ...
     agent_max_retained_runs: int = Field(256, ge=1)  # ... up to this many (oldest finished dropped first)
     agent_max_concurrent_runs: int = Field(256, ge=1)  # more get a 503 with Retry-After
+    # Tool calls run per model turn; the model gets an error result for each call beyond it.
+    agent_max_tool_calls_per_turn: int = Field(16, ge=1)
     # How long a run outlives its last disconnected client (a reconnect with Last-Event-ID within it
     # continues live). 0: cancel at once, freeing vLLM's sequence and running tools.
     agent_disconnect_grace_s: float = Field(0.0, ge=0)

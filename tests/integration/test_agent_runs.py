@@ -38,3 +38,17 @@ async def test_a_react_answer_cut_by_max_tokens_is_reported_as_truncated(sim_url
         events = await run_sse(gw.client, {"input": "Tell me a long story about the sea", "mode": "react",
                                            "config": {"max_tokens": 5}})
     assert events[-1]["data"]["stop_reason"] == "length"
+
+
+async def test_tool_calls_beyond_the_per_turn_limit_are_refused_not_run(sim_url):
+    calls = "\n".join(f'CALL calculator {{"expression": "{i}+1"}}' for i in range(17))
+    async with gateway(sim_url) as gw:  # default limit: 16 a turn
+        events = await run_sse(gw.client, {"input": calls, "tools": ["calculator"]})
+        ran = gw.metric("vgate_tool_calls_total", tool="calculator", status="ok")
+    results = [e["data"] for e in events if e["event"] == "tool_result"]
+    assert len(results) == 17 and ran == 16
+    refused = [r for r in results if not r["ok"]]
+    assert len(refused) == 1 and refused[0]["error"]["type"] == "too_many_tool_calls"
+    assert "16" in refused[0]["error"]["message"]
+    assert events[-1]["event"] == "final" and events[-1]["data"]["stop_reason"] == "answer"
+

@@ -270,21 +270,26 @@ class RunLoop:
         for tc in calls:
             run.publish("tool_call", {"id": tc.id, "name": tc.name, "arguments": _loads_or_raw(tc.arguments)})
 
-        async def one(tc: ToolCall) -> ToolResult:
-            if tc.name not in enabled:
+        async def one(i: int, tc: ToolCall) -> ToolResult:
+            if i >= limit:
+                r = ToolResult(name=tc.name, call_id=tc.id, ok=False, error={
+                    "type": "too_many_tool_calls",
+                    "message": f"not run: at most {limit} tool calls are run per turn; call it again if needed"})
+            elif tc.name not in enabled:
                 r = ToolResult(name=tc.name, call_id=tc.id, ok=False,
                                error={"type": "unknown_tool", "message": f"tool {tc.name!r} is not enabled"})
             else:
                 r = await self.tools.execute(tc.name, tc.arguments, call_id=tc.id)
             payload: dict[str, Any] = {"id": tc.id, "name": tc.name, "ok": r.ok, "latency_ms": round(r.latency_ms, 2)}
             if r.ok:
+        limit = self.settings.agent_max_tool_calls_per_turn
                 payload["result"] = r.result
             else:
                 payload["error"] = r.error
             run.publish("tool_result", payload)
             return r
 
-        return list(await asyncio.gather(*(one(tc) for tc in calls)))
+        return list(await asyncio.gather(*(one(i, tc) for i, tc in enumerate(calls))))
 
 
 class ToolSupport:
