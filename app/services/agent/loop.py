@@ -267,6 +267,7 @@ class RunLoop:
         """Run the calls concurrently; publish each result as it lands; return them in call order."""
         run = self.run
         enabled = set(self.task.tool_names)
+        limit = self.settings.agent_max_tool_calls_per_turn
         for tc in calls:
             run.publish("tool_call", {"id": tc.id, "name": tc.name, "arguments": _loads_or_raw(tc.arguments)})
 
@@ -282,7 +283,6 @@ class RunLoop:
                 r = await self.tools.execute(tc.name, tc.arguments, call_id=tc.id)
             payload: dict[str, Any] = {"id": tc.id, "name": tc.name, "ok": r.ok, "latency_ms": round(r.latency_ms, 2)}
             if r.ok:
-        limit = self.settings.agent_max_tool_calls_per_turn
                 payload["result"] = r.result
             else:
                 payload["error"] = r.error
