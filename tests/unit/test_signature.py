@@ -14,7 +14,6 @@ from typing import Any, Literal, Optional
 import pytest
 
 from app.errors import InvalidRequestError, OutputValidationError, SignatureError
-from app.services import signature as signature_module
 from app.services.signature import (
     MAX_FIELDS,
     MAX_SIGNATURE_CHARS,
@@ -26,6 +25,7 @@ from app.services.signature import (
     parse_signature_cached,
     parse_type,
 )
+from app.services.signature import validate as signature_validate
 
 # --- a small JSON-schema checker for exactly the keywords the signature emits ------------------
 
@@ -835,13 +835,13 @@ def test_parse_outputs_with_reasoning() -> None:
 
 
 def test_output_model_is_cached_per_signature_structure() -> None:
-    signature_module._fields_model.cache_clear()
+    signature_validate._fields_model.cache_clear()
     a = parse_signature("q -> a: int", "one")
     b = parse_signature("q -> a: int", "two")
     a.parse_outputs('{"a": 1}')
     b.parse_outputs('{"a": 1}')
     a.parse_outputs('{"a": 2}')
-    info = signature_module._fields_model.cache_info()
+    info = signature_validate._fields_model.cache_info()
     assert info.misses == 1 and info.hits == 2
 
 

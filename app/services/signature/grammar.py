@@ -1,0 +1,198 @@
+"""The recursive-descent parser of the string form and of type strings (nothing is evaluated)."""
+
+from __future__ import annotations
+
+import keyword
+from typing import Any
+
+from app.errors import SignatureError
+from app.services.signature.checks import (
+    MAX_LITERAL_VALUES,
+    MAX_NAME_CHARS,
+    MAX_TYPE_DEPTH,
+    LiteralValue,
+    literal_class,
+)
+from app.services.signature.lexer import Lexer, Token
+from app.services.signature.types import ALLOWED_TYPES, SCALARS, TYPE_NAMES, Field, TypeSpec
+
+_BOOL_WORDS = {"true": True, "false": False, "True": True, "False": False}
+
+
+class Parser(Lexer):
+    """Recursive descent over a lazily tokenized text::
+
+        signature := fields '->' fields
+        fields    := [ field (',' field)* ]
+        field     := NAME [ ':' type ]
+        type      := primary ('|' primary)*          # only 'T | None'
+        primary   := 'str' | 'int' | 'float' | 'bool' | 'None'
+                   | ('list' | 'List') '[' type ']'
+                   | ('dict' | 'Dict') '[' 'str' ',' type ']'
+                   | ('Optional' | 'optional') '[' type ']'
+                   | 'Literal' '[' value (',' value)* ']'
+        value     := STRING | NUMBER | 'True' | 'False' | 'true' | 'false'
+
+    Type names are looked up in ``types.TYPE_NAMES``. Tokens are read on demand, so an error is
+    reported where the parser stands (an unknown type name is refused before whatever follows it
+    is even looked at).
+    """
+
+    # -- signature -------------------------------------------------------------
+
+    def signature(self) -> tuple[list[tuple[Field, int]], list[tuple[Field, int]]]:
+        if "->" not in self.text:
+            raise SignatureError(
+                "missing '->' between inputs and outputs (e.g. 'question -> answer')",
+                position=len(self.text) + 1,
+            )
+        inputs = self.fields(end="->")
+        self.expect("->", "'->'")
+        outputs = self.fields(end="EOF")
+        return inputs, outputs
+
+    def fields(self, end: str) -> list[tuple[Field, int]]:
+        out: list[tuple[Field, int]] = []
+        if self.peek().kind == end:
+            return out
+        while True:
+            out.append(self.field_def())
+            tok = self.peek()
+            if tok.kind == end:
+                return out
+            if tok.kind == "->":
+                raise self.error("more than one '->'", tok.pos, field="")
+            if tok.kind != ",":
+                after = out[-1][0].name
+                wanted = "',' or '->'" if end == "->" else "',' or end of input"
+                raise self.error(
+                    f"expected {wanted} after field {after!r}",
+                    tok.pos,
+                    tail=f", found {self.describe(tok)}",
+                    field=after,
+                    mention_field=False,
+                )
+            self.next()
+
+    def field_def(self) -> tuple[Field, int]:
+        self.field = None
+        tok = self.next()
+        if tok.kind != "NAME":
+            raise self.error("expected a field name", tok.pos, tail=f", found {self.describe(tok)}")
+        name = tok.value
+        if len(name) > MAX_NAME_CHARS:
+            raise self.error(f"field name is too long (max {MAX_NAME_CHARS} chars)", tok.pos)
+        if keyword.iskeyword(name):
+            raise self.error(f"invalid field name {name!r}: it is a Python keyword", tok.pos, field=name,
+                             mention_field=False)
+        self.field = name
+        spec = TypeSpec("str")
+        if self.peek().kind == ":":
+            self.next()
+            spec = self.type_expr(0)
+        return Field(name, spec), tok.pos
+
+    # -- types -----------------------------------------------------------------
+
+    def whole_type(self) -> TypeSpec:
+        spec = self.type_expr(0)
+        tok = self.peek()
+        if tok.kind != "EOF":
+            raise self.error(f"unexpected {self.describe(tok)} after the type", tok.pos)
+        return spec
+
+    def type_expr(self, depth: int) -> TypeSpec:
+        start = self.peek()
+        members: list[TypeSpec | None] = [self.primary(depth)]
+        while self.peek().kind == "|":
+            self.next()
+            members.append(self.primary(depth))
+        concrete = [m for m in members if m is not None]
+        if not concrete:
+            raise self.error("'None' alone is not a type (use Optional[T])", start.pos)
+        if len(concrete) > 1:
+            union = " | ".join(str(c) for c in concrete)
+            raise self.error("unions are not supported", start.pos, tail=f" ({union!r}); only 'T | None' is")
+        (spec,) = concrete
+        return TypeSpec.optional(spec) if len(members) > 1 else spec
+
+    def open_bracket(self, name_tok: Token, depth: int, example: str) -> None:
+        tok = self.peek()
+        if tok.kind != "[":
+            raise self.error(f"'{name_tok.value}' needs type arguments", name_tok.pos, tail=f" (e.g. {example})")
+        if depth + 1 > MAX_TYPE_DEPTH:
+            raise self.error(f"type nesting is too deep (max {MAX_TYPE_DEPTH} levels)", tok.pos)
+        self.next()
+
+    def close_bracket(self, name_tok: Token, hint: str) -> None:
+        tok = self.next()
+        if tok.kind != "]":
+            raise self.error(
+                f"expected ']' to close '{name_tok.value}['",
+                tok.pos,
+                tail=f", found {self.describe(tok)} ({hint})",
+            )
+
+    def primary(self, depth: int) -> TypeSpec | None:
+        tok = self.next()
+        if tok.kind != "NAME":
+            raise self.error("expected a type", tok.pos, tail=f", found {self.describe(tok)}")
+        name = tok.value
+        if name == "None":
+            return None
+        kind = TYPE_NAMES.get(name)
+        if kind in SCALARS:
+            if self.peek().kind == "[":
+                raise self.error(f"type '{name}' takes no arguments", self.peek().pos)
+            return TypeSpec(kind)  # type: ignore[arg-type]
+        if kind == "list":
+            self.open_bracket(tok, depth, "list[str]")
+            item = self.type_expr(depth + 1)
+            self.close_bracket(tok, "list takes one item type")
+            return TypeSpec.list_of(item)
+        if kind == "dict":
+            self.open_bracket(tok, depth, "dict[str, int]")
+            key_tok = self.peek()
+            key = self.type_expr(depth + 1)
+            if key.kind != "str":
+                raise self.error(f"dict keys must be str, not '{key}'", key_tok.pos)
+            self.expect(",", "',' and a value type (dict[str, T])")
+            value = self.type_expr(depth + 1)
+            self.close_bracket(tok, "dict takes a key type and a value type")
+            return TypeSpec.dict_of(value)
+        if kind == "optional":
+            self.open_bracket(tok, depth, "Optional[int]")
+            inner = self.type_expr(depth + 1)
+            self.close_bracket(tok, "Optional takes one type")
+            return TypeSpec.optional(inner)
+        if kind == "literal":
+            self.open_bracket(tok, depth, "Literal['a', 'b']")
+            values: list[LiteralValue] = []
+            seen: set[tuple[str, Any]] = set()
+            while True:
+                value, vtok = self.literal_value()
+                key = (literal_class(value), value)
+                if key in seen:
+                    raise self.error(f"duplicate Literal value {vtok.text}", vtok.pos)
+                seen.add(key)
+                values.append(value)
+                if len(values) > MAX_LITERAL_VALUES:
+                    raise self.error(f"Literal has too many values (max {MAX_LITERAL_VALUES})", vtok.pos)
+                if self.peek().kind != ",":
+                    break
+                self.next()
+            self.close_bracket(tok, "Literal values are separated by ','")
+            return TypeSpec.literal(*values)
+        raise self.error(f"unknown type '{name}'", tok.pos, tail=f"; allowed: {ALLOWED_TYPES}")
+
+    def literal_value(self) -> tuple[LiteralValue, Token]:
+        tok = self.next()
+        if tok.kind in ("STRING", "NUMBER"):
+            return tok.value, tok
+        if tok.kind == "NAME" and tok.value in _BOOL_WORDS:
+            return _BOOL_WORDS[tok.value], tok
+        raise self.error(
+            "expected a Literal value (a quoted string, a number, True or False)",
+            tok.pos,
+            tail=f", found {self.describe(tok)}",
+        )
