@@ -3,7 +3,9 @@ their lifecycle (cancellation, disconnect grace), and what they log."""
 
 from __future__ import annotations
 
-from tests.integration.test_agent_api import names, run_sse
+import asyncio
+
+from tests.integration.test_agent_api import names, parse_sse, run_sse
 from tests.support import gateway
 
 
@@ -51,4 +53,20 @@ async def test_tool_calls_beyond_the_per_turn_limit_are_refused_not_run(sim_url)
     assert len(refused) == 1 and refused[0]["error"]["type"] == "too_many_tool_calls"
     assert "16" in refused[0]["error"]["message"]
     assert events[-1]["event"] == "final" and events[-1]["data"]["stop_reason"] == "answer"
+
+
+async def test_a_run_cancelled_before_its_first_step_is_not_left_live(sim_url):
+    """Cancelled before its task ever ran (a shutdown, a client gone in the same loop turn): the run
+    must still end, free its place under the cap and its session."""
+    async with gateway(sim_url, agent_max_concurrent_runs=1) as gw:
+        agent = gw.state.agent
+        run = agent.start(agent.make_task(input="hello", tools=[], session_id="s1"))
+        run.task.cancel()
+        await asyncio.wait({run.task})
+        r = await gw.client.post("/agent", json={"input": "again", "tools": [], "session_id": "s1"})
+        cancelled = gw.metric("vgate_agent_runs_total", outcome="cancelled")
+    assert run.finished and run.events[-1].event == "error" and run.events[-1].data["type"] == "cancelled"
+    assert r.status_code == 200, r.text  # neither 503 (cap) nor 409 (session busy)
+    assert parse_sse(r.text)[-1]["event"] == "final"
+    assert cancelled == 1
 

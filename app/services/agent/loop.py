@@ -64,6 +64,7 @@ class RunLoop:
         self.totals = Totals()
         self.outcome = "error"
         self.truncated = False  # a model turn was cut by max_tokens: the run ends with it
+        self._closed = False
         self.conversation = list(task.messages)
         self.started = time.perf_counter()
         self.text = Coalescer(run)  # one per run: text and reasoning events in the model's order
@@ -138,8 +139,18 @@ class RunLoop:
         finally:
             self.finish()
 
+    def abandon(self) -> None:
+        """The task is done: if it never ran (cancelled before its first step), end the run now."""
+        if not self._closed:
+            self.outcome = "cancelled"
+            self.run.publish("error", {"type": "cancelled", "message": "the run was cancelled before it started"})
+            self.finish()
+
     def finish(self) -> None:
-        """Close the run's books: its log, its session, its metrics."""
+        """Close the run's books, once: its log, its session, its metrics."""
+        if self._closed:
+            return
+        self._closed = True
         run, task, totals = self.run, self.task, self.totals
         run.finish()
         if task.session_id is not None:

@@ -103,6 +103,8 @@ class AgentService:
         loop = RunLoop(run, task, lm=self.lm, tools=self.tools, settings=self.settings, metrics=self.metrics,
                        sessions=self.sessions, tool_support=self.tool_support)
         run.task = asyncio.create_task(loop.main(), name=run.run_id)
+        # A task cancelled before it first runs never enters main(): close the run's books here.
+        run.task.add_done_callback(lambda _: loop.abandon())
         return run
 
     # ------------------------------------------------------------------ clients of a run
