@@ -4,9 +4,12 @@ their lifecycle (cancellation, disconnect grace), and what they log."""
 from __future__ import annotations
 
 import asyncio
+import time
+
+import httpx
 
 from tests.integration.test_agent_api import names, parse_sse, run_sse
-from tests.support import gateway
+from tests.support import gateway, live_gateway, sim_reset, sim_stats
 
 
 async def test_an_answer_cut_by_max_tokens_is_reported_as_truncated(sim_url):
@@ -70,3 +73,35 @@ async def test_a_run_cancelled_before_its_first_step_is_not_left_live(sim_url):
     assert parse_sse(r.text)[-1]["event"] == "final"
     assert cancelled == 1
 
+
+def test_each_disconnect_gets_a_fresh_grace_period(sim_latency_url):
+    """Disconnect, reconnect within the grace, disconnect again: the run lives a full grace period
+    after the second disconnect, not until the first disconnect's deadline."""
+    grace = 1.5
+
+    async def scenario(base: str) -> tuple[float, float]:
+        await sim_reset(sim_latency_url)
+        async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+            async with c.stream("POST", "/agent", json={"input": "write a long story", "tools": [],
+                                                         "config": {"max_tokens": 4000, "min_tokens": 3000}}) as r:
+                run_id = r.headers["x-vgate-run-id"]
+                async for line in r.aiter_lines():
+                    if line.startswith("event: delta"):
+                        break
+            t0 = time.perf_counter()
+            await asyncio.sleep(0.4)
+            async with c.stream("GET", f"/agent/runs/{run_id}/events", headers={"Last-Event-ID": "2"}) as r:
+                async for _ in r.aiter_lines():  # the story goes on: read it until t0 + 0.9 s
+                    if time.perf_counter() - t0 > 0.9:
+                        break
+            t1 = time.perf_counter()
+            for _ in range(200):
+                if (await sim_stats(sim_latency_url))["requests_aborted_total"] >= 1:
+                    return t1 - t0, time.perf_counter() - t1
+                await asyncio.sleep(0.05)
+        raise AssertionError("the run was never cancelled")
+
+    with live_gateway(sim_latency_url, agent_disconnect_grace_s=grace) as (base, _):
+        second_disconnect, lived = asyncio.run(scenario(base))
+    assert second_disconnect < grace  # the reconnect came within the first grace period
+    assert lived > 0.8 * grace  # the first timer would have cancelled it at grace - second_disconnect

@@ -32,6 +32,7 @@ class AgentRun:
     finished_at: float | None = None
     task: asyncio.Task | None = None
     subscribers: int = 0
+    cancel_timer: asyncio.TimerHandle | None = None  # pending cancellation: nobody follows the run
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property

@@ -119,6 +119,9 @@ class AgentService:
         """The run's events after ``after_id``, then live ones, for one streaming client. When the
         last client leaves a live run, the run is cancelled after the disconnect grace."""
         run.subscribers += 1
+        if run.cancel_timer is not None:  # back within the grace period
+            run.cancel_timer.cancel()
+            run.cancel_timer = None
         try:
             async for ev in run.follow(after_id):
                 yield ev
@@ -128,19 +131,15 @@ class AgentService:
                 self._cancel_later(run, self.settings.agent_disconnect_grace_s)
 
     def _cancel_later(self, run: AgentRun, grace_s: float) -> None:
-        """Cancel the run unless a client reconnects within the grace period."""
-        if run.task is None:
-            return
+        """Cancel the run unless a client reconnects within the grace period, which starts anew at
+        each last disconnect. The timer is kept on the run (a reference held, and cancelled by the
+        next subscriber)."""
         if grace_s <= 0:
-            run.task.cancel()
+            _cancel_unfollowed(run)
             return
-
-        async def later() -> None:
-            await asyncio.sleep(grace_s)
-            if run.subscribers == 0 and run.task is not None:
-                run.task.cancel()
-
-        asyncio.get_running_loop().create_task(later())
+        if run.cancel_timer is not None:
+            run.cancel_timer.cancel()
+        run.cancel_timer = asyncio.get_running_loop().call_later(grace_s, _cancel_unfollowed, run)
 
     async def result(self, run: AgentRun) -> dict[str, Any]:
         """Wait for the run and return its ``final`` data with a trace of the tool calls, or raise
@@ -160,3 +159,9 @@ class AgentService:
                              type=err.pop("type", "agent_error"), run_id=run.run_id, **err)
         trace = [{"event": e.event, **e.data} for e in run.events if e.event in ("tool_call", "tool_result")]
         return {**last.data, "trace": trace}
+
+
+def _cancel_unfollowed(run: AgentRun) -> None:
+    run.cancel_timer = None
+    if run.subscribers == 0 and run.task is not None and not run.finished:
+        run.task.cancel()
