@@ -655,6 +655,48 @@ def test_input_json_schema_marks_optional_inputs_not_required() -> None:
     assert list(schema["properties"]) == ["q", "hint"]
 
 
+def test_schema_text_is_pinned_byte_for_byte() -> None:
+    """Structured-output requests carry this text; key order included (``type`` first)."""
+    sig = parse_signature({
+        "inputs": {"q": "str", "hint": "Optional[str]"},
+        "outputs": {"a": {"type": 'Literal["y", "n"]', "desc": "yes or no"}, "n": "Optional[int]",
+                    "d": "dict[str, list[float]]"},
+    })
+    assert json.dumps(sig.output_json_schema()) == (
+        '{"type": "object", "properties": {"a": {"enum": ["y", "n"], "type": "string", "description": "yes or no"}, '
+        '"n": {"anyOf": [{"type": "integer"}, {"type": "null"}]}, '
+        '"d": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "number"}}}}, '
+        '"required": ["a", "n", "d"], "additionalProperties": false}'
+    )
+    assert json.dumps(sig.input_json_schema()) == (
+        '{"type": "object", "properties": {"q": {"type": "string"}, '
+        '"hint": {"anyOf": [{"type": "string"}, {"type": "null"}]}}, "required": ["q"], "additionalProperties": false}'
+    )
+    assert json.dumps(parse_signature("-> a").input_json_schema()) == (
+        '{"type": "object", "properties": {}, "required": [], "additionalProperties": false}'
+    )
+
+
+def test_literal_enum_keeps_declared_order_whatever_was_parsed_before() -> None:
+    # typing caches Optional[X] by equality and Literal['a', 1] == Literal[1, 'a']
+    for order in (["a", 1, True], [True, 1, "a"], [1, "a", True]):
+        text = "Literal[" + ", ".join(json.dumps(v) if isinstance(v, str) else str(v) for v in order) + "]"
+        sig = parse_signature(f"q -> x: {text}, y: Optional[{text}], z: list[{text} | None]")
+        p = sig.output_json_schema()["properties"]
+        assert p["x"]["enum"] == order
+        assert p["y"]["anyOf"][0]["enum"] == order
+        assert p["z"]["items"]["anyOf"][0]["enum"] == order
+        assert sig.outputs[1].type.to_json_schema()["anyOf"][0]["enum"] == order
+
+
+def test_schemas_are_fresh_copies() -> None:
+    sig = parse_signature("q -> a: list[str]")
+    sig.output_json_schema()["properties"]["a"]["items"]["type"] = "integer"
+    sig.outputs[0].type.to_json_schema()["items"]["type"] = "integer"
+    assert sig.output_json_schema()["properties"]["a"] == {"type": "array", "items": {"type": "string"}}
+    assert sig.outputs[0].type.to_json_schema() == {"type": "array", "items": {"type": "string"}}
+
+
 GOOD_SAMPLE = {
     "answer": "x", "score": 3, "ratio": 0.5, "ok": True, "tags": ["a"], "counts": {"k": 1},
     "label": "neg", "mixed": 2.5, "maybe": None, "nested": {"z": [1, None, 2]},

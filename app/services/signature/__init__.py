@@ -29,7 +29,7 @@ One concept per module:
 * ``lexer``    -- tokens of the string form, and errors that carry the column
 * ``grammar``  -- the recursive-descent parser of the string form and of type strings
 * ``parser``   -- the string and JSON forms read into a Signature (:func:`parse_signature`)
-* ``schema``   -- JSON schemas of fields and types
+* ``schema``   -- JSON schemas of fields, by the one generator in :mod:`app.json_schema`
 * ``validate`` -- pydantic validation of inputs and outputs
 """
 

@@ -57,16 +57,7 @@ def clean_text(value: Any, *, what: str, limit: int, field: str | None = None) -
     return value or None
 
 
-# --- literal values -----------------------------------------------------------------
-
-
-def literal_class(value: Any) -> str:
-    """JSON type class of a literal value: bools are not numbers, ints and floats are one class."""
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    return "string"
+# --- literal values (their JSON class is app.json_schema.json_class) -----------------
 
 
 def literal_text(value: LiteralValue) -> str:

@@ -6,12 +6,12 @@ import keyword
 from typing import Any
 
 from app.errors import SignatureError
+from app.json_schema import json_class
 from app.services.signature.checks import (
     MAX_LITERAL_VALUES,
     MAX_NAME_CHARS,
     MAX_TYPE_DEPTH,
     LiteralValue,
-    literal_class,
 )
 from app.services.signature.lexer import Lexer, Token
 from app.services.signature.types import ALLOWED_TYPES, SCALARS, TYPE_NAMES, Field, TypeSpec
@@ -171,7 +171,7 @@ class Parser(Lexer):
             seen: set[tuple[str, Any]] = set()
             while True:
                 value, vtok = self.literal_value()
-                key = (literal_class(value), value)
+                key = (json_class(value), value)
                 if key in seen:
                     raise self.error(f"duplicate Literal value {vtok.text}", vtok.pos)
                 seen.add(key)

@@ -1,12 +1,23 @@
-"""JSON schemas of a signature's fields and types, for structured outputs: no ``$ref``, ``enum``
-for Literal, ``anyOf`` with null for Optional."""
+"""JSON schemas of a signature's fields, made by the one generator in :mod:`app.json_schema`.
+
+A signature's fields become a pydantic model of their plain Python types (exactly as a tool's
+parameters do), and the schema is that model's: properties in field order, ``description`` from
+the field's desc, ``additionalProperties: false``. Keys come in the order pydantic builds them
+(``type`` first), and ``required`` is always stated, right after ``properties``.
+"""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Annotated, Any
 
-from app.services.signature.checks import literal_class
+from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import Field as PydanticField
+
+from app.json_schema import model_json_schema, type_json_schema
 
 if TYPE_CHECKING:
     from app.services.signature.types import Field, TypeSpec
@@ -14,41 +25,55 @@ if TYPE_CHECKING:
 
 def fields_schema(fields: tuple[Field, ...], *, required: Iterable[str] | None = None) -> dict[str, Any]:
     """The object schema of ``fields``; ``required``: the names to require (default: all of them)."""
-    properties: dict[str, Any] = {}
-    for f in fields:
-        prop = type_schema(f.type)
-        if f.desc:
-            prop["description"] = f.desc
-        properties[f.name] = prop
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": [f.name for f in fields] if required is None else list(required),
-        "additionalProperties": False,
-    }
+    schema = copy.deepcopy(_fields_schema(fields))
+    names = [f.name for f in fields] if required is None else list(required)
+    out: dict[str, Any] = {}
+    for key, value in schema.items():  # pydantic leaves out an empty "required"; this schema states it
+        if key != "required":
+            out[key] = value
+        if key == "properties":
+            out["required"] = names
+    return out
 
 
 def type_schema(spec: TypeSpec) -> dict[str, Any]:
     """The schema of one type."""
-    kind = spec.kind
-    if kind == "str":
-        return {"type": "string"}
-    if kind == "int":
-        return {"type": "integer"}
-    if kind == "float":
-        return {"type": "number"}
-    if kind == "bool":
-        return {"type": "boolean"}
-    if kind == "list":
-        return {"type": "array", "items": type_schema(spec.args[0])}
-    if kind == "dict":
-        return {"type": "object", "additionalProperties": type_schema(spec.args[0])}
-    if kind == "optional":
-        return {"anyOf": [type_schema(spec.args[0]), {"type": "null"}]}
-    schema: dict[str, Any] = {"enum": list(spec.args)}
-    classes = {literal_class(v) for v in spec.args}
-    if classes == {"number"}:
-        schema["type"] = "integer" if all(isinstance(v, int) for v in spec.args) else "number"
-    elif len(classes) == 1:
-        schema["type"] = classes.pop()
-    return schema
+    return copy.deepcopy(_type_schema(spec))
+
+
+@lru_cache(maxsize=1024)
+def _fields_schema(fields: tuple[Field, ...]) -> dict[str, Any]:
+    return model_json_schema(_schema_model(fields), sort_keys=False)
+
+
+@lru_cache(maxsize=1024)
+def _type_schema(spec: TypeSpec) -> dict[str, Any]:
+    return type_json_schema(_annotation(spec), sort_keys=False)
+
+
+@dataclass(frozen=True)
+class _Declared:
+    """Annotated metadata naming the spec a Literal came from (pydantic ignores it). It compares
+    by the spec's canonical text, so it tells ``Literal[1, True]`` from ``Literal[True, 1]``."""
+
+    spec: TypeSpec
+
+
+def _annotation(spec: TypeSpec) -> Any:
+    """``spec.to_annotation()`` with each Literal pinned to its declared order. typing caches
+    ``Optional[X]`` and ``Annotated[X, ...]`` by equality, and ``Literal['a', 1] == Literal[1, 'a']``:
+    without the pin, ``Optional[Literal[1, 'a']]`` can come back holding an earlier
+    ``Literal['a', 1]``, and the enum would list the values in that other order."""
+    return spec.to_annotation(lambda s, a: Annotated[a, _Declared(s)] if s.kind == "literal" else a)
+
+
+def _schema_model(fields: tuple[Field, ...]) -> type[BaseModel]:
+    # attribute names f0, f1, ... with the real names as aliases, as for validation (validate.py):
+    # a field may be called anything valid in a signature ("json", "model_config", "_private")
+    definitions: dict[str, Any] = {
+        f"f{i}": (_annotation(f.type), PydanticField(..., alias=f.name, description=f.desc))
+        for i, f in enumerate(fields)
+    }
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        "SignatureFields", __config__=ConfigDict(extra="forbid"), **definitions
+    )

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Any, Literal, Optional
 
 from app.errors import SignatureError
+from app.json_schema import json_class
 from app.services.signature.checks import (
     MAX_DESC_CHARS,
     MAX_FIELDS,
@@ -18,7 +19,6 @@ from app.services.signature.checks import (
     LiteralValue,
     check_field_name,
     clean_text,
-    literal_class,
     literal_text,
 )
 from app.services.signature.schema import fields_schema, type_schema
@@ -28,9 +28,8 @@ from app.services.signature.validate import validate_inputs as _validate_inputs
 # --- the type whitelist -----------------------------------------------------------------------
 # The one place that says which types a signature may use. A new type needs: a kind in ``Kind``,
 # its spelling(s) in ``TYPE_NAMES``, a line in ``ALLOWED_TYPES``, its case in the TypeSpec
-# methods that switch on the kind (``__post_init__``, ``depth``, ``to_annotation``), its syntax in
-# ``grammar.Parser.primary``, its JSON schema in ``schema.type_schema`` and its validator in
-# ``validate.validation_annotation``.
+# methods that switch on the kind (``__post_init__``, ``depth``, ``to_annotation``), and its
+# syntax in ``grammar.Parser.primary``. JSON schemas and validators follow from the annotation.
 
 Kind = Literal["str", "int", "float", "bool", "list", "dict", "literal", "optional"]
 
@@ -96,7 +95,7 @@ class TypeSpec:
                     )
                 if isinstance(value, float) and not math.isfinite(value):
                     raise SignatureError(f"Literal value {value!r} is not a finite number")
-                key = (literal_class(value), value)
+                key = (json_class(value), value)
                 if key in seen:
                     raise SignatureError(f"duplicate Literal value {literal_text(value)}")
                 seen.add(key)
@@ -158,19 +157,25 @@ class TypeSpec:
 
     # -- conversions ----------------------------------------------------------
 
-    def to_annotation(self) -> Any:
+    def to_annotation(self, wrap: Callable[[TypeSpec, Any], Any] | None = None) -> Any:
         """The plain Python type: ``str``, ``list[str]``, ``dict[str, int]``, ``Literal['a', 1]``,
-        ``Optional[int]``. Built from the parsed spec, never from text."""
+        ``Optional[int]``. Built from the parsed spec, never from text.
+
+        ``wrap(spec, annotation)``, when given, replaces each node's annotation, innermost first:
+        validation and schema generation add their metadata this way, so the kinds are spelled
+        out here only."""
         kind = self.kind
         if kind in SCALARS:
-            return SCALARS[kind]
-        if kind == "list":
-            return list[self.args[0].to_annotation()]  # type: ignore[misc]
-        if kind == "dict":
-            return dict[str, self.args[0].to_annotation()]  # type: ignore[misc]
-        if kind == "optional":
-            return Optional[self.args[0].to_annotation()]  # noqa: UP007
-        return Literal[self.args]  # type: ignore[valid-type]
+            annotation = SCALARS[kind]
+        elif kind == "list":
+            annotation = list[self.args[0].to_annotation(wrap)]  # type: ignore[misc]
+        elif kind == "dict":
+            annotation = dict[str, self.args[0].to_annotation(wrap)]  # type: ignore[misc]
+        elif kind == "optional":
+            annotation = Optional[self.args[0].to_annotation(wrap)]  # noqa: UP007
+        else:
+            annotation = Literal[self.args]  # type: ignore[valid-type]
+        return annotation if wrap is None else wrap(self, annotation)
 
     def to_json_schema(self) -> dict[str, Any]:
         """A JSON schema without ``$ref``: ``enum`` for Literal, ``anyOf`` with null for Optional."""

@@ -12,14 +12,15 @@ import math
 import re
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainValidator, ValidationError, create_model
 from pydantic import Field as PydanticField
 from pydantic_core import PydanticCustomError
 
 from app.errors import InvalidRequestError, OutputValidationError, clean_errors, summarize_errors
-from app.services.signature.checks import literal_class, literal_text
+from app.json_schema import json_class
+from app.services.signature.checks import literal_text
 
 if TYPE_CHECKING:
     from app.services.signature.types import Field, Signature, TypeSpec
@@ -97,18 +98,15 @@ def parse_outputs(signature: Signature, raw_text: str) -> dict[str, Any]:
 
 def validation_annotation(spec: TypeSpec) -> Any:
     """Like :meth:`TypeSpec.to_annotation`, with booleans refused where numbers are expected."""
-    kind = spec.kind
-    if kind in ("int", "float"):
-        return Annotated[spec.to_annotation(), BeforeValidator(_refuse_bool(kind))]
-    if kind == "list":
-        return list[validation_annotation(spec.args[0])]  # type: ignore[misc]
-    if kind == "dict":
-        return dict[str, validation_annotation(spec.args[0])]  # type: ignore[misc]
-    if kind == "optional":
-        return Optional[validation_annotation(spec.args[0])]  # noqa: UP007
-    if kind == "literal":
-        return Annotated[spec.to_annotation(), PlainValidator(_literal_matcher(spec))]
-    return spec.to_annotation()
+    return spec.to_annotation(_with_validator)
+
+
+def _with_validator(spec: TypeSpec, annotation: Any) -> Any:
+    if spec.kind in ("int", "float"):
+        return Annotated[annotation, BeforeValidator(_refuse_bool(spec.kind))]
+    if spec.kind == "literal":
+        return Annotated[annotation, PlainValidator(_literal_matcher(spec))]
+    return annotation
 
 
 def _refuse_bool(kind: str) -> Any:
@@ -131,9 +129,9 @@ def _literal_matcher(spec: TypeSpec) -> Any:
 
     def check(value: Any) -> Any:
         if isinstance(value, (str, int, float)):
-            cls = literal_class(value)
+            cls = json_class(value)
             for candidate in allowed:
-                if literal_class(candidate) == cls and candidate == value:
+                if json_class(candidate) == cls and candidate == value:
                     return candidate
         raise PydanticCustomError("literal_error", "Input should be one of: {expected}", {"expected": expected})
 
