@@ -532,6 +532,47 @@ def test_json_form_field_count_bounded() -> None:
     assert "too many fields" in err(spec).message
 
 
+# --- one check, one message: the parser and the constructors share each check ------------------
+
+
+def test_field_name_check_is_shared() -> None:
+    long = "x" * 101
+    for bad in ("class", long):
+        with pytest.raises(SignatureError) as direct:
+            Field(bad)
+        in_text, in_json = err(f"{bad} -> a"), err({"outputs": {bad: "str"}})
+        assert in_text.message.startswith(direct.value.message + " at column 1")
+        assert in_json.message == direct.value.message
+        assert direct.value.details["field"] == in_text.details["field"] == in_json.details["field"] == bad[:100]
+
+
+def test_field_count_and_duplicates_are_shared() -> None:
+    names = [f"f{i}" for i in range(MAX_FIELDS + 1)]
+    expected = f"too many fields ({MAX_FIELDS + 1}; max {MAX_FIELDS})"
+    assert err(", ".join(names[:-1]) + " -> " + names[-1]).message == expected
+    assert err({"inputs": dict.fromkeys(names[:-1], "str"), "outputs": {names[-1]: "str"}}).message == expected
+    with pytest.raises(SignatureError) as direct:
+        Signature(inputs=tuple(Field(n) for n in names[:-1]), outputs=(Field(names[-1]),))
+    assert direct.value.message == expected
+    assert err("a, b -> a").message.startswith("duplicate field 'a' at column")
+    assert err({"inputs": {"a": "str"}, "outputs": {"a": "str"}}).message == "duplicate field 'a'"
+
+
+def test_literal_and_nesting_checks_are_shared() -> None:
+    assert err("q: Literal['a', \"a\"] -> r").message.startswith("duplicate Literal value \"a\" for field 'q'")
+    with pytest.raises(SignatureError, match='^duplicate Literal value "a"$'):
+        TypeSpec.literal("a", "a")
+    values = ", ".join(str(i) for i in range(257))
+    assert err(f"q: Literal[{values}] -> r").message.startswith("Literal has too many values (max 256) for field")
+    with pytest.raises(SignatureError, match=r"^Literal has too many values \(max 256\)$"):
+        TypeSpec.literal(*range(257))
+    assert len(TypeSpec.literal(*range(256)).args) == 256
+    deep = "list[" * 6 + "str" + "]" * 6
+    assert err(f"q: {deep} -> r").message.startswith("type nesting is too deep (max 5 levels) for field 'q'")
+    with pytest.raises(SignatureError, match=r"^type nesting is too deep \(max 5 levels\): list\["):
+        TypeSpec.list_of(parse_type("list[" * 5 + "str" + "]" * 5))
+
+
 # --- model invariants ----------------------------------------------------------------
 
 

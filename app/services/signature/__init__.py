@@ -25,7 +25,7 @@ because ``true`` for ``confidence: float`` is a wrong answer, not a spelling of 
 One concept per module:
 
 * ``types``    -- the type whitelist, :class:`TypeSpec`, :class:`Field`, :class:`Signature`
-* ``checks``   -- the limits, and checks of names, texts and literal values
+* ``checks``   -- the limits and the checks that enforce them (shared by parser and constructors)
 * ``lexer``    -- tokens of the string form, and errors that carry the column
 * ``grammar``  -- the recursive-descent parser of the string form and of type strings
 * ``parser``   -- the string and JSON forms read into a Signature (:func:`parse_signature`)

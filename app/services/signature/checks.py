@@ -1,13 +1,23 @@
-"""Limits, and the checks of names, texts and literal values that the model and the parser share."""
+"""Limits, and the checks that enforce them: each check is one function here.
+
+Two kinds of callers share them. The parser (string and JSON forms) calls a check as it reads,
+and adds where it stands (column, field, section) to the error; the constructors of
+:class:`~app.services.signature.types.TypeSpec`, ``Field`` and ``Signature`` call the same check
+on whatever is built directly in code. A check therefore returns the problem as a message (or
+``None``) and leaves raising to its caller; ``check_field_name`` and ``clean_text`` raise
+themselves, for the callers that have no position to add.
+"""
 
 from __future__ import annotations
 
 import json
 import keyword
+import math
 import re
 from typing import Any
 
 from app.errors import SignatureError
+from app.json_schema import json_class
 
 # --- limits -----------------------------------------------------------------
 
@@ -20,49 +30,119 @@ MAX_NAME_CHARS = 100
 MAX_DESC_CHARS = 4_000
 MAX_INSTRUCTIONS_CHARS = 32_000
 
+NO_OUTPUTS = "no output fields"
+
 LiteralValue = str | int | float | bool
 
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-# --- names and texts -------------------------------------------------------------
+# --- field names ---------------------------------------------------------------
 
 
-def check_field_name(name: Any, *, what: str = "field name") -> str:
+def field_name_problem(name: Any) -> str | None:
+    """Why ``name`` cannot name a field (not a string, too long, not an identifier, a keyword), or None."""
     if not isinstance(name, str):
-        raise SignatureError(f"{what} must be a string, not {type(name).__name__}")
+        return f"field name must be a string, not {type(name).__name__}"
     if len(name) > MAX_NAME_CHARS:
-        raise SignatureError(
-            f"{what} {name[:20]!r}... is too long (max {MAX_NAME_CHARS} chars)", field=name[:MAX_NAME_CHARS]
-        )
+        return f"field name {name[:20]!r}... is too long (max {MAX_NAME_CHARS} chars)"
     if not _NAME_RE.fullmatch(name):
-        raise SignatureError(
-            f"invalid {what} {name!r}: use letters, digits and '_', not starting with a digit", field=name
-        )
+        return f"invalid field name {name!r}: use letters, digits and '_', not starting with a digit"
     if keyword.iskeyword(name):
-        raise SignatureError(f"invalid {what} {name!r}: it is a Python keyword", field=name)
-    return name
+        return f"invalid field name {name!r}: it is a Python keyword"
+    return None
+
+
+def field_detail(name: Any) -> dict[str, str]:
+    """The ``field`` error detail for a (possibly bad) name: at most MAX_NAME_CHARS of it."""
+    return {"field": name[:MAX_NAME_CHARS]} if isinstance(name, str) else {}
+
+
+def check_field_name(name: Any) -> str:
+    problem = field_name_problem(name)
+    if problem is not None:
+        raise SignatureError(problem, **field_detail(name))
+    return name  # type: ignore[no-any-return]
+
+
+class FieldNames:
+    """The field names of one signature (inputs and outputs together), added one by one: the one
+    place that refuses a duplicate name and counts fields against MAX_FIELDS."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def add(self, name: str) -> str | None:
+        """Add ``name``; or, when it is already there, say so."""
+        if name in self._seen:
+            return f"duplicate field {name!r}"
+        self._seen.add(name)
+        return None
+
+    def too_many(self) -> str | None:
+        n = len(self._seen)
+        return f"too many fields ({n}; max {MAX_FIELDS})" if n > MAX_FIELDS else None
+
+
+# --- texts ---------------------------------------------------------------------
 
 
 def clean_text(value: Any, *, what: str, limit: int, field: str | None = None) -> str | None:
+    """A description or instructions: None, or a string of at most ``limit`` chars once stripped
+    (empty becomes None)."""
     if value is None:
         return None
+    details = {"field": field} if field else {}
     if not isinstance(value, str):
-        details = {"field": field} if field else {}
         raise SignatureError(f"{what} must be a string, not {type(value).__name__}", **details)
     value = value.strip()
     if len(value) > limit:
-        details = {"field": field} if field else {}
         raise SignatureError(f"{what} is too long ({len(value)} chars; max {limit})", **details)
     return value or None
 
 
-# --- literal values (their JSON class is app.json_schema.json_class) -----------------
+# --- types -----------------------------------------------------------------------
+
+
+def nesting_problem(depth: int) -> str | None:
+    """``depth``: brackets open around a type (``list[list[str]]`` is 2)."""
+    return f"type nesting is too deep (max {MAX_TYPE_DEPTH} levels)" if depth > MAX_TYPE_DEPTH else None
 
 
 def literal_text(value: LiteralValue) -> str:
+    """The canonical spelling of a Literal value: ``"a"`` (JSON quoting), ``1``, ``2.5``, ``True``."""
     if isinstance(value, bool):
         return "True" if value else "False"
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
     return repr(value)
+
+
+def literal_key(value: LiteralValue) -> tuple[str, Any]:
+    """Identity of a Literal value: by JSON class and value, so ``1`` and ``1.0`` are the same
+    value and ``1`` and ``True`` are not."""
+    return (json_class(value), value)
+
+
+class LiteralValues:
+    """The values of one ``Literal[...]``, added one by one: the one place that refuses a value
+    that is not a string, number or boolean, not finite, a duplicate, or one too many."""
+
+    def __init__(self) -> None:
+        self.values: list[LiteralValue] = []
+        self._keys: set[tuple[str, Any]] = set()
+
+    def add(self, value: Any, *, shown: str | None = None) -> str | None:
+        """Add ``value``; or say why not. ``shown``: how the caller's text spells it (for the message)."""
+        if not isinstance(value, (str, int, float)):  # bool is an int
+            return f"Literal values must be strings, numbers or booleans, not {type(value).__name__}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"Literal value {value!r} is not a finite number"
+        key = literal_key(value)
+        if key in self._keys:
+            return f"duplicate Literal value {literal_text(value) if shown is None else shown}"
+        if len(self.values) >= MAX_LITERAL_VALUES:
+            return f"Literal has too many values (max {MAX_LITERAL_VALUES})"
+        self._keys.add(key)
+        self.values.append(value)
+        return None

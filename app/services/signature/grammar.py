@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import keyword
-from typing import Any
-
 from app.errors import SignatureError
-from app.json_schema import json_class
 from app.services.signature.checks import (
-    MAX_LITERAL_VALUES,
     MAX_NAME_CHARS,
-    MAX_TYPE_DEPTH,
     LiteralValue,
+    LiteralValues,
+    field_name_problem,
+    nesting_problem,
 )
 from app.services.signature.lexer import Lexer, Token
 from app.services.signature.types import ALLOWED_TYPES, SCALARS, TYPE_NAMES, Field, TypeSpec
@@ -80,11 +77,9 @@ class Parser(Lexer):
         if tok.kind != "NAME":
             raise self.error("expected a field name", tok.pos, tail=f", found {self.describe(tok)}")
         name = tok.value
-        if len(name) > MAX_NAME_CHARS:
-            raise self.error(f"field name is too long (max {MAX_NAME_CHARS} chars)", tok.pos)
-        if keyword.iskeyword(name):
-            raise self.error(f"invalid field name {name!r}: it is a Python keyword", tok.pos, field=name,
-                             mention_field=False)
+        problem = field_name_problem(name)  # a NAME token is an identifier; too long or a keyword is left
+        if problem is not None:
+            raise self.error(problem, tok.pos, field=name[:MAX_NAME_CHARS], mention_field=False)
         self.field = name
         spec = TypeSpec("str")
         if self.peek().kind == ":":
@@ -120,8 +115,9 @@ class Parser(Lexer):
         tok = self.peek()
         if tok.kind != "[":
             raise self.error(f"'{name_tok.value}' needs type arguments", name_tok.pos, tail=f" (e.g. {example})")
-        if depth + 1 > MAX_TYPE_DEPTH:
-            raise self.error(f"type nesting is too deep (max {MAX_TYPE_DEPTH} levels)", tok.pos)
+        problem = nesting_problem(depth + 1)
+        if problem is not None:
+            raise self.error(problem, tok.pos)
         self.next()
 
     def close_bracket(self, name_tok: Token, hint: str) -> None:
@@ -167,22 +163,17 @@ class Parser(Lexer):
             return TypeSpec.optional(inner)
         if kind == "literal":
             self.open_bracket(tok, depth, "Literal['a', 'b']")
-            values: list[LiteralValue] = []
-            seen: set[tuple[str, Any]] = set()
+            values = LiteralValues()
             while True:
                 value, vtok = self.literal_value()
-                key = (json_class(value), value)
-                if key in seen:
-                    raise self.error(f"duplicate Literal value {vtok.text}", vtok.pos)
-                seen.add(key)
-                values.append(value)
-                if len(values) > MAX_LITERAL_VALUES:
-                    raise self.error(f"Literal has too many values (max {MAX_LITERAL_VALUES})", vtok.pos)
+                problem = values.add(value, shown=vtok.text)
+                if problem is not None:
+                    raise self.error(problem, vtok.pos)
                 if self.peek().kind != ",":
                     break
                 self.next()
             self.close_bracket(tok, "Literal values are separated by ','")
-            return TypeSpec.literal(*values)
+            return TypeSpec.literal(*values.values)
         raise self.error(f"unknown type '{name}'", tok.pos, tail=f"; allowed: {ALLOWED_TYPES}")
 
     def literal_value(self) -> tuple[LiteralValue, Token]:

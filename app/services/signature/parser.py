@@ -8,7 +8,13 @@ from functools import lru_cache
 from typing import Any
 
 from app.errors import SignatureError
-from app.services.signature.checks import MAX_FIELDS, MAX_SIGNATURE_CHARS, MAX_TYPE_CHARS, check_field_name
+from app.services.signature.checks import (
+    MAX_SIGNATURE_CHARS,
+    MAX_TYPE_CHARS,
+    NO_OUTPUTS,
+    FieldNames,
+    check_field_name,
+)
 from app.services.signature.grammar import Parser
 from app.services.signature.types import Field, Signature, TypeSpec
 
@@ -56,15 +62,16 @@ def _from_string(spec: str) -> tuple[tuple[Field, ...], tuple[Field, ...]]:
         raise SignatureError(f"signature is too long ({len(spec)} chars; max {MAX_SIGNATURE_CHARS})")
     parser = Parser(spec)
     inputs, outputs = parser.signature()
-    seen: set[str] = set()
+    names = FieldNames()
     for f, pos in (*inputs, *outputs):
-        if f.name in seen:
-            raise parser.error(f"duplicate field {f.name!r}", pos, field=f.name, mention_field=False)
-        seen.add(f.name)
+        problem = names.add(f.name)
+        if problem is not None:
+            raise parser.error(problem, pos, field=f.name, mention_field=False)
     if not outputs:
-        raise SignatureError("no output fields (e.g. 'question -> answer')", position=len(spec) + 1)
-    if len(seen) > MAX_FIELDS:
-        raise SignatureError(f"too many fields ({len(seen)}; max {MAX_FIELDS})")
+        raise SignatureError(f"{NO_OUTPUTS} (e.g. 'question -> answer')", position=len(spec) + 1)
+    problem = names.too_many()
+    if problem is not None:
+        raise SignatureError(problem)
     return tuple(f for f, _ in inputs), tuple(f for f, _ in outputs)
 
 
@@ -82,17 +89,17 @@ def _from_mapping(spec: Mapping[str, Any]) -> tuple[str | None, tuple[Field, ...
             f"allowed: {', '.join(_JSON_KEYS)}"
         )
     if "outputs" not in spec:
-        raise SignatureError("no output fields: the signature object needs 'outputs'")
-    seen: set[str] = set()
-    inputs = _fields_from_json("inputs", spec.get("inputs"), seen)
-    outputs = _fields_from_json("outputs", spec.get("outputs"), seen)
+        raise SignatureError(f"{NO_OUTPUTS}: the signature object needs 'outputs'")
+    names = FieldNames()
+    inputs = _fields_from_json("inputs", spec.get("inputs"), names)
+    outputs = _fields_from_json("outputs", spec.get("outputs"), names)
     instructions = spec.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise SignatureError(f"instructions must be a string, not {type(instructions).__name__}")
     return instructions, inputs, outputs
 
 
-def _fields_from_json(section: str, value: Any, seen: set[str]) -> tuple[Field, ...]:
+def _fields_from_json(section: str, value: Any, names: FieldNames) -> tuple[Field, ...]:
     if value is None:
         return ()
     if not isinstance(value, Mapping):
@@ -103,11 +110,12 @@ def _fields_from_json(section: str, value: Any, seen: set[str]) -> tuple[Field, 
     fields: list[Field] = []
     for name, item in value.items():
         check_field_name(name)
-        if name in seen:
-            raise SignatureError(f"duplicate field {name!r}", field=name, section=section)
-        seen.add(name)
-        if len(seen) > MAX_FIELDS:
-            raise SignatureError(f"too many fields (max {MAX_FIELDS})", section=section)
+        problem = names.add(name)
+        if problem is not None:
+            raise SignatureError(problem, field=name, section=section)
+        problem = names.too_many()  # counted as they come: a huge object is refused before its types are read
+        if problem is not None:
+            raise SignatureError(problem, section=section)
         desc: Any = None
         if isinstance(item, str):
             type_text = item

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Any, Literal, Optional
 
 from app.errors import SignatureError
-from app.json_schema import json_class
 from app.services.signature.checks import (
     MAX_DESC_CHARS,
-    MAX_FIELDS,
     MAX_INSTRUCTIONS_CHARS,
-    MAX_LITERAL_VALUES,
-    MAX_TYPE_DEPTH,
+    NO_OUTPUTS,
+    FieldNames,
     LiteralValue,
+    LiteralValues,
     check_field_name,
     clean_text,
     literal_text,
+    nesting_problem,
 )
 from app.services.signature.schema import fields_schema, type_schema
 from app.services.signature.validate import parse_outputs as _parse_outputs
@@ -85,25 +84,17 @@ class TypeSpec:
         elif kind == "literal":
             if not args:
                 raise SignatureError("Literal needs at least one value")
-            if len(args) > MAX_LITERAL_VALUES:
-                raise SignatureError(f"Literal has too many values ({len(args)}; max {MAX_LITERAL_VALUES})")
-            seen: set[tuple[str, Any]] = set()
+            values = LiteralValues()
             for value in args:
-                if not isinstance(value, (str, int, float)):  # bool is an int
-                    raise SignatureError(
-                        f"Literal values must be strings, numbers or booleans, not {type(value).__name__}"
-                    )
-                if isinstance(value, float) and not math.isfinite(value):
-                    raise SignatureError(f"Literal value {value!r} is not a finite number")
-                key = (json_class(value), value)
-                if key in seen:
-                    raise SignatureError(f"duplicate Literal value {literal_text(value)}")
-                seen.add(key)
+                problem = values.add(value)
+                if problem is not None:
+                    raise SignatureError(problem)
             text = "Literal[" + ", ".join(literal_text(v) for v in args) + "]"
         else:
             raise SignatureError(f"unknown type kind {kind!r}")
-        if self.depth > MAX_TYPE_DEPTH:
-            raise SignatureError(f"type nesting is too deep (max {MAX_TYPE_DEPTH} levels): {text}")
+        problem = nesting_problem(self.depth)
+        if problem is not None:
+            raise SignatureError(f"{problem}: {text}")
         object.__setattr__(self, "_text", text)
 
     # -- constructors --------------------------------------------------------
@@ -221,17 +212,18 @@ class Signature:
         object.__setattr__(
             self, "instructions", clean_text(self.instructions, what="instructions", limit=MAX_INSTRUCTIONS_CHARS)
         )
-        seen: set[str] = set()
+        names = FieldNames()
         for f in (*self.inputs, *self.outputs):
             if not isinstance(f, Field):
                 raise SignatureError(f"signature fields must be Field objects, not {type(f).__name__}")
-            if f.name in seen:
-                raise SignatureError(f"duplicate field {f.name!r}", field=f.name)
-            seen.add(f.name)
+            problem = names.add(f.name)
+            if problem is not None:
+                raise SignatureError(problem, field=f.name)
         if not self.outputs:
-            raise SignatureError("no output fields")
-        if len(seen) > MAX_FIELDS:
-            raise SignatureError(f"too many fields ({len(seen)}; max {MAX_FIELDS})")
+            raise SignatureError(NO_OUTPUTS)
+        problem = names.too_many()
+        if problem is not None:
+            raise SignatureError(problem)
 
     # -- views ---------------------------------------------------------------
 

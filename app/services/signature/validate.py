@@ -19,8 +19,7 @@ from pydantic import Field as PydanticField
 from pydantic_core import PydanticCustomError
 
 from app.errors import InvalidRequestError, OutputValidationError, clean_errors, summarize_errors
-from app.json_schema import json_class
-from app.services.signature.checks import literal_text
+from app.services.signature.checks import literal_key, literal_text
 
 if TYPE_CHECKING:
     from app.services.signature.types import Field, Signature, TypeSpec
@@ -129,9 +128,9 @@ def _literal_matcher(spec: TypeSpec) -> Any:
 
     def check(value: Any) -> Any:
         if isinstance(value, (str, int, float)):
-            cls = json_class(value)
+            key = literal_key(value)
             for candidate in allowed:
-                if json_class(candidate) == cls and candidate == value:
+                if literal_key(candidate) == key:
                     return candidate
         raise PydanticCustomError("literal_error", "Input should be one of: {expected}", {"expected": expected})
 
