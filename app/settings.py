@@ -109,6 +109,8 @@ class Settings(BaseSettings):
     agent_default_max_tokens: int = Field(1024, ge=1)
     agent_session_ttl_s: float = Field(3600.0, gt=0)
     agent_max_sessions: int = Field(1000, ge=1)
+    # Each session's kept history is cut (at a turn's start) to fit this many bytes of JSON.
+    agent_session_max_bytes: int = Field(256 * 1024, ge=1024)
     agent_resume_ttl_s: float = Field(300.0, gt=0)  # finished runs stay resumable this long ...
     agent_max_retained_runs: int = Field(256, ge=1)  # ... up to this many (oldest finished dropped first)
     agent_max_concurrent_runs: int = Field(256, ge=1)  # more get a 503 with Retry-After

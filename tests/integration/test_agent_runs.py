@@ -105,3 +105,13 @@ def test_each_disconnect_gets_a_fresh_grace_period(sim_latency_url):
         second_disconnect, lived = asyncio.run(scenario(base))
     assert second_disconnect < grace  # the reconnect came within the first grace period
     assert lived > 0.8 * grace  # the first timer would have cancelled it at grace - second_disconnect
+
+
+async def test_session_history_is_bounded_by_agent_session_max_bytes(sim_url):
+    """A first turn bigger than the bound is not kept: the second turn's prompt is what a fresh
+    conversation's is."""
+    async with gateway(sim_url, agent_session_max_bytes=2000) as gw:
+        await run_sse(gw.client, {"input": "word " * 600, "tools": [], "session_id": "big"})
+        second = await run_sse(gw.client, {"input": "hello", "tools": [], "session_id": "big"})
+        fresh = await run_sse(gw.client, {"input": "hello", "tools": []})
+    assert second[-1]["data"]["usage"]["prompt_tokens"] == fresh[-1]["data"]["usage"]["prompt_tokens"]

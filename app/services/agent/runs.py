@@ -8,6 +8,7 @@ gateway replicas without touching the agent loop.)
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections import OrderedDict
@@ -110,12 +111,15 @@ class _Session:
 
 
 class SessionStore:
-    """Conversations by session id: LRU-bounded, expiring ``ttl_s`` after last use, history capped."""
+    """Conversations by session id: LRU-bounded, expiring ``ttl_s`` after last use, each history
+    bounded in messages and bytes (see ``trim_history``)."""
 
-    def __init__(self, ttl_s: float, max_sessions: int, max_messages: int = 200) -> None:
+    def __init__(self, ttl_s: float, max_sessions: int, max_messages: int = 200,
+                 max_bytes: int = 256 * 1024) -> None:
         self.ttl_s = ttl_s
         self.max_sessions = max_sessions
         self.max_messages = max_messages
+        self.max_bytes = max_bytes
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
 
     def acquire(self, session_id: str) -> list[dict[str, Any]] | None:
@@ -135,7 +139,7 @@ class SessionStore:
         if s is None:
             return
         if messages is not None:
-            s.messages = messages[-self.max_messages:]
+            s.messages = trim_history(messages, self.max_messages, self.max_bytes)
         s.busy = False
         s.touched = time.monotonic()
 
@@ -148,3 +152,31 @@ class SessionStore:
             if sid is None:
                 break
             del self._sessions[sid]
+
+
+def trim_history(messages: list[dict[str, Any]], max_messages: int, max_bytes: int) -> list[dict[str, Any]]:
+    """``messages`` if they fit both bounds; else the longest tail that fits and starts a turn (a
+    user message), so that it never opens with tool results or a tool call without its results.
+    If not even the last turn fits, that turn without its tool steps (its user message and final
+    answer), or nothing."""
+    sizes = [len(json.dumps(m, ensure_ascii=False, separators=(",", ":")).encode()) for m in messages]
+    if len(messages) <= max_messages and sum(sizes) <= max_bytes:
+        return list(messages)
+    start, total = None, 0
+    for i in range(len(messages) - 1, -1, -1):
+        total += sizes[i]
+        if total > max_bytes or len(messages) - i > max_messages:
+            break
+        if messages[i].get("role") == "user":
+            start = i
+    if start is not None:
+        return messages[start:]
+    last_user = next((i for i in range(len(messages) - 1, -1, -1) if messages[i].get("role") == "user"), None)
+    if last_user is None:
+        return []
+    answers = [i for i in range(last_user + 1, len(messages))
+               if messages[i].get("role") == "assistant" and not messages[i].get("tool_calls")][-1:]
+    keep = [last_user, *answers]
+    if len(keep) > max_messages or sum(sizes[i] for i in keep) > max_bytes:
+        return []
+    return [messages[i] for i in keep]

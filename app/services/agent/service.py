@@ -24,7 +24,8 @@ class AgentService:
         self.settings = settings
         self.metrics = metrics
         self.runs = RunStore(ttl_s=settings.agent_resume_ttl_s, max_runs=settings.agent_max_retained_runs)
-        self.sessions = SessionStore(ttl_s=settings.agent_session_ttl_s, max_sessions=settings.agent_max_sessions)
+        self.sessions = SessionStore(ttl_s=settings.agent_session_ttl_s, max_sessions=settings.agent_max_sessions,
+                                     max_bytes=settings.agent_session_max_bytes)
         self.tool_support = ToolSupport()  # which upstream models recently refused native tool calling
 
     async def aclose(self) -> None:
