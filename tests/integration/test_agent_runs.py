@@ -4,6 +4,7 @@ their lifecycle (cancellation, disconnect grace), and what they log."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -115,3 +116,20 @@ async def test_session_history_is_bounded_by_agent_session_max_bytes(sim_url):
         second = await run_sse(gw.client, {"input": "hello", "tools": [], "session_id": "big"})
         fresh = await run_sse(gw.client, {"input": "hello", "tools": []})
     assert second[-1]["data"]["usage"]["prompt_tokens"] == fresh[-1]["data"]["usage"]["prompt_tokens"]
+
+
+async def test_prompts_and_completions_are_logged_only_when_log_prompts_is_on(sim_url, capsys):
+    payload = {"input": 'secret-question\nCALL calculator {"expression": "6*7"}', "tools": ["calculator"]}
+    for on in (False, True):
+        async with gateway(sim_url, log_prompts=on, log_format="json", log_level="INFO") as gw:
+            events = await run_sse(gw.client, payload)
+        lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
+        if not on:
+            assert "secret-question" not in json.dumps(lines)
+            continue
+        io = [x for x in lines if x["event"] == "agent_io"]
+        assert len(io) == 2  # one per model call: the tool call, then the answer
+        assert "secret-question" in json.dumps(io[0]["messages"])
+        assert io[0]["tool_calls"][0]["function"]["name"] == "calculator"
+        assert io[1]["completion"] == events[-1]["data"]["answer"]
+        assert all(x["run_id"] == events[-1]["data"]["run_id"] for x in io)

@@ -269,6 +269,10 @@ class RunLoop:
                     elif isinstance(ev, ReasoningDelta):
                         self.text.add("reasoning", ev.text)
                     elif isinstance(ev, Done):
+                        if self.settings.log_prompts:  # off by default: prompts may hold personal data
+                            log.info("agent_io", messages=messages, completion=ev.result.content,
+                                     reasoning=ev.result.reasoning,
+                                     tool_calls=[tc.as_openai() for tc in ev.result.tool_calls])
                         return ev.result
         finally:
             self.text.flush()  # before the step's tool calls or the run's end; no timer outlives the call
