@@ -133,3 +133,31 @@ async def test_prompts_and_completions_are_logged_only_when_log_prompts_is_on(si
         assert io[0]["tool_calls"][0]["function"]["name"] == "calculator"
         assert io[1]["completion"] == events[-1]["data"]["answer"]
         assert all(x["run_id"] == events[-1]["data"]["run_id"] for x in io)
+
+
+async def test_json_form_maps_a_crash_to_500():
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "m", "object": "model"}]})
+        raise RuntimeError("a bug")
+
+    async with gateway("http://up", default_model="m", lm_transport=httpx.MockTransport(handler)) as gw:
+        r = await gw.client.post("/agent", headers={"accept": "application/json"}, json={"input": "hi"})
+    assert r.status_code == 500 and r.json()["error"]["type"] == "internal_error"
+    assert "a bug" not in r.text
+
+
+async def test_json_form_maps_a_run_cancelled_by_the_gateway_to_503(sim_latency_url):
+    """The client is still there, the gateway cancelled the run (shutting down): 503, not 502."""
+    async with gateway(sim_latency_url) as gw:
+        call = asyncio.create_task(gw.client.post(
+            "/agent", headers={"accept": "application/json"},
+            json={"input": "write a long story", "tools": [], "config": {"max_tokens": 4000, "min_tokens": 3000}}))
+        for _ in range(100):
+            if gw.state.agent.runs.live():
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        await gw.state.agent.aclose()
+        r = await call
+    assert r.status_code == 503 and r.json()["error"]["type"] == "cancelled"

@@ -155,11 +155,16 @@ class AgentService:
         if last is None or last.event != "final":
             err = dict(last.data) if last is not None else {"type": "internal_error",
                                                              "message": "run produced nothing"}
-            status = err.pop("status", 502)
+            status = err.pop("status", _ERROR_STATUS.get(err.get("type"), 502))
             raise VGateError(err.pop("message", "agent run failed"), status_code=status,
                              type=err.pop("type", "agent_error"), run_id=run.run_id, **err)
         trace = [{"event": e.event, **e.data} for e in run.events if e.event in ("tool_call", "tool_result")]
         return {**last.data, "trace": trace}
+
+
+# Statuses of a run's errors that are not a VGateError (those carry their own). "cancelled": the
+# gateway cancelled the run while its JSON client waited (a shutdown); a client that left got a 499.
+_ERROR_STATUS = {"internal_error": 500, "cancelled": 503}
 
 
 def _cancel_unfollowed(run: AgentRun) -> None:
