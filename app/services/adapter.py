@@ -183,8 +183,12 @@ def schema_name(signature: Signature, name: str | None = None) -> str:
     return safe or "output"
 
 
+@lru_cache(maxsize=1024)
 def response_format(signature: Signature, name: str | None = None) -> dict[str, Any]:
-    """vLLM / OpenAI ``response_format`` constraining the reply to the signature's outputs."""
+    """vLLM / OpenAI ``response_format`` constraining the reply to the signature's outputs.
+
+    Built once per signature (it is on every request's path: the schema costs ~27 µs to copy out
+    of its cache); the dict is shared, so callers only read or serialise it."""
     return {
         "type": "json_schema",
         "json_schema": {
