@@ -108,7 +108,8 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["*"],
-            expose_headers=["x-request-id", "x-vgate-overhead-ms"],
+            # readable by a browser script: the run id to resume an /agent stream, the retry hint
+            expose_headers=["x-request-id", "x-vgate-overhead-ms", "x-vgate-run-id", "retry-after"],
         )
     app.add_middleware(RequestContextMiddleware, metrics=metrics)  # outermost: the request id is bound first
     return app
