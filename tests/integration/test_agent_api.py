@@ -166,20 +166,28 @@ async def test_bad_agent_requests(sim_url, payload, status, kind):
 
 
 async def test_sessions_keep_the_conversation(sim_url):
+    """The second turn is answered with the first in view: the simulator follows `ALWAYS CALL` lines
+    of a conversation's first user message, which only the kept history can give it."""
+    turn = {"session_id": "s1", "tools": ["calculator"], "max_steps": 1}
     async with gateway(sim_url) as gw:
-        await run_sse(gw.client, {"input": 'CALL calculator {"expression": "3*3"}', "session_id": "s1"})
-        history = gw.state.agent.sessions.acquire("s1")
-        gw.state.agent.sessions.release("s1", None)
-        second = await run_sse(gw.client, {"input": "and now?", "session_id": "s1"})
-    roles = [m["role"] for m in history]
-    assert roles == ["user", "assistant", "tool", "assistant"]
-    assert second[-1]["event"] == "final" and second[-1]["data"]["session_id"] == "s1"
+        first = await run_sse(gw.client, {**turn, "input": 'ALWAYS CALL calculator {"expression": "3*3"}'})
+        second = await run_sse(gw.client, {**turn, "input": "and now?"})
+        alone = await run_sse(gw.client, {**turn, "input": "and now?", "session_id": None})
+    assert names(first) == ["run", "tool_call", "tool_result", "final"]
+    assert names(second) == ["run", "tool_call", "tool_result", "final"]  # turn 1's instruction, remembered
+    assert names(alone) == ["run", "final"]
+    assert second[-1]["data"]["session_id"] == "s1"
+    assert second[-1]["data"]["usage"]["prompt_tokens"] > alone[-1]["data"]["usage"]["prompt_tokens"]
 
 
-async def test_react_fallback_when_upstream_refuses_tools(sim_url):
-    async with gateway(sim_url) as gw:
-        events = await run_sse(gw.client, {"input": "hello", "mode": "react"})
+async def test_react_fallback_when_upstream_refuses_tools(sim_no_auto_tools_url):
+    """mode "auto" (the default) against a vLLM without --enable-auto-tool-choice: the native call is
+    refused with a 400, and the same run answers with the ReAct protocol."""
+    async with gateway(sim_no_auto_tools_url) as gw:
+        events = await run_sse(gw.client, {"input": "hello", "tools": ["calculator"]})
+        refused = gw.metric("vgate_upstream_errors_total", model="sim-model", type="upstream_bad_request")
     assert names(events) == ["run", "final"] and events[-1]["data"]["answer"]
+    assert refused == 1 and events[-1]["data"]["model_calls"] == 1  # the refused call, then ReAct's
 
 
 def test_disconnect_cancels_upstream_and_running_tool(sim_latency_url):
@@ -221,6 +229,74 @@ def test_disconnect_cancels_upstream_and_running_tool(sim_latency_url):
 
     with live_gateway(sim_latency_url) as (base, app):
         asyncio.run(scenario(base, app))
+
+
+def test_a_json_client_that_leaves_cancels_the_run_and_the_upstream(sim_latency_url):
+    """Accept: application/json: the client drops the connection mid-run; the run is cancelled and
+    the simulator sees the upstream sequence aborted."""
+
+    async def scenario(base: str, app) -> dict:
+        await sim_reset(sim_latency_url)
+        async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+            with pytest.raises(httpx.ReadTimeout):
+                await c.post("/agent", headers={"accept": "application/json"}, timeout=httpx.Timeout(30, read=0.5),
+                             json={"input": "write a long story", "tools": [],
+                                   "config": {"max_tokens": 4000, "min_tokens": 3000}})
+        for _ in range(100):
+            stats = await sim_stats(sim_latency_url)
+            if stats["requests_aborted_total"] >= 1:
+                break
+            await asyncio.sleep(0.05)
+        return stats
+
+    with live_gateway(sim_latency_url) as (base, app):
+        stats = asyncio.run(scenario(base, app))
+        cancelled = app.state.metrics.registry.get_sample_value("vgate_agent_runs_total", {"outcome": "cancelled"})
+    assert stats["requests_aborted_total"] == 1 and stats["num_requests_running"] == 0
+    assert cancelled == 1
+
+
+async def test_a_finished_run_is_resumable_with_the_default_grace(sim_url):
+    """With agent_disconnect_grace_s at its default (0) a finished run stays resumable."""
+    async with gateway(sim_url) as gw:
+        r = await gw.client.post("/agent", json={"input": 'CALL calculator {"expression": "2+2"}'})
+        run_id = r.headers["x-vgate-run-id"]
+        whole = parse_sse(r.text)
+        rest = parse_sse((await gw.client.get(f"/agent/runs/{run_id}/events", headers={"Last-Event-ID": "2"})).text)
+    assert len(whole) >= 4 and rest == whole[2:]
+
+
+def test_a_live_run_is_cancelled_on_disconnect_with_the_default_grace(sim_latency_url):
+    """Grace 0 (the default): the run ends when its only client leaves, and its log, which ends with
+    the cancellation, can still be read back."""
+
+    async def scenario(base: str) -> tuple[list[dict], list[dict], dict]:
+        await sim_reset(sim_latency_url)
+        async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+            seen: list[dict] = []
+            async with c.stream("POST", "/agent", json={"input": "write a long story", "tools": [],
+                                                         "config": {"max_tokens": 4000, "min_tokens": 3000}}) as r:
+                run_id = r.headers["x-vgate-run-id"]
+                buf = ""
+                async for chunk in r.aiter_text():
+                    buf += chunk
+                    seen = parse_sse(buf.rsplit("\n\n", 1)[0])
+                    if len(seen) >= 3:
+                        break
+            for _ in range(100):
+                stats = await sim_stats(sim_latency_url)
+                if stats["requests_aborted_total"] >= 1:
+                    break
+                await asyncio.sleep(0.05)
+            replay = parse_sse((await c.get(f"/agent/runs/{run_id}/events",
+                                            headers={"Last-Event-ID": str(seen[-1]["id"])})).text)
+        return seen, replay, stats
+
+    with live_gateway(sim_latency_url) as (base, _):
+        seen, replay, stats = asyncio.run(scenario(base))
+    assert stats["requests_aborted_total"] == 1 and stats["num_requests_running"] == 0
+    assert replay[0]["id"] == seen[-1]["id"] + 1
+    assert replay[-1]["event"] == "error" and replay[-1]["data"]["type"] == "cancelled"
 
 
 def test_last_event_id_resumes_without_duplicates_or_gaps(sim_latency_url):
