@@ -19,7 +19,7 @@ from app.errors import VGateError, clean_errors
 from app.logging import configure_logging
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from app.routers import agent, health, predict, tools
+from app.routers import agent, health, predict, schemas, tools
 from app.services.agent import AgentService
 from app.services.lm import LMClient
 from app.services.predict import PredictService
@@ -65,6 +65,31 @@ def _install_error_handlers(app: FastAPI) -> None:
     # is still bound (Starlette runs an app-level Exception handler outside user middleware).
 
 
+def _install_openapi(app: FastAPI) -> None:
+    """The document as the routes declare it, plus the event-stream schemas (FastAPI registers only
+    the models of JSON responses), and never FastAPI's {"detail": [...]} 422: the gateway's is an
+    ErrorResponse (each route declares it; this also covers a route that forgets)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = generate()
+            components = doc.setdefault("components", {}).setdefault("schemas", {})
+            components.update(schemas.event_stream_components())
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.pop(name, None)
+            for item in doc.get("paths", {}).values():
+                for op in item.values():
+                    invalid = op.get("responses", {}).get("422", {})
+                    if "HTTPValidationError" in str(invalid.get("content")):
+                        invalid["content"] = {"application/json": {"schema": {
+                            "$ref": schemas.REF.format(model="ErrorResponse")}}}
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -96,6 +121,7 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
     app.state.metrics = metrics
     app.state.programs = programs
     _install_error_handlers(app)
+    _install_openapi(app)
     app.include_router(health.router)
     app.include_router(predict.router)
     app.include_router(agent.router)

@@ -13,6 +13,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.errors import InvalidRequestError
 from app.routers.deps import SettingsDep, cancel_on_disconnect
+from app.routers.schemas import EVENT_STREAM_RESPONSE, AgentFinal, error_responses
 from app.services.agent import AgentRun, AgentService, Mode
 from app.services.programs import PredictConfig
 from app.settings import Settings
@@ -99,7 +100,22 @@ def _wants_json(request: Request) -> bool:
     return "application/json" in accept and "text/event-stream" not in accept
 
 
-@router.post("/agent", response_model=None)
+@router.post(
+    "/agent",
+    response_model=AgentFinal,  # with Accept: application/json; the event stream is a Response of its own
+    response_model_exclude_unset=True,
+    responses={
+        200: {"description": "The event stream, or with `Accept: application/json` the run's outcome",
+              "content": EVENT_STREAM_RESPONSE["content"]},
+        **error_responses(
+            400, 404, 409, 413, 422, 502, 503, 504,
+            _404="the model is not served by the upstream (model_not_found)",
+            _409="another run is using this session (session_busy)",
+            _422="invalid request, unknown or unavailable tool, max_steps over the limit",
+            _503="the upstream is unavailable, or too many runs are in progress (agent_overloaded)",
+        ),
+    },
+)
 async def run_agent(body: AgentRequest, request: Request, agent: AgentDep,
                     settings: SettingsDep) -> EventSourceResponse | dict[str, Any]:
     task = agent.make_task(config=body.config, **body.model_dump(exclude={"config"}, exclude_none=True))
@@ -109,7 +125,13 @@ async def run_agent(body: AgentRequest, request: Request, agent: AgentDep,
     return _event_stream(run, 0, agent, settings)
 
 
-@router.get("/agent/runs/{run_id}/events", response_model=None)
+@router.get(
+    "/agent/runs/{run_id}/events",
+    response_model=None,
+    response_class=EventSourceResponse,
+    responses={200: EVENT_STREAM_RESPONSE, **error_responses(
+        404, 422, _404="unknown or expired run (run_not_found)", _422="Last-Event-ID is not an event id")},
+)
 async def resume_agent(run_id: str, agent: AgentDep, settings: SettingsDep,
                        last_event_id: Annotated[str | None, Header()] = None) -> EventSourceResponse:
     """The events after ``Last-Event-ID`` (header, as EventSource sends it), then the live ones."""

@@ -15,6 +15,7 @@ from app.routers.deps import (
     SettingsDep,
     cancel_on_disconnect,
 )
+from app.routers.schemas import BatchPredictResponse, PredictResponse, ProgramList, error_responses
 from app.services.predict import Prediction
 from app.services.programs import Module, PredictConfig
 from app.services.signature import parse_signature, parse_signature_cached
@@ -48,7 +49,17 @@ class PredictRequest(BaseModel):
         return self
 
 
-@router.post("/predict")
+@router.post(
+    "/predict",
+    response_model=PredictResponse | BatchPredictResponse,
+    response_model_exclude_unset=True,  # keys that do not apply are left out (reasoning, program)
+    responses=error_responses(
+        400, 404, 413, 422, 502, 503, 504,
+        _404="unknown program (program_not_found) or model (model_not_found)",
+        _502="the upstream failed, or the model's output did not match the signature "
+             "(output_validation_error, output_truncated; the raw text is in the error)",
+    ),
+)
 async def predict(
     body: PredictRequest,
     request: Request,
@@ -117,6 +128,6 @@ async def predict(
     }
 
 
-@router.get("/predict/programs")
+@router.get("/predict/programs", response_model=ProgramList, responses=error_responses())
 async def list_programs(programs: ProgramsDep) -> dict[str, Any]:
     return {"programs": [p.summary() for p in programs.values()]}

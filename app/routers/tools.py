@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.errors import InvalidRequestError, NotFoundError, VGateError
+from app.routers.schemas import error_responses
 from app.tools import ToolExecutor, ToolResult
 
 router = APIRouter(prefix="/tools", tags=["tools"])
@@ -48,12 +49,24 @@ class ToolCallResponse(BaseModel):
     latency_ms: float
 
 
-@router.get("", response_model=ToolList)
+@router.get("", response_model=ToolList, responses=error_responses())
 async def list_tools(tools: ExecutorDep) -> ToolList:
     return ToolList(tools=[ToolInfo(**tool.info()) for tool in tools.registry])
 
 
-@router.post("/{name}", response_model=ToolCallResponse)
+@router.post(
+    "/{name}",
+    response_model=ToolCallResponse,
+    responses=error_responses(
+        400, 404, 413, 422, 502, 503, 504,
+        _400="the body is not JSON (invalid_json)",
+        _404="unknown tool (unknown_tool)",
+        _422="invalid arguments (invalid_request, with errors), or the tool refused them (tool_error)",
+        _502="the tool's service failed (tool_upstream_error), or the tool has a bug (tool_failed)",
+        _503="the tool is not available on this gateway (tool_unavailable)",
+        _504="the tool did not finish in time (tool_timeout)",
+    ),
+)
 async def call_tool(name: str, tools: ExecutorDep, body: ToolCallRequest | None = None) -> ToolCallResponse:
     result = await tools.execute(name, body.arguments if body else {})
     if not result.ok:

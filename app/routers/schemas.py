@@ -1,0 +1,307 @@
+"""The response models: what the OpenAPI document declares and what the routes answer through.
+
+Routes return plain dicts and declare one of these as ``response_model``: FastAPI validates the
+dict into the model once (in pydantic-core) and writes JSON from it, so a response costs a few
+microseconds more than an untyped dict (measured: +2–3 µs for /predict, ~1.5 µs a batch item,
+against ~1.5 ms of gateway CPU per request). Keys that do not apply are left out, never null:
+such fields are ``Omittable`` and the routes set ``response_model_exclude_unset``.
+
+Every error is ``ErrorResponse``, the one shape ``app.main``'s handlers and the middleware write.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema, models_json_schema
+
+from app.services.programs import Module
+
+REF = "#/components/schemas/{model}"
+
+# A key that is absent when it does not apply: not null in the schema, no default shown.
+Omittable = SkipJsonSchema[None]
+
+
+def _omitted(description: str) -> Any:
+    return Field(None, description=description, json_schema_extra=lambda s: s.pop("default", None))
+
+
+Cost = Annotated[float, Field(description="USD")]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+class ErrorItem(BaseModel):
+    """One reason a request (or a tool's arguments) failed validation."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorInfo(BaseModel):
+    """An error, as a batch item or a tool result carries it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="what went wrong, e.g. invalid_request, upstream_timeout, tool_error")
+    message: str
+    retryable: bool | Omittable = _omitted("present (true) when the same request may succeed later")
+    retry_after_s: float | Omittable = _omitted("seconds to wait before retrying (also in Retry-After)")
+    errors: list[ErrorItem] | Omittable = _omitted("each validation failure (invalid_request, invalid_json)")
+
+
+class ErrorBody(ErrorInfo):
+    """Further keys depend on the type: ``raw`` (the model's text), ``limit``, ``available``, ..."""
+
+    request_id: str = Field(description="the X-Request-Id of this request; it is in every log line")
+
+
+class ErrorResponse(BaseModel):
+    """Every error the gateway answers, whatever the status."""
+
+    error: ErrorBody
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "The body is not JSON (invalid_json), or the upstream refused the request (upstream_bad_request)",
+    404: "Not found",
+    409: "Conflict",
+    413: "The request body is over the gateway's limit (payload_too_large)",
+    422: "The request is invalid (invalid_request and more specific types)",
+    500: "A bug in the gateway (internal_error); the request id is in the logs",
+    502: "The upstream answered with an error or something unusable",
+    503: "The upstream (or a tool's service) is unavailable or overloaded",
+    504: "The upstream (or a tool) did not answer in time",
+}
+
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait, when the error is retryable",
+                                "schema": {"type": "integer"}}}
+
+
+def error_responses(*statuses: int, **described: str) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: each status (and 500, which any route can answer) as an
+    ``ErrorResponse``. ``described`` overrides a description: ``_404="unknown program"``."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in sorted({*statuses, 500}):
+        entry: dict[str, Any] = {"model": ErrorResponse,
+                                 "description": described.get(f"_{status}", _ERROR_DESCRIPTIONS[status])}
+        if status in (502, 503, 504):
+            entry["headers"] = _RETRY_AFTER
+        out[status] = entry
+    return out
+
+
+# --- /predict -------------------------------------------------------------------------------
+
+
+class PredictionResult(BaseModel):
+    outputs: dict[str, Any] = Field(description="the signature's output fields, in their declared types")
+    reasoning: str | Omittable = _omitted("the chain of thought (module chain_of_thought)")
+    usage: Usage
+    cost_usd: Cost
+    latency_ms: float
+    ttft_ms: float | None = Field(description="time to the first token, when the upstream streamed")
+    model: str
+
+
+class PredictResponse(PredictionResult):
+    """One example's prediction."""
+
+    request_id: str
+    signature: str = Field(description="the signature, in its string form")
+    module: Module
+    program: str | Omittable = _omitted("the program's name, when one was run")
+
+
+class BatchItem(PredictionResult):
+    index: int
+
+
+class BatchItemError(BaseModel):
+    index: int
+    error: ErrorInfo
+
+
+class BatchPredictResponse(BaseModel):
+    """A batch: each item succeeded or failed on its own, in the order sent."""
+
+    results: list[BatchItem | BatchItemError]
+    succeeded: int
+    failed: int
+    usage: Usage = Field(description="summed over the items that succeeded")
+    cost_usd: Cost
+    latency_ms: float
+    model: str | list[str] | None = Field(description="the model, the models if several answered, null if none")
+    request_id: str
+    signature: str
+    module: Module
+    program: str | Omittable = _omitted("the program's name, when one was run")
+
+
+class ProgramSummary(BaseModel):
+    name: str
+    description: str
+    signature: str
+    instructions: str | None
+    module: Module
+    demos: int = Field(description="how many few-shot demos the program carries")
+    model: str | None
+    config: dict[str, Any] = Field(description="the sampling settings the program sets")
+
+
+class ProgramList(BaseModel):
+    programs: list[ProgramSummary]
+
+
+# --- /agent ---------------------------------------------------------------------------------
+
+
+class AgentRunStarted(BaseModel):
+    """The ``run`` event, first of every stream."""
+
+    run_id: str = Field(description="resume with GET /agent/runs/{run_id}/events")
+    model: str
+    session_id: str | None
+    tools: list[str] = Field(description="the tools enabled for this run")
+
+
+class AgentText(BaseModel):
+    """``delta`` (answer text) and ``reasoning`` (the model's thinking) events."""
+
+    text: str
+
+
+class AgentToolCall(BaseModel):
+    id: str
+    name: str
+    arguments: Any = Field(description="the model's arguments: an object, or the raw text if not JSON")
+
+
+class AgentToolResult(BaseModel):
+    id: str
+    name: str
+    ok: bool
+    latency_ms: float
+    result: Any = _omitted("the tool's result, when ok")
+    error: ErrorInfo | Omittable = _omitted("why the tool failed, when not ok (the run goes on)")
+
+
+class AgentFinalEvent(BaseModel):
+    """The ``final`` event: how the run ended, and what it cost."""
+
+    answer: str | None = Field(description="null when the run stopped at max_steps; cut off at length")
+    stop_reason: Literal["answer", "max_steps", "length"] = Field(
+        description="answer; max_steps: no answer within max_steps; length: the model hit max_tokens")
+    steps: int
+    model_calls: int
+    usage: Usage
+    cost_usd: Cost
+    latency_ms: float
+    model: str
+    run_id: str
+    session_id: str | Omittable = _omitted("the session, when the run continued one")
+    message: str | Omittable = _omitted("why the run stopped early (max_steps, length)")
+
+
+class AgentErrorEvent(ErrorInfo):
+    """The ``error`` event, last of a failed run."""
+
+    status: int | Omittable = _omitted("the HTTP status the same error has as a JSON response")
+
+
+class TraceToolCall(AgentToolCall):
+    event: Literal["tool_call"]
+
+
+class TraceToolResult(AgentToolResult):
+    event: Literal["tool_result"]
+
+
+class AgentFinal(AgentFinalEvent):
+    """The run's outcome (``Accept: application/json``), with its tool calls and their results."""
+
+    trace: list[Annotated[TraceToolCall | TraceToolResult, Field(discriminator="event")]]
+
+
+_EVENTS: dict[str, type[BaseModel]] = {
+    "run": AgentRunStarted,
+    "delta": AgentText,
+    "reasoning": AgentText,
+    "tool_call": AgentToolCall,
+    "tool_result": AgentToolResult,
+    "final": AgentFinalEvent,
+    "error": AgentErrorEvent,
+}
+
+EVENT_STREAM_DESCRIPTION = (
+    "Server-sent events, each with an `id` (resume with `Last-Event-ID` at "
+    "`GET /agent/runs/{run_id}/events`), an `event` name and JSON `data`: `run` first, then `delta`, "
+    "`reasoning`, `tool_call` and `tool_result` as they happen, and `final` or `error` last. "
+    "Comment lines keep the connection alive."
+)
+
+
+def event_stream_components() -> dict[str, Any]:
+    """Component schemas for ``text/event-stream``: FastAPI only registers the models of JSON responses."""
+    _, top = models_json_schema([(m, "serialization") for m in dict.fromkeys(_EVENTS.values())],
+                                ref_template=REF)
+    components: dict[str, Any] = dict(top["$defs"])
+    variants = []
+    for name, model in _EVENTS.items():
+        title = "AgentEvent_" + name
+        components[title] = {
+            "title": title,
+            "type": "object",
+            "required": ["event", "data"],
+            "properties": {
+                "event": {"const": name},
+                "id": {"type": "string", "description": "the event's number in the run: 1, 2, 3, ..."},
+                "data": {"type": "string", "contentMediaType": "application/json",
+                         "contentSchema": {"$ref": REF.format(model=model.__name__)}},
+            },
+        }
+        variants.append({"$ref": REF.format(model=title)})
+    components["AgentEvent"] = {"title": "AgentEvent", "oneOf": variants}
+    return components
+
+
+# itemSchema (OpenAPI 3.2, one event), as FastAPI itself documents an event stream
+EVENT_STREAM_RESPONSE: dict[str, Any] = {
+    "description": EVENT_STREAM_DESCRIPTION,
+    "content": {"text/event-stream": {"itemSchema": {"$ref": REF.format(model="AgentEvent")}}},
+}
+
+
+# --- operations -----------------------------------------------------------------------------
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "unready"]
+    upstream: Literal["reachable", "unreachable"]
+
+
+class UpstreamModelInfo(BaseModel):
+    """A model as the upstream lists it (vLLM adds max_model_len, root, permission, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[UpstreamModelInfo]
