@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema, models_json_schema
 
 from app.services.programs import Module
@@ -28,7 +28,12 @@ def _omitted(description: str) -> Any:
     return Field(None, description=description, json_schema_extra=lambda s: s.pop("default", None))
 
 
-Cost = Annotated[float, Field(description="USD")]
+def round_cost(usd: float) -> float:
+    """Costs are sums of products of floats: 0.0024000000000000002 becomes 0.0024."""
+    return round(usd, 10)
+
+
+Cost = Annotated[float, AfterValidator(round_cost), Field(description="USD, rounded to 10 decimal places")]
 
 
 class Usage(BaseModel):
