@@ -11,7 +11,9 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import __version__
@@ -90,6 +92,24 @@ def _install_openapi(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _install_docs(app: FastAPI) -> None:
+    """Swagger UI from the gateway itself: FastAPI's /docs loads it from a CDN, so on a host
+    without internet the page is blank. The files come from the fastapi-offline package."""
+    app.mount("/docs/static", StaticFiles(packages=[("fastapi_offline", "static")]), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}/docs/static/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs/static/swagger-ui.css",
+            swagger_favicon_url=f"{root}/docs/static/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io
+        )
+
+
 def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -116,12 +136,14 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
             log.info("shutdown")
 
     app = FastAPI(title="vgate", version=__version__, lifespan=lifespan,
-                  description="HTTP gateway in front of vLLM: /predict, /agent, /tools.")
+                  description="HTTP gateway in front of vLLM: /predict, /agent, /tools.",
+                  docs_url=None, redoc_url=None)  # /docs is served offline by _install_docs
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.programs = programs
     _install_error_handlers(app)
     _install_openapi(app)
+    _install_docs(app)
     app.include_router(health.router)
     app.include_router(predict.router)
     app.include_router(agent.router)

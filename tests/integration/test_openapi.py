@@ -1,11 +1,13 @@
-"""The OpenAPI document describes what the gateway really answers."""
+"""The OpenAPI document describes what the gateway really answers, and /docs works offline."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
 from app.main import create_app
-from tests.support import make_settings
+from tests.support import gateway, make_settings
 
 # route -> the error statuses it can answer (4xx/5xx), all in the {"error": {...}} shape
 ERRORS = {
@@ -98,3 +100,23 @@ def test_request_constraints_stay_in_the_document(doc):
     config = schemas["PredictConfig"]["properties"]
     assert config["temperature"]["anyOf"][0]["maximum"] == 2
     assert config["stop"]["anyOf"][0]["maxItems"] == 16
+
+
+# --- /docs without internet ------------------------------------------------------------------
+
+
+async def test_docs_reference_no_external_host_and_their_assets_are_served():
+    async with gateway("http://127.0.0.1:9") as gw:
+        page = await gw.client.get("/docs")
+        assert page.status_code == 200 and "swagger" in page.text.lower()
+        assert not re.search(r"(src|href)=[\"']?(https?:)?//", page.text), "an asset loads from another host"
+        assert not re.search(r"https?://(?!127\.0\.0\.1|localhost)", page.text)
+        assets = re.findall(r"(?:src|href)=[\"']([^\"']+)[\"']", page.text)
+        urls = re.findall(r"url:\s*[\"']([^\"']+)[\"']", page.text)
+        assert any(a.endswith(".js") for a in assets) and any(a.endswith(".css") for a in assets)
+        for url in [*assets, *urls]:
+            r = await gw.client.get(url)
+            assert r.status_code == 200, url
+            assert r.content, url
+        redoc = await gw.client.get("/redoc")
+    assert redoc.status_code == 404  # FastAPI's CDN page is off; /docs is the one that works offline
