@@ -59,6 +59,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI reading the body
+            return _error_response(request, 400, {"type": "invalid_json",
+                                                  "message": "request body is not valid JSON (not UTF-8)"})
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error_response(request, exc.status_code, {"type": kind, "message": str(exc.detail)},
                                dict(exc.headers or {}))

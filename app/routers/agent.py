@@ -13,12 +13,13 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.errors import InvalidRequestError
 from app.routers.deps import SettingsDep, cancel_on_disconnect
+from app.routers.json_body import JSONBodyRoute
 from app.routers.schemas import EVENT_STREAM_RESPONSE, AgentFinal, error_responses
 from app.services.agent import AgentRun, AgentService, Mode
 from app.services.programs import PredictConfig
 from app.settings import Settings
 
-router = APIRouter(tags=["agent"])
+router = APIRouter(tags=["agent"], route_class=JSONBodyRoute)
 
 
 async def _agent(request: Request) -> AgentService:

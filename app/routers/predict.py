@@ -15,12 +15,13 @@ from app.routers.deps import (
     SettingsDep,
     cancel_on_disconnect,
 )
+from app.routers.json_body import JSONBodyRoute
 from app.routers.schemas import BatchPredictResponse, PredictResponse, ProgramList, error_responses
 from app.services.predict import Prediction
 from app.services.programs import Module, PredictConfig
 from app.services.signature import parse_signature, parse_signature_cached
 
-router = APIRouter(tags=["predict"])
+router = APIRouter(tags=["predict"], route_class=JSONBodyRoute)
 
 
 class PredictRequest(BaseModel):

@@ -12,10 +12,11 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.errors import InvalidRequestError, NotFoundError, VGateError
+from app.routers.json_body import JSONBodyRoute
 from app.routers.schemas import error_responses
 from app.tools import ToolExecutor, ToolResult
 
-router = APIRouter(prefix="/tools", tags=["tools"])
+router = APIRouter(prefix="/tools", tags=["tools"], route_class=JSONBodyRoute)
 
 
 async def get_tool_executor(request: Request) -> ToolExecutor:
