@@ -63,8 +63,7 @@ async def test_agent_forced_calculator_call(local_llm_url):
             "max_steps": 3, "config": {"max_tokens": 120, "temperature": 0}})
         assert r.status_code == 200
         events = parse_sse(r.text)
-        steps_metric = gw.metric("vgate_agent_runs_total", outcome="ok") + gw.metric(
-            "vgate_agent_runs_total", outcome="max_steps")
+        steps_metric = sum(gw.metric("vgate_agent_runs_total", outcome=o) for o in ("ok", "max_steps", "length"))
     kinds = [e["event"] for e in events if e["event"] not in ("delta", "reasoning")]
     assert kinds[0] == "run" and kinds[1] == "tool_call" and kinds[2] == "tool_result"
     assert kinds[-1] == "final"
@@ -76,3 +75,20 @@ async def test_agent_forced_calculator_call(local_llm_url):
     assert final["usage"]["prompt_tokens"] > 0 and final["cost_usd"] > 0
     assert steps_metric == 1
     json.dumps(final)
+
+
+async def test_agent_runs_stream_after_a_forced_call_the_model_ignored(local_llm_url):
+    """The README's forced-tool example: this model ignores tool_choice, so that run falls back to
+    ReAct. Later runs, with tools or without, still stream their answers in many deltas."""
+    async with gateway(local_llm_url) as gw:
+        forced = await gw.client.post("/agent", json={
+            "input": "What is 12 * 7?", "tools": ["calculator"],
+            "tool_choice": {"type": "function", "function": {"name": "calculator"}}, "max_steps": 3})
+        later = [parse_sse((await gw.client.post("/agent", json={
+            "input": "Why is the sky blue?", "tools": tools, "config": {"max_tokens": 200, "temperature": 0}})).text)
+            for tools in ([], ["calculator"])]
+    assert parse_sse(forced.text)[-1]["event"] == "final"
+    for events in later:
+        deltas = [e["data"]["text"] for e in events if e["event"] == "delta"]
+        assert events[-1]["event"] == "final" and len(deltas) >= 3
+        assert "".join(deltas) == events[-1]["data"]["answer"]
