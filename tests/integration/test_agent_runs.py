@@ -161,3 +161,30 @@ async def test_json_form_maps_a_run_cancelled_by_the_gateway_to_503(sim_latency_
         await gw.state.agent.aclose()
         r = await call
     assert r.status_code == 503 and r.json()["error"]["type"] == "cancelled"
+
+
+def test_a_json_client_keeps_its_run_when_a_stream_follower_leaves(sim_latency_url):
+    """A JSON client waiting for a run counts as one of its clients: a resumed stream that follows
+    the run and goes away does not cancel it (grace 0)."""
+
+    async def scenario(base: str, app) -> tuple[int, dict]:
+        await sim_reset(sim_latency_url)
+        async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+            waiting = asyncio.create_task(c.post("/agent", headers={"accept": "application/json"}, json={
+                "input": "write a story", "tools": [], "config": {"max_tokens": 60, "min_tokens": 50}}))
+            for _ in range(100):
+                live = app.state.agent.runs.live()
+                if live and len(live[0].events) >= 2:
+                    break
+                await asyncio.sleep(0.02)
+            async with c.stream("GET", f"/agent/runs/{live[0].run_id}/events") as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("id:"):
+                        break
+            r = await waiting
+        return r.status_code, r.json()
+
+    with live_gateway(sim_latency_url) as (base, app):
+        status, body = asyncio.run(scenario(base, app))
+    assert status == 200, body
+    assert body["stop_reason"] == "answer" and body["usage"]["completion_tokens"] >= 50

@@ -129,7 +129,8 @@ class RunLoop:
             run.publish("final", final)
         except asyncio.CancelledError:
             self.outcome = "cancelled"
-            run.publish("error", {"type": "cancelled", "message": "the run was cancelled (client disconnected)"})
+            run.publish("error", {"type": "cancelled",
+                                  "message": "the run was cancelled (its clients left, or the gateway is stopping)"})
             raise
         except VGateError as exc:
             run.publish("error", {"status": exc.status_code, **exc.body()})

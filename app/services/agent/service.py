@@ -117,19 +117,26 @@ class AgentService:
         return run
 
     async def follow(self, run: AgentRun, after_id: int = 0) -> AsyncIterator[AgentEvent]:
-        """The run's events after ``after_id``, then live ones, for one streaming client. When the
-        last client leaves a live run, the run is cancelled after the disconnect grace."""
-        run.subscribers += 1
-        if run.cancel_timer is not None:  # back within the grace period
-            run.cancel_timer.cancel()
-            run.cancel_timer = None
+        """The run's events after ``after_id``, then live ones, for one streaming client."""
+        self._join(run)
         try:
             async for ev in run.follow(after_id):
                 yield ev
         finally:
-            run.subscribers -= 1
-            if run.subscribers == 0 and not run.finished:
-                self._cancel_later(run, self.settings.agent_disconnect_grace_s)
+            self._leave(run)
+
+    def _join(self, run: AgentRun) -> None:
+        run.subscribers += 1
+        if run.cancel_timer is not None:  # back within the grace period
+            run.cancel_timer.cancel()
+            run.cancel_timer = None
+
+    def _leave(self, run: AgentRun) -> None:
+        """When the last client (streaming or JSON) leaves a live run, it is cancelled after the
+        disconnect grace."""
+        run.subscribers -= 1
+        if run.subscribers == 0 and not run.finished:
+            self._cancel_later(run, self.settings.agent_disconnect_grace_s)
 
     def _cancel_later(self, run: AgentRun, grace_s: float) -> None:
         """Cancel the run unless a client reconnects within the grace period, which starts anew at
@@ -143,14 +150,15 @@ class AgentService:
         run.cancel_timer = asyncio.get_running_loop().call_later(grace_s, _cancel_unfollowed, run)
 
     async def result(self, run: AgentRun) -> dict[str, Any]:
-        """Wait for the run and return its ``final`` data with a trace of the tool calls, or raise
-        its error. Cancelling the wait (the client went away) cancels the run."""
+        """Wait for the run, as one of its clients, and return its ``final`` data with a trace of
+        the tool calls, or raise its error. Cancelling the wait (the client went away) leaves the run,
+        which is cancelled if nobody else follows it."""
         assert run.task is not None
+        self._join(run)
         try:
             await asyncio.wait({run.task})
-        except asyncio.CancelledError:
-            run.task.cancel()
-            raise
+        finally:
+            self._leave(run)
         last = run.events[-1] if run.events else None
         if last is None or last.event != "final":
             err = dict(last.data) if last is not None else {"type": "internal_error",
