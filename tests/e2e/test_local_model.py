@@ -6,7 +6,7 @@ schema-valid outputs, order, accounting, the agent's event flow), not the answer
 
 from __future__ import annotations
 
-import json
+import pytest
 
 from tests.integration.test_agent_api import parse_sse
 from tests.support import gateway
@@ -63,7 +63,8 @@ async def test_agent_forced_calculator_call(local_llm_url):
             "max_steps": 3, "config": {"max_tokens": 120, "temperature": 0}})
         assert r.status_code == 200
         events = parse_sse(r.text)
-        steps_metric = sum(gw.metric("vgate_agent_runs_total", outcome=o) for o in ("ok", "max_steps", "length"))
+        runs_metric = sum(gw.metric("vgate_agent_runs_total", outcome=o) for o in ("ok", "max_steps", "length"))
+        steps_metric = gw.metric("vgate_agent_steps_sum")
     kinds = [e["event"] for e in events if e["event"] not in ("delta", "reasoning")]
     assert kinds[0] == "run" and kinds[1] == "tool_call" and kinds[2] == "tool_result"
     assert kinds[-1] == "final"
@@ -72,9 +73,13 @@ async def test_agent_forced_calculator_call(local_llm_url):
     assert call["name"] == "calculator" and isinstance(call["arguments"], dict)
     assert result["id"] == call["id"]
     final = events[-1]["data"]
-    assert final["usage"]["prompt_tokens"] > 0 and final["cost_usd"] > 0
-    assert steps_metric == 1
-    json.dumps(final)
+    assert final["stop_reason"] in ("answer", "max_steps", "length") and isinstance(final["answer"], (str, type(None)))
+    assert final["steps"] >= 2 and final["model_calls"] >= final["steps"]  # the tool call's step, then another
+    usage = final["usage"]
+    assert usage["prompt_tokens"] > 0 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    expected_cost = (usage["prompt_tokens"] * 0.01 + usage["completion_tokens"] * 0.03) / 1000  # the default price
+    assert final["cost_usd"] == pytest.approx(expected_cost) and final["cost_usd"] == round(final["cost_usd"], 10)
+    assert runs_metric == 1 and steps_metric == final["steps"]
 
 
 async def test_agent_runs_stream_after_a_forced_call_the_model_ignored(local_llm_url):

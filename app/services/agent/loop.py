@@ -26,7 +26,7 @@ from app.services.agent import react
 from app.services.agent.runs import AgentRun, SessionStore
 from app.services.agent.stream import Coalescer
 from app.services.agent.task import AgentTask
-from app.services.lm import ContentDelta, Done, LMClient, LMResult, ReasoningDelta, ToolCall, Usage
+from app.services.lm import CallUsage, ContentDelta, Done, LMClient, LMResult, ReasoningDelta, ToolCall, Usage
 from app.settings import Settings
 from app.tools.executor import ToolExecutor, ToolResult
 
@@ -40,12 +40,14 @@ class Totals:
     steps: int = 0  # loop steps (each ends in an answer or in tool calls)
     model_calls: int = 0  # upstream calls, a discarded one included (it was paid for)
     model: str | None = None
+    estimated: bool = False  # a call was cut short (the run cancelled mid-call): its tokens are estimates
 
-    def add(self, r: LMResult) -> None:
-        self.usage.add(r.usage)
-        self.cost_usd += r.cost_usd
+    def add_call(self, call: CallUsage) -> None:
+        """The LM client's account of one upstream call, a call cut short included."""
+        self.usage.add(call.usage)
+        self.cost_usd += call.cost_usd
         self.model_calls += 1
-        self.model = r.model
+        self.estimated |= call.estimated
 
 
 class RunLoop:
@@ -113,7 +115,7 @@ class RunLoop:
                 "steps": totals.steps,
                 "model_calls": totals.model_calls,
                 "usage": totals.usage.as_dict(),
-                "cost_usd": totals.cost_usd,
+                "cost_usd": round(totals.cost_usd, 10),  # no float noise (0.0024000000000000002)
                 "latency_ms": round((time.perf_counter() - self.started) * 1000, 2),
                 "model": totals.model or model,
                 "run_id": run.run_id,
@@ -159,9 +161,11 @@ class RunLoop:
                                   self.conversation if self.outcome in ("ok", "max_steps", "length") else None)
         self.metrics.agent_runs.labels(outcome=self.outcome).inc()
         self.metrics.agent_steps.observe(totals.steps)
-        log.info("agent_run", outcome=self.outcome, steps=totals.steps, cost_usd=round(totals.cost_usd, 8),
-                 prompt_tokens=totals.usage.prompt_tokens, completion_tokens=totals.usage.completion_tokens,
-                 latency_ms=round((time.perf_counter() - self.started) * 1000, 2))
+        log.info("agent_run", outcome=self.outcome, steps=totals.steps, model_calls=totals.model_calls,
+                 cost_usd=round(totals.cost_usd, 8), prompt_tokens=totals.usage.prompt_tokens,
+                 completion_tokens=totals.usage.completion_tokens,
+                 latency_ms=round((time.perf_counter() - self.started) * 1000, 2),
+                 **({"estimated": True} if totals.estimated else {}))
 
     def _params(self) -> dict[str, Any]:
         params = self.task.config.upstream_params()
@@ -181,7 +185,7 @@ class RunLoop:
                 params["tool_choice"] = task.tool_choice
         # A forced step must not stream text: if the upstream ignores tool_choice, that text is discarded.
         result = await self._call(model, messages, params, on_text=None if forced else self._answer_text)
-        self.totals.add(result)
+        self.totals.model = result.model
         log.info("agent_step", step=step, tool_calls=len(result.tool_calls), finish_reason=result.finish_reason)
         if forced and tools and not result.tool_calls:
             # The upstream ignored tools/tool_choice (e.g. a chat template without tool support):
@@ -218,7 +222,7 @@ class RunLoop:
         splitter = None if forced and tools else react.StreamSplitter()
         on_text = None if splitter is None else (lambda piece: self._publish(splitter.feed(piece)))
         result = await self._call(model, messages, params, on_text=on_text)
-        self.totals.add(result)
+        self.totals.model = result.model
         parsed = react.parse_action_json(result.content) if splitter is None else react.parse(result.content)
         log.info("agent_step", step=step, mode="react", action=parsed.action)
         if splitter is not None:
@@ -260,7 +264,7 @@ class RunLoop:
                     *, on_text: Callable[[str], None] | None) -> LMResult:
         """One streamed model call: reasoning is published as it comes, answer text goes to
         ``on_text`` (None: not shown)."""
-        stream = self.lm.stream_chat(messages, model=model, route="agent", **params)
+        stream = self.lm.stream_chat(messages, model=model, route="agent", on_usage=self.totals.add_call, **params)
         try:
             async with aclosing(stream):
                 async for ev in stream:
