@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import httpx
 import uvicorn
 
-from app.cli import die_with_parent, stop_process, wait_healthy
 from app.main import create_app
+from app.procs import die_with_parent, stop_process, wait_healthy
 from app.settings import Settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from app.cli import DEMO_CURLS, wait_healthy
+from app.demo import DEMO_CURLS
+from app.procs import wait_healthy
 from tests.demo_helpers import healthy_impostor, kill_all, output, start_demo
 from tests.support import ROOT, free_port, spawn
 
