@@ -5,7 +5,9 @@ A spec is `key=value` pairs separated by `;` or `,`, e.g. `status=500;times=2`:
     status=503             answer with this HTTP status and vLLM's error body
     retry_after=1          with status: also send `Retry-After: 1` (seconds)
     times=2                fault only the first 2 attempts of a request; attempts of one request share
-                           the X-Request-Id header (or, without one, the same body)
+                           the `group` below, else the X-Request-Id header, else the same body
+    group=r1               a name for `times` to count attempts by (a client may give each attempt
+                           its own request id, as vgate does)
     rate=0.3               fault with this probability (drawn from a generator seeded by SimConfig.seed)
     slow_first_token_ms=N  hold the first token back N ms (stream: headers go out at once)
     drop_after_chunks=N    stream: send N SSE events, then cut the connection (no terminating chunk);
@@ -46,6 +48,7 @@ class FaultSpec:
     stream_error: int | None = None
     hang: bool = False
     keepalive: bool = False
+    group: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> FaultSpec | None:
@@ -62,7 +65,9 @@ class FaultSpec:
             if not sep or key not in types:
                 raise ValueError(f"bad fault item {item.strip()!r}; keys: {', '.join(types)}")
             try:
-                if key in ("malformed", "hang", "keepalive"):
+                if key == "group":
+                    values[key] = raw
+                elif key in ("malformed", "hang", "keepalive"):
                     values[key] = raw.lower() in ("1", "true", "yes", "on")
                 elif "float" in types[key]:
                     values[key] = float(raw)
@@ -114,7 +119,7 @@ class FaultInjector:
         if spec is None:
             return None
         if spec.times is not None:
-            attempt_of = request_id or hashlib.blake2b(body, digest_size=16).hexdigest()
+            attempt_of = spec.group or request_id or hashlib.blake2b(body, digest_size=16).hexdigest()
             key = (header or "", attempt_of)
             attempt = self._attempts.pop(key, 0) + 1
             self._attempts[key] = attempt

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 import pytest
 from structlog.testing import capture_logs
 
@@ -20,7 +21,7 @@ from app.errors import (
 )
 from app.metrics import Metrics
 from app.services.lm import ContentDelta, Done, LMClient
-from tests.support import fake_upstream, free_port, gateway, make_settings, sim_reset, sim_stats
+from tests.support import completion_chunks, fake_upstream, free_port, gateway, make_settings, sim_reset, sim_stats
 
 MSG = [{"role": "user", "content": "Tell me about continuous batching."}]
 
@@ -98,8 +99,29 @@ async def test_retries_transient_503_then_succeeds(sim_url):
 
 
 async def _chat_with_fault(lm: LMClient, fault: str, rid: str, **params):
+    # group: the simulator counts a fault's `times` by it, as each attempt carries its own request id
     return await lm.chat(MSG, max_tokens=params.pop("max_tokens", 5), request_id=rid,
-                         headers={"x-sim-fault": fault}, **params)
+                         headers={"x-sim-fault": f"{fault};group={rid}"}, **params)
+
+
+async def test_each_attempt_carries_its_own_request_id():
+    """A retry must not reuse the id of an attempt vLLM may still be aborting ("already running")."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "m"}]})
+        seen.append(request.headers["x-request-id"])
+        if len(seen) == 1:
+            return httpx.Response(503, json={"error": {"message": "busy"}})
+        return fake_upstream(completion_chunks('{"a": 1}')).handler(request)
+
+    token = request_context.set(RequestContext("rq"))
+    try:
+        r = await _chat_against(httpx.MockTransport(handler))
+    finally:
+        request_context.reset(token)
+    assert r.attempts == 2 and seen == ["rq-1", "rq-2"]
 
 
 async def test_persistent_503_gives_up_with_503_and_retry_hint(sim_url):
@@ -268,6 +290,10 @@ async def test_a_full_queue_is_refused_at_once(sim_url):
     assert all(r.type == "upstream_overloaded" and r.retry_after_s >= 1 for r, _ in refused)
     assert max(t for _, t in refused) < min(t for _, t in served)  # refused before the first call even ended
     assert sample(m, "vgate_upstream_shed_total", upstream=sim_url, reason="queue_full") == 3
+    # refused calls never reached the upstream: not its errors, not its latency
+    assert sample(m, "vgate_upstream_requests_total", model="sim-model", outcome="shed") == 3
+    assert sample(m, "vgate_upstream_errors_total", model="sim-model", type="upstream_overloaded") == 0
+    assert sample(m, "vgate_upstream_request_duration_seconds_count", model="sim-model") == 3
 
 
 async def test_overloaded_is_a_503_with_retry_after_through_predict(sim_url):

@@ -151,3 +151,54 @@ async def test_a_model_the_upstream_does_not_serve_is_a_404_before_any_call():
     assert err["type"] == "model_not_found" and err["available"] == ["served-model"]
     assert agent.status_code == 404 and agent.json()["error"]["type"] == "model_not_found"
     assert ok.status_code == 200 and calls == ["/v1/chat/completions"]  # only the served name was sent
+
+
+async def test_a_cancelled_first_listing_leaves_no_broken_state():
+    """The caller left while /v1/models was slow: the next request lists again (it used to get a 500
+    for models_refresh_s, from an assertion on a list that was never fetched)."""
+    slow = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            if not slow.is_set():
+                slow.set()
+                await asyncio.sleep(5)
+            return _models("m")
+        return _sse('{"a": "x"}')
+
+    async with gateway("http://up", lm_transport=httpx.MockTransport(handler)) as gw:
+        first = asyncio.ensure_future(gw.state.lm.resolve_model(None))
+        await slow.wait()
+        first.cancel()
+        r = await gw.client.post("/predict", json=PREDICT)
+    assert r.status_code == 200, r.text
+
+
+async def test_a_failed_listing_is_retried_within_a_second_not_after_the_refresh_period():
+    listings: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            listings.append(1)
+            if len(listings) == 1:
+                raise httpx.ConnectError("vLLM is restarting")
+            return _models("m")
+        return _sse('{"a": "x"}')
+
+    async with gateway("http://up", models_refresh_s=30, lm_transport=httpx.MockTransport(handler)) as gw:
+        down = await gw.client.post("/predict", json=PREDICT)
+        again = await gw.client.post("/predict", json=PREDICT)  # at once: answered from memory
+        await asyncio.sleep(1.1)
+        back = await gw.client.post("/predict", json=PREDICT)
+    assert down.status_code == 503 and again.status_code == 503 and len(listings) == 2
+    assert back.status_code == 200, back.text
+
+
+async def test_a_4xx_from_the_model_listing_is_the_gateways_502_not_the_clients_400():
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"error": {"message": "internal routing table at 10.0.0.7 is stale"}})
+
+    async with gateway("http://up", lm_transport=httpx.MockTransport(handler)) as gw:
+        r = await gw.client.post("/predict", json=PREDICT)
+    assert r.status_code == 502 and r.json()["error"]["upstream_status"] == 400
+    assert "10.0.0.7" not in r.text

@@ -19,7 +19,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -37,17 +37,16 @@ from app.errors import (
 )
 from app.metrics import Metrics
 from app.services.lm.admission import Admission, Overloaded
+from app.services.lm.calls import Call, CallBooks, UsageCallback
 from app.services.lm.errors import AttemptFailed, parse_retry_after, status_failure, transport_failure
 from app.services.lm.models import ModelCatalog
 from app.services.lm.retry import RetryPolicy, with_retries
-from app.services.lm.stream import Accumulator, Chunk, EndOfStream, next_chunk
-from app.services.lm.types import CallUsage, Done, LMResult, StreamEvent, UpstreamModel, Usage
+from app.services.lm.stream import Chunk, EndOfStream, next_chunk
+from app.services.lm.types import Done, LMResult, StreamEvent, UpstreamModel
 from app.settings import Settings
 
 log = structlog.get_logger("vgate.lm")
 
-UsageCallback = Callable[[CallUsage], None]
-CHARS_PER_TOKEN = 4  # for an estimate of the prompt tokens of a call cut short before its usage chunk
 
 
 @dataclass(slots=True)
@@ -105,7 +104,7 @@ class LMClient:
         # Gauges read at scrape time: nothing to update on the hot path.
         metrics.upstream_in_flight.labels(upstream=self.upstream).set_function(lambda: self._admission.in_use)
         metrics.upstream_queued.labels(upstream=self.upstream).set_function(lambda: self._admission.queued)
-        self._queue_time = metrics.upstream_queue.labels(upstream=self.upstream)
+        self._books = CallBooks(metrics, settings, metrics.upstream_queue.labels(upstream=self.upstream))
         self._retry = RetryPolicy(settings.max_retries, settings.retry_backoff_initial_s, settings.retry_backoff_max_s)
         self._ids = itertools.count(1)  # numbers the calls made outside a request's context
         self.models = ModelCatalog(self._http, settings)
@@ -171,7 +170,6 @@ class LMClient:
         the call's tokens and cost once, whether it completed or was cut short.
         """
         model = await self.resolve_model(model)
-        label = self.model_label(model)
         body: dict[str, Any] = {
             "model": model,
             "messages": messages,
@@ -180,42 +178,38 @@ class LMClient:
             "stream_options": {"include_usage": True},
         }
         content = _encode(body)
-        entered = time.perf_counter()
-        deadline = entered + self.settings.request_timeout_s  # the queue's wait counts against it
-        started = entered
-        acc = Accumulator()
-        opened: _Opened | None = None
-        outcome, error_type, attempts = "error", None, 0
-        ttft: float | None = None
+        call = Call(model=model, label=self.model_label(model), route=route, messages=messages,
+                     tools=params.get("tools"), on_usage=on_usage)
+        deadline = call.entered + self.settings.request_timeout_s  # the queue's wait counts against it
+        acc = call.acc
         try:
             try:
                 await self._admission.acquire(deadline)
             except Overloaded as exc:
-                started = time.perf_counter()  # the time it waited is queue time, as for an admitted call
+                call.outcome = "shed"
                 self.metrics.upstream_shed.labels(upstream=self.upstream, reason=exc.reason).inc()
                 raise
-            started = time.perf_counter()
+            finally:
+                call.started = time.perf_counter()  # what it waited until now is queue time
             ctx = request_context.get()
             timer = ctx.timer if ctx is not None else None
             if timer is not None:
                 timer.enter()
             try:
-                # One id for the call, its retries included (vLLM aborts an attempt whose connection closed).
-                upstream_id = self._upstream_request_id(request_id)
-                opened, attempts = await with_retries(
-                    lambda: self._open_once(content, model, upstream_id, headers, deadline),
-                    self._retry, deadline, lambda n, failed, sleep: self._on_retry(label, n, failed, sleep))
+                call.opened, call.attempts = await with_retries(
+                    lambda: self._open_once(content, model, request_id, headers, deadline),
+                    self._retry, deadline, lambda n, failed, sleep: self._on_retry(call.label, n, failed, sleep))
                 try:
-                    chunk = opened.first
+                    chunk = call.opened.first
                     while chunk is not None:
                         events = acc.feed(chunk)
-                        if ttft is None and events:
-                            ttft = time.perf_counter() - started
+                        if call.ttft is None and events:
+                            call.ttft = time.perf_counter() - call.started
                         for ev in events:
                             yield ev
                         if time.perf_counter() > deadline:
                             raise UpstreamTimeoutError("upstream call exceeded its deadline")
-                        chunk = await next_chunk(opened.lines)
+                        chunk = await next_chunk(call.opened.lines)
                 except EndOfStream:
                     if acc.finish_reason is None:  # cut off: never pass half an answer as whole
                         raise UpstreamError("upstream closed the stream before finishing",
@@ -226,46 +220,38 @@ class LMClient:
                     raise UpstreamError(f"upstream connection broke mid-stream ({type(exc).__name__})",
                                         type="upstream_stream_error") from exc
                 finally:
-                    await opened.response.aclose()
+                    await call.opened.response.aclose()
             finally:
                 if timer is not None:
                     timer.exit()
-                self._admission.release(time.perf_counter() - started)
-            result = self._result(acc, model, started, ttft, attempts, started - entered, messages)
-            outcome = "ok"
-            self._account(result.usage, result.cost_usd, acc.usage is None, label, route, on_usage)
-            self._log_call(outcome, result.model, route, result.usage, result.cost_usd, acc.usage is None, started,
-                           entered, ttft, attempts, acc.finish_reason, opened.upstream_request_id, None,
-                           result.tokens_per_s)
+                self._admission.release(time.perf_counter() - call.started)
+            result = self._result(call)
+            call.outcome = "ok"
+            self._books.close(call, result.usage, estimated=acc.usage is None)
             yield Done(result)
         except VGateError as exc:
-            error_type = exc.type
-            self.metrics.upstream_errors.labels(model=label, type=exc.type).inc()
+            call.error_type = exc.type
+            call.attempts = call.attempts or exc.details.get("attempts", 0)
             raise
         except (asyncio.CancelledError, GeneratorExit):
-            if outcome != "ok":  # closing after Done (chat() returning) is not a cancellation
-                outcome = "cancelled"
+            if call.outcome != "ok":  # closing after Done (chat() returning) is not a cancellation
+                call.outcome = "cancelled"
             raise
         finally:
-            if outcome != "ok":
-                self._cut_short(outcome, error_type, acc, opened, model, label, route, messages, params, started,
-                                entered, ttft, attempts, on_usage)
-            self.metrics.upstream_requests.labels(model=label, outcome=outcome).inc()
-            self.metrics.upstream_duration.labels(model=label).observe(time.perf_counter() - started)
-            self._queue_time.observe(started - entered)
-            if ttft is not None:
-                self.metrics.upstream_ttft.labels(model=label).observe(ttft)
+            if call.outcome != "ok":
+                self._books.cut_short(call)
 
     # ------------------------------------------------------------------ internals
 
     def _upstream_request_id(self, request_id: str | None) -> str | None:
-        """``<request id>-<n>``: unique per upstream call (vLLM refuses an id already running)."""
+        """``<request id>-<n>``: unique per upstream call, a retry included (vLLM refuses an id that is
+        already running, and an attempt it is still aborting may be)."""
         if request_id is not None:
             return f"{request_id}-{next(self._ids)}"
         ctx = request_context.get()
         return ctx.next_upstream_id() if ctx is not None else None
 
-    async def _open_once(self, content: bytes, model: str, upstream_id: str | None,
+    async def _open_once(self, content: bytes, model: str, request_id: str | None,
                          extra_headers: dict[str, str] | None, deadline: float) -> _Opened:
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
@@ -278,6 +264,7 @@ class LMClient:
             pool=remaining,
         )
         headers = {"content-type": "application/json", **(extra_headers or {})}
+        upstream_id = self._upstream_request_id(request_id)
         if upstream_id:
             headers["x-request-id"] = upstream_id
         try:
@@ -318,84 +305,25 @@ class LMClient:
         self.metrics.upstream_retries.labels(model=label, reason=failed.reason).inc()
         log.info("upstream_retry", attempt=attempt, reason=failed.reason, sleep_s=round(sleep_s, 3))
 
-    def _result(self, acc: Accumulator, model: str, started: float, ttft: float | None, attempts: int,
-                queue_s: float, messages: list[dict[str, Any]]) -> LMResult:
-        latency = time.perf_counter() - started
-        if acc.usage is not None:
-            usage = Usage(acc.usage.prompt_tokens, acc.usage.completion_tokens)
-        else:  # an old server without include_usage: estimate, and say so in the log
-            usage = Usage(self._estimate_prompt_tokens(messages, None), acc.token_chunks)
-        decode_s = latency - (ttft or 0.0)
+    def _result(self, call: Call) -> LMResult:
+        acc = call.acc
+        latency = time.perf_counter() - call.started
+        usage = self._books.usage(call)
+        decode_s = latency - (call.ttft or 0.0)
         tps = usage.completion_tokens / decode_s if decode_s > 0 and usage.completion_tokens else None
+        call.tokens_per_s = tps
         return LMResult(
             content="".join(acc.content),
             reasoning="".join(acc.reasoning) or None,
             tool_calls=acc.tool_calls(),
             finish_reason=acc.finish_reason,
             usage=usage,
-            model=acc.model or model,
-            cost_usd=self.settings.price_for(model).cost(usage.prompt_tokens, usage.completion_tokens),
+            model=acc.model or call.model,
+            cost_usd=self._books.cost(call, usage),
             latency_ms=latency * 1000,
-            ttft_ms=ttft * 1000 if ttft is not None else None,
+            ttft_ms=call.ttft * 1000 if call.ttft is not None else None,
             tokens_per_s=tps,
-            attempts=attempts,
+            attempts=call.attempts,
             upstream_id=acc.id,
-            queue_ms=queue_s * 1000,
+            queue_ms=(call.started - call.entered) * 1000,
         )
-
-    @staticmethod
-    def _estimate_prompt_tokens(messages: list[dict[str, Any]], tools: Any) -> int:
-        chars = sum(len(str(m.get("content") or "")) for m in messages)
-        if tools:
-            chars += len(json.dumps(tools, default=str))
-        return max(1, chars // CHARS_PER_TOKEN)
-
-    def _cut_short(self, outcome: str, error_type: str | None, acc: Accumulator, opened: _Opened | None, model: str,
-                   label: str, route: str, messages: list[dict[str, Any]], params: dict[str, Any], started: float,
-                   entered: float, ttft: float | None, attempts: int, on_usage: UsageCallback | None) -> None:
-        """Account a call that did not complete: the work the upstream did is counted, estimated."""
-        usage, cost, estimated = Usage(), 0.0, False
-        if opened is not None:  # the upstream took the call: prefill (and maybe some decoding) was done
-            if acc.usage is not None:
-                usage = Usage(acc.usage.prompt_tokens, acc.usage.completion_tokens)
-            else:
-                usage, estimated = Usage(self._estimate_prompt_tokens(messages, params.get("tools")),
-                                         acc.token_chunks), True
-            cost = self.settings.price_for(model).cost(usage.prompt_tokens, usage.completion_tokens)
-            self._account(usage, cost, estimated, label, route, on_usage)
-        self._log_call(outcome, acc.model or model, route, usage, cost, estimated, started, entered, ttft, attempts,
-                       acc.finish_reason, opened.upstream_request_id if opened else None, error_type, None)
-
-    def _account(self, usage: Usage, cost: float, estimated: bool, label: str, route: str,
-                 on_usage: UsageCallback | None) -> None:
-        m = self.metrics
-        m.prompt_tokens.labels(model=label, route=route).inc(usage.prompt_tokens)
-        m.completion_tokens.labels(model=label, route=route).inc(usage.completion_tokens)
-        m.cost.labels(model=label, route=route).inc(cost)
-        if on_usage is not None:
-            on_usage(CallUsage(usage, cost, estimated))
-
-    def _log_call(self, outcome: str, model: str, route: str, usage: Usage, cost: float, estimated: bool,
-                  started: float, entered: float, ttft: float | None, attempts: int, finish_reason: str | None,
-                  upstream_request_id: str | None, error_type: str | None, tokens_per_s: float | None) -> None:
-        level = log.info if outcome != "error" else log.warning
-        fields: dict[str, Any] = dict(
-            outcome=outcome,
-            model=model,
-            route=route,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cost_usd=round(cost, 8),
-            latency_ms=round((time.perf_counter() - started) * 1000, 2),
-            queue_ms=round((started - entered) * 1000, 2),
-            ttft_ms=round(ttft * 1000, 2) if ttft is not None else None,
-            tokens_per_s=round(tokens_per_s, 1) if tokens_per_s else None,
-            finish_reason=finish_reason,
-            attempts=attempts,
-            upstream_request_id=upstream_request_id,
-        )
-        if estimated:
-            fields["estimated"] = True
-        if error_type is not None:
-            fields["error_type"] = error_type
-        level("upstream_call", **fields)

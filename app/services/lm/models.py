@@ -20,6 +20,7 @@ from app.services.lm.types import UpstreamModel
 from app.settings import Settings
 
 MISS_REFRESH_INTERVAL_S = 1.0  # an unknown name refetches the list at most this often
+ERROR_TTL_S = 1.0  # a failed listing is answered from memory this long, not for models_refresh_s
 
 
 class _ModelCard(pydantic.BaseModel):
@@ -37,7 +38,7 @@ class ModelCatalog:
         self._http = http
         self.settings = settings
         self._models: list[UpstreamModel] | None = None
-        self._error: VGateError | None = None  # the last listing's failure, cached like a list
+        self._error: VGateError | None = None  # the last listing's failure, remembered ERROR_TTL_S
         self._served: frozenset[str] = frozenset()
         self._listed_at = float("-inf")  # time.monotonic() of the last listing attempt
         self._lock = asyncio.Lock()
@@ -54,14 +55,14 @@ class ModelCatalog:
             if not refresh and self._fresh():  # another call refreshed it while this one waited
                 return self._cached()
             try:
-                self._models = await self._fetch()
+                models = await self._fetch()
             except VGateError as exc:
-                self._error = exc
+                # Remembered briefly, so a burst of calls does not each wait on a failing upstream;
+                # never for long: the upstream may be back a second later. A cancelled fetch (the
+                # caller left) is not remembered at all.
+                self._error, self._listed_at = exc, time.monotonic()
                 raise
-            else:
-                self._error = None
-            finally:
-                self._listed_at = time.monotonic()
+            self._models, self._error, self._listed_at = models, None, time.monotonic()
             self._served = frozenset(m.id for m in self._models)
             self._known.update(self._served)
             return self._models
@@ -97,12 +98,13 @@ class ModelCatalog:
         return model if model in self._known else "other"
 
     def _fresh(self) -> bool:
-        return time.monotonic() - self._listed_at < self.settings.models_refresh_s
+        ttl = ERROR_TTL_S if self._error is not None else self.settings.models_refresh_s
+        return (self._models is not None or self._error is not None) and time.monotonic() - self._listed_at < ttl
 
     def _cached(self) -> list[UpstreamModel]:
         if self._error is not None:
             raise self._error
-        assert self._models is not None
+        assert self._models is not None  # _fresh() holds only with a list or an error
         return self._models
 
     async def _fetch(self) -> list[UpstreamModel]:
@@ -110,10 +112,13 @@ class ModelCatalog:
             r = await self._http.get("/v1/models", timeout=self.settings.connect_timeout_s * 2)
         except httpx.HTTPError as exc:
             raise transport_failure(exc, self.settings.upstream_url).error from exc
-        if r.status_code == 404:
-            raise UpstreamError("the upstream lists no models (404 on /v1/models)", upstream_status=404)
         if r.status_code != 200:
-            raise status_failure(r.status_code, r.content, None, model="").error
+            # The listing is the gateway's own request: whatever its status, it is not the client's fault.
+            failure = status_failure(r.status_code, r.content, None, model="").error
+            if failure.status_code < 500:
+                raise UpstreamError(f"the upstream could not list its models ({r.status_code})",
+                                    upstream_status=r.status_code)
+            raise failure
         try:
             raw = json.loads(r.content)
             listed = _ModelList.model_validate(raw)

@@ -1,0 +1,114 @@
+"""One upstream call's record, and its books: token and cost counters, ``on_usage``, the metrics
+and the ``upstream_call`` log line, kept once per call — a call cut short or refused included."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from prometheus_client.metrics import Histogram
+
+from app.metrics import Metrics
+from app.services.lm.stream import Accumulator
+from app.services.lm.types import CallUsage, Usage
+from app.settings import Settings
+
+log = structlog.get_logger("vgate.lm")
+
+UsageCallback = Callable[[CallUsage], None]
+CHARS_PER_TOKEN = 4  # for an estimate of the prompt tokens of a call cut short before its usage chunk
+
+
+@dataclass(slots=True)
+class Call:
+    """One upstream call's record, from entering the queue to its log line."""
+
+    model: str
+    label: str
+    route: str
+    messages: list[dict[str, Any]]
+    tools: Any
+    on_usage: UsageCallback | None
+    entered: float = field(default_factory=time.perf_counter)
+    started: float = 0.0  # a slot was held (or the call was refused) at this time
+    acc: Accumulator = field(default_factory=Accumulator)
+    opened: Any = None  # the upstream took the call
+    attempts: int = 0
+    ttft: float | None = None
+    tokens_per_s: float | None = None
+    outcome: str = "error"  # ok, error, cancelled, shed
+    error_type: str | None = None
+
+
+
+class CallBooks:
+    def __init__(self, metrics: Metrics, settings: Settings, queue_time: Histogram) -> None:
+        self.metrics = metrics
+        self.settings = settings
+        self.queue_time = queue_time
+
+    def cost(self, call: Call, usage: Usage) -> float:
+        return self.settings.price_for(call.model).cost(usage.prompt_tokens, usage.completion_tokens)
+
+    @staticmethod
+    def usage(call: Call) -> Usage:
+        """vLLM's usage chunk, or (a call cut short, an old server) an estimate: completion tokens from
+        the chunks streamed, prompt tokens from the prompt's size."""
+        if call.acc.usage is not None:
+            return Usage(call.acc.usage.prompt_tokens, call.acc.usage.completion_tokens)
+        chars = sum(len(str(m.get("content") or "")) for m in call.messages)
+        if call.tools:
+            chars += len(json.dumps(call.tools, default=str))
+        return Usage(max(1, chars // CHARS_PER_TOKEN), call.acc.token_chunks)
+
+    def cut_short(self, call: Call) -> None:
+        """A call that did not complete: the work the upstream did is counted (estimated) once it had
+        taken the call; one refused or failed before that cost nothing."""
+        if call.opened is not None:
+            self.close(call, self.usage(call), estimated=call.acc.usage is None)
+        else:
+            self.close(call, Usage(), estimated=False)
+
+    def close(self, call: Call, usage: Usage, *, estimated: bool) -> None:
+        """The call's books, once: token and cost counters, ``on_usage``, metrics, the log line."""
+        m, label = self.metrics, call.label
+        cost = self.cost(call, usage)
+        now = time.perf_counter()
+        if usage.prompt_tokens or usage.completion_tokens:
+            m.prompt_tokens.labels(model=label, route=call.route).inc(usage.prompt_tokens)
+            m.completion_tokens.labels(model=label, route=call.route).inc(usage.completion_tokens)
+            m.cost.labels(model=label, route=call.route).inc(cost)
+        if call.on_usage is not None and (call.opened is not None or call.outcome == "ok"):
+            call.on_usage(CallUsage(usage, cost, estimated))
+        m.upstream_requests.labels(model=label, outcome=call.outcome).inc()
+        self.queue_time.observe(call.started - call.entered)
+        if call.outcome != "shed":  # refused before any upstream time: not an upstream latency
+            m.upstream_duration.labels(model=label).observe(now - call.started)
+            if call.error_type is not None:
+                m.upstream_errors.labels(model=label, type=call.error_type).inc()
+        if call.ttft is not None:
+            m.upstream_ttft.labels(model=label).observe(call.ttft)
+        fields: dict[str, Any] = dict(
+            outcome=call.outcome,
+            model=call.acc.model or call.model,
+            route=call.route,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cost_usd=round(cost, 8),
+            latency_ms=round((now - call.started) * 1000, 2),
+            queue_ms=round((call.started - call.entered) * 1000, 2),
+            ttft_ms=round(call.ttft * 1000, 2) if call.ttft is not None else None,
+            tokens_per_s=round(call.tokens_per_s, 1) if call.tokens_per_s else None,
+            finish_reason=call.acc.finish_reason,
+            attempts=call.attempts,
+            upstream_request_id=call.opened.upstream_request_id if call.opened is not None else None,
+        )
+        if estimated:
+            fields["estimated"] = True
+        if call.error_type is not None:
+            fields["error_type"] = call.error_type
+        (log.info if call.outcome in ("ok", "cancelled") else log.warning)("upstream_call", **fields)
