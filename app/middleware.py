@@ -114,9 +114,11 @@ class RequestContextMiddleware:
 class BodyLimitMiddleware:
     """Refuses a request body over ``max_bytes`` with a 413, before any of it reaches a route.
 
-    A declared ``Content-Length`` over the limit is refused without reading the body. A body of
-    unknown length (chunked) is read up to the limit and replayed to the app; one byte more is a
-    413. (A body with a ``Content-Length`` cannot run past it: the HTTP server enforces the framing.)
+    A declared ``Content-Length`` over the limit is refused without reading the body; a body with
+    one (and no ``Transfer-Encoding``) cannot run past it, as the HTTP server enforces the framing.
+    Any other body — chunked, ``Transfer-Encoding`` beside a ``Content-Length`` (which wins over
+    it), or no framing header at all (HTTP/2) — is read up to the limit and replayed to the app;
+    one byte more is a 413.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -128,42 +130,42 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         length: bytes | None = None
-        chunked = False
+        framed_by_length = True
         for k, v in scope["headers"]:
             if k == b"content-length":
                 length = v
-            elif k == b"transfer-encoding" and b"chunked" in v.lower():
-                chunked = True
+            elif k == b"transfer-encoding":
+                framed_by_length = False
         if length is not None:
             try:
-                too_large = int(length) > self.max_bytes
+                declared = int(length)
             except ValueError:
-                too_large = False  # the HTTP server refuses a malformed Content-Length itself
-            if too_large:
+                declared = None  # the HTTP server refuses a malformed Content-Length itself
+            if declared is not None and declared > self.max_bytes:
                 await self._refuse(scope, send)
                 return
-        elif chunked:
-            messages: list[Message] = []
-            size = 0
-            while True:
-                message = await receive()
-                messages.append(message)
-                if message["type"] != "http.request":
-                    break  # a disconnect: let the app see it
-                size += len(message.get("body", b""))
-                if size > self.max_bytes:
-                    await self._refuse(scope, send)
-                    return
-                if not message.get("more_body", False):
-                    break
-            replay = iter(messages)
-
-            async def receive_replayed() -> Message:
-                return next(replay, None) or await receive()
-
-            await self.app(scope, receive_replayed, send)
+        if length is not None and framed_by_length:
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break  # a disconnect: let the app see it
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self._refuse(scope, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replay = iter(messages)
+
+        async def receive_replayed() -> Message:
+            return next(replay, None) or await receive()
+
+        await self.app(scope, receive_replayed, send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         await send_error(send, 413, "payload_too_large",

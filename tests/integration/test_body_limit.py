@@ -43,3 +43,45 @@ def test_a_chunked_body_over_the_limit_is_413(sim_url):
                            timeout=10)
     assert big.status_code == 413 and big.json()["error"]["type"] == "payload_too_large"
     assert small.status_code == 200, small.text
+
+
+async def _asgi(app, headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> tuple[int, bytes]:
+    """Drive the ASGI app with raw framing headers, as an HTTP server that does not enforce them would."""
+    from app.middleware import BodyLimitMiddleware
+
+    incoming = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    sent: list[dict] = []
+
+    async def receive():
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": headers, "state": {}}
+    await BodyLimitMiddleware(app, max_bytes=LIMIT)(scope, receive, send)
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def test_a_small_content_length_beside_transfer_encoding_does_not_bypass_the_limit():
+    """With both headers the body is chunked (Transfer-Encoding wins, RFC 9112): h11 reads it so,
+    and a Content-Length of 10 must not let megabytes through uncounted. Nor may a body without
+    any framing header (HTTP/2)."""
+    reached: list[int] = []
+
+    async def app(scope, receive, send):
+        body = b""
+        while True:
+            m = await receive()
+            body += m.get("body", b"")
+            if not m.get("more_body"):
+                break
+        reached.append(len(body))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    big = [b"x" * 1024] * (LIMIT // 1024 + 1)
+    both = [(b"content-length", b"10"), (b"transfer-encoding", b"chunked")]
+    assert (await _asgi(app, both, big))[0] == 413
+    assert (await _asgi(app, [], big))[0] == 413
+    assert (await _asgi(app, both, [b"x" * 10]))[0] == 200 and reached == [10]
