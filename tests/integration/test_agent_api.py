@@ -9,10 +9,11 @@ import time
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from app.services.agent import AgentTask
 from app.services.programs import PredictConfig
-from tests.support import gateway, live_gateway, sim_reset, sim_stats
+from tests.support import completion_chunks, fake_upstream, gateway, live_gateway, sim_reset, sim_stats
 
 
 def parse_sse(text: str) -> list[dict]:
@@ -415,3 +416,25 @@ async def test_too_many_concurrent_runs_is_503(sim_latency_url):
         first.task.cancel()
     assert r.status_code == 503 and r.json()["error"]["type"] == "agent_overloaded"
     assert r.headers["retry-after"] == "1"
+
+
+async def test_native_mode_with_an_ignored_forced_call_is_a_typed_502():
+    """mode "native" cannot fall back to ReAct: an upstream that answers a forced tool call in text
+    (a chat template without tools, llama.cpp) ends the run with a clear 502, not an internal error."""
+    sent: list[dict] = []
+    upstream = fake_upstream(completion_chunks("12 times 7 is 84."), check=lambda r: sent.append(json.loads(r.content)))
+    payload = {"input": "What is 12*7?", "tools": ["calculator"], "mode": "native",
+               "tool_choice": {"type": "function", "function": {"name": "calculator"}}}
+    async with gateway("http://up", default_model="m", lm_transport=upstream) as gw:
+        with capture_logs() as logs:
+            events = await run_sse(gw.client, payload)
+            r = await gw.client.post("/agent", headers={"accept": "application/json"}, json=payload)
+    err = events[-1]
+    assert err["event"] == "error" and err["data"]["type"] == "tool_choice_ignored", err
+    assert err["data"]["status"] == 502 and '"auto"' in err["data"]["message"]
+    assert r.status_code == 502, r.text
+    body = r.json()["error"]
+    assert body["type"] == "tool_choice_ignored" and "ReAct" in body["message"] and body["run_id"]
+    assert len(sent) == 2  # one call per run: no ReAct retry in native mode
+    events_logged = [e["event"] for e in logs]
+    assert "agent_run_crashed" not in events_logged and events_logged.count("tool_choice_ignored") == 2

@@ -94,6 +94,7 @@ class RunLoop:
                     except (UpstreamBadRequestError, _SwitchToReact) as exc:
                         # vLLM without --enable-auto-tool-choice refuses "auto" with a 400 that names it;
                         # this can come at any step (a forced first call works without that flag).
+                        # _SwitchToReact is only raised in mode "auto" (see _native_step).
                         refused = isinstance(exc, UpstreamBadRequestError) and _refuses_auto_tools(exc.message)
                         if task.mode != "auto" or not (refused or isinstance(exc, _SwitchToReact)):
                             raise
@@ -188,9 +189,16 @@ class RunLoop:
         self.totals.model = result.model
         log.info("agent_step", step=step, tool_calls=len(result.tool_calls), finish_reason=result.finish_reason)
         if forced and tools and not result.tool_calls:
-            # The upstream ignored tools/tool_choice (e.g. a chat template without tool support):
-            # redo the step, and go on, with the gateway's own protocol. This run only: another may
-            # not force a call, and a model that ignored tool_choice once may honour tools later.
+            # The upstream ignored tools/tool_choice (e.g. a chat template without tool support).
+            if task.mode != "auto":
+                # Mode "native" asked for no fallback: the run ends with the upstream's failure.
+                log.warning("tool_choice_ignored", model=model)
+                raise VGateError(
+                    "the upstream ignored the forced tool call (tool_choice) and answered in text; "
+                    'mode "auto" falls back to the gateway\'s ReAct protocol in that case',
+                    status_code=502, type="tool_choice_ignored")
+            # Mode "auto": redo the step, and go on, with the gateway's own protocol. This run only:
+            # another may not force a call, and a model that ignored tool_choice once may honour tools later.
             log.warning("tool_choice_ignored_fallback_to_react", model=model)
             raise _SwitchToReact()
         if result.finish_reason == "length":
