@@ -1,10 +1,11 @@
 """Runs tools: one code path for the agent loop and ``POST /tools/{name}``.
 
 :meth:`ToolExecutor.execute` never raises for a tool's failure: unknown name, unavailable tool,
-invalid arguments, the tool's own error, a timeout or a bug all come back as a :class:`ToolResult`
-with ``ok=False`` and ``error={"type", "message"}``, which the agent hands to the model and the
-router maps to an HTTP status. Only cancellation propagates, so cancelling an agent run cancels
-its tool call.
+invalid arguments (JSON nested too deeply and text that is not valid Unicode included), the tool's
+own error, a timeout or a bug (in the tool or in its validator) all come back as a
+:class:`ToolResult` with ``ok=False`` and ``error={"type", "message"}``, which the agent hands to
+the model and the router maps to an HTTP status. Only cancellation propagates, so cancelling an
+agent run cancels its tool call.
 
 Sync tools run on a dedicated, bounded thread pool (never on the event loop, never in the
 default executor that DNS lookups share). A sync tool that times out cannot be interrupted: its
@@ -123,6 +124,15 @@ class ToolExecutor:
             kwargs = tool.validate(_parse_arguments(arguments, arg_bytes))
         except ArgumentsError as exc:
             return failed("invalid_arguments", exc.message, errors=exc.errors)
+        except RecursionError:  # from json.loads, or a validator walking the structure
+            return failed("invalid_arguments", "arguments are nested too deeply",
+                          errors=[{"loc": [], "msg": "nested too deeply", "type": "too_deep"}])
+        except UnicodeError:  # text no URL or JSON body can carry; the message may hold it: not shown
+            return failed("invalid_arguments", "arguments hold text that is not valid Unicode (a lone surrogate "
+                          "such as \\ud800?)",
+                          errors=[{"loc": [], "msg": "not valid Unicode text", "type": "unicode"}])
+        except Exception as exc:  # a bug in the tool's validator: execute() still never raises
+            return bug(exc)
 
         timeout_s = tool.timeout_s or self.default_timeout_s
         deadline: asyncio.Timeout | None = None
@@ -170,7 +180,7 @@ def _size(arguments: Any) -> int:
         return len(arguments.encode("utf-8", "replace"))
     try:
         return len(json.dumps(arguments, ensure_ascii=False, default=str).encode("utf-8", "replace"))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return -1
 
 

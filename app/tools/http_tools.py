@@ -16,6 +16,8 @@ where the operator said:
 - a path placeholder must leave its segment one plain segment: a value that, decoded however many
   times, is empty, ``.`` or ``..`` or holds ``/`` or ``\\`` is refused (422); query placeholders
   take any text;
+- text that UTF-8 cannot encode (a lone surrogate, which JSON may spell ``"\\ud800"``) is
+  refused (422) wherever it stands;
 - placeholders never stand in the scheme, host, port or user info; with ``allowed_hosts`` the host
   must be in that list (checked at startup and before each request);
 - redirects are never followed.
@@ -45,6 +47,9 @@ PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_\-]*)\}")
 MAX_RESPONSE_BYTES = 64 * 1024
 MAX_ERROR_SNIPPET_CHARS = 500
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+LONE_SURROGATE_MSG = (
+    "holds a lone surrogate (such as \\ud800), which no url or JSON body can carry: send valid Unicode text"
+)
 PATH_SEGMENT_MSG = (
     "it fills a url path segment: it must not be empty, '.' or '..', nor hold '/', '\\' or control "
     "characters, percent-encoded or not"
@@ -97,9 +102,11 @@ def http_tool(config: HttpToolConfig, http_client: httpx.AsyncClient, *, default
 
     def validate(arguments: dict[str, Any]) -> dict[str, Any]:
         errors = [
-            {"loc": list(e.absolute_path), "msg": e.message, "type": str(e.validator)}
+            {"loc": [_printable(p) for p in e.absolute_path], "msg": e.message, "type": str(e.validator)}
             for e in validator.iter_errors(arguments)
         ]
+        if not errors:  # before the path check: quoting such text for the url would raise
+            errors = [{"loc": loc, "msg": LONE_SURROGATE_MSG, "type": "unicode"} for loc in _lone_surrogates(arguments)]
         if not errors:
             errors = [{"loc": [p], "msg": PATH_SEGMENT_MSG, "type": "path_segment"}
                       for p in url.unsafe_path_placeholders(arguments)]
@@ -201,6 +208,42 @@ def _host(url: httpx.URL) -> str:
 
 def _fill(template: str, arguments: dict[str, Any]) -> str:
     return PLACEHOLDER_RE.sub(lambda m: quote(_text(arguments[m[1]]), safe=""), template)
+
+
+def _lone_surrogates(arguments: dict[str, Any]) -> list[list[Any]]:
+    """The locations of the strings, keys included, that UTF-8 cannot encode: lone surrogates,
+    which JSON text may spell (``"\\ud800"``) but no url or request body can carry. Walked
+    without recursion: however deep the arguments, this cannot overflow the stack."""
+    found: list[list[Any]] = []
+    # (where, value, whether its key encodes); where is (parent's where, key or index), a linked
+    # list, so that a deep structure costs linear time: the loc is spelled out only when needed
+    stack: list[tuple[Any, Any, bool]] = [(None, arguments, True)]
+    while stack:
+        where, value, key_ok = stack.pop()
+        if not key_ok or (isinstance(value, str) and not _encodable(value)):
+            loc = []
+            while where is not None:
+                where, part = where
+                loc.append(_printable(part))
+            found.append(loc[::-1])
+        elif isinstance(value, dict):
+            stack.extend(((where, k), v, not isinstance(k, str) or _encodable(k)) for k, v in reversed(value.items()))
+        elif isinstance(value, list | tuple):
+            stack.extend(((where, i), v, True) for i, v in reversed(list(enumerate(value))))
+    return found
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(part: Any) -> Any:
+    """A location part fit for an error body: a lone surrogate in a key becomes its escape."""
+    return part.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(part, str) else part
 
 
 def _plain_segment(segment: str) -> bool:

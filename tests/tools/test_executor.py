@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from app.metrics import Metrics
 from app.tools.executor import UNKNOWN_TOOL_LABEL, ToolExecutor, ToolResult
-from app.tools.registry import ToolError, ToolRegistry
+from app.tools.registry import Tool, ToolError, ToolRegistry
 from tests.tools.conftest import make_settings, tool_calls
 
 
@@ -77,6 +77,60 @@ async def test_invalid_arguments_become_error_results(metrics: Metrics, argument
     assert result.error["errors"] and all({"loc", "msg", "type"} <= e.keys() for e in result.error["errors"])
     assert ran == []
     assert tool_calls(metrics, "f", "invalid_arguments") == 1
+
+
+DEEP = "[" * 50_000
+
+
+@pytest.mark.parametrize("arguments", [DEEP, '{"a": ' + DEEP, '{"a": ' + DEEP + "]" * 50_000 + "}"])
+async def test_arguments_nested_too_deeply_are_invalid_arguments(metrics: Metrics, arguments: str) -> None:
+    registry = ToolRegistry()
+    registry.register(lambda a: "ran", name="f", description="F.")
+    result = await executor(registry, metrics).execute("f", arguments)  # a RecursionError inside json.loads
+    assert result.error is not None and result.error["type"] == "invalid_arguments", result.error
+    assert "nested too deeply" in result.error["message"]
+    assert [e["type"] for e in result.error["errors"]] == ["too_deep"]
+    assert tool_calls(metrics, "f", "invalid_arguments") == 1
+
+
+async def test_a_deeply_nested_argument_object_does_not_break_the_size_estimate(metrics: Metrics) -> None:
+    deep: list[Any] = []
+    for _ in range(50_000):
+        deep = [deep]
+    registry = ToolRegistry()
+    registry.register(lambda a: "ran", name="f", description="F.")
+    result = await executor(registry, metrics).execute("f", {"a": deep})
+    assert result.result == "ran", result.error
+
+
+@pytest.mark.parametrize(("exc", "type_", "message"), [
+    (UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"), "invalid_arguments", "not valid Unicode"),
+    (RecursionError("maximum recursion depth exceeded"), "invalid_arguments", "nested too deeply"),
+    (RuntimeError("db password is hunter2"), "tool_failed", "tool 'v' failed unexpectedly (RuntimeError)"),
+])
+async def test_a_validator_that_raises_never_makes_execute_raise(
+    metrics: Metrics, exc: Exception, type_: str, message: str
+) -> None:
+    ran = []
+
+    def validate(arguments: dict[str, Any]) -> dict[str, Any]:
+        raise exc
+
+    registry = ToolRegistry()
+    registry.add(Tool(name="v", description="V.", parameters={"type": "object"}, func=lambda: ran.append(1),
+                      is_async=False, validate=validate))
+    with capture_logs() as logs:
+        result = await executor(registry, metrics).execute("v", {"x": "hunter2"})
+    assert result.error is not None and result.error["type"] == type_, result.error
+    assert message in result.error["message"]
+    assert ran == []
+    assert "hunter2" not in json.dumps(logs, default=str) + result.content()
+    if type_ == "tool_failed":  # a bug in the tool: logged with its frames, like one in the tool's function
+        bug = next(e for e in logs if e["event"] == "tool_exception")
+        assert bug["exc_type"] == "RuntimeError" and "raise exc" in bug["traceback"]
+        assert tool_calls(metrics, "v", "error") == 1
+    else:
+        assert tool_calls(metrics, "v", "invalid_arguments") == 1
 
 
 async def test_empty_argument_text_means_no_arguments(metrics: Metrics) -> None:

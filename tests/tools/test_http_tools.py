@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -51,7 +52,9 @@ def capturing_client(sent: list[httpx.Request], response: httpx.Response | None 
 async def post_tool(tools: ToolExecutor, name: str, arguments: dict[str, Any]) -> httpx.Response:
     """``POST /tools/{name}`` through the real router."""
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=small_app(tools)), base_url="http://vgate") as c:
-        return await c.post(f"/tools/{name}", json={"arguments": arguments})
+        # json.dumps escapes what UTF-8 cannot carry ("\\ud800"), as a client's JSON library may
+        return await c.post(f"/tools/{name}", content=json.dumps({"arguments": arguments}),
+                            headers={"content-type": "application/json"})
 
 
 async def test_get_fills_placeholders_and_sends_the_rest_as_query(
@@ -308,3 +311,45 @@ async def test_redirects_are_not_followed_even_by_a_client_that_would(metrics: M
     assert result.error == {"type": "tool_upstream_error", "upstream_status": 302,
                             "message": "weather: the service answered HTTP 302: moved"}
     assert [str(r.url) for r in sent] == ["https://api.example/w/Lyon?appid=SECRET"]
+
+
+# --- arguments no service could be sent -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("url", "method", "arguments", "loc"), [
+    ("https://api.example/w/{city}", "GET", {"city": "a\ud800"}, ["city"]),  # a path placeholder
+    ("https://api.example/w?q={city}", "GET", {"city": "\udfffb"}, ["city"]),  # a query placeholder
+    ("https://api.example/w/{city}", "GET", {"city": "Lyon", "tags": ["ok", "\ud800"]}, ["tags", 1]),  # the query
+    ("https://api.example/w/{city}", "POST", {"city": "Lyon", "tags": ["\ud800"]}, ["tags", 0]),  # the JSON body
+])
+async def test_lone_surrogates_are_invalid_arguments(
+    url: str, method: str, arguments: dict[str, Any], loc: list[Any], metrics: Metrics
+) -> None:
+    sent: list[httpx.Request] = []
+    async with capturing_client(sent) as client:
+        tools = build(metrics, client, config(url, method=method))
+        # POST /tools: a 422 like any invalid argument, not a 500 (or a 502 from inside the call)
+        response = await post_tool(tools, "weather", arguments)
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert [(e["loc"], e["type"]) for e in error["errors"]] == [(loc, "unicode")]
+        assert "lone surrogate" in error["errors"][0]["msg"] and "lone surrogate" in error["message"]
+        # the agent: a model's arguments are JSON text, where "\ud800" is a legal escape
+        result = await tools.execute("weather", json.dumps(arguments), call_id="c1")
+        assert result.error is not None and result.error["type"] == "invalid_arguments", result.error
+        assert result.error["errors"] == error["errors"]
+        result.content().encode("utf-8")  # what the model reads is valid text
+    assert sent == []
+    assert tool_calls(metrics, "weather", "invalid_arguments") == 2
+
+
+async def test_a_lone_surrogate_in_a_nested_key_is_refused_with_a_printable_location(metrics: Metrics) -> None:
+    schema = {"type": "object", "properties": {"filters": {"type": "object"}}}
+    sent: list[httpx.Request] = []
+    async with capturing_client(sent) as client:
+        tools = build(metrics, client, {"name": "f", "description": "F.", "parameters": schema,
+                                        "url": "https://api.example/f", "method": "POST"})
+        response = await post_tool(tools, "f", {"filters": {"k\ud800": 1}})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["errors"][0]["loc"] == ["filters", "k\\ud800"]
+    assert sent == []

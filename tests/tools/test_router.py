@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from app.errors import VGateError
 from app.metrics import Metrics
 from app.routers import tools as tools_router
-from app.tools import build_tool_executor
+from app.tools import Tool, build_tool_executor
 from app.tools.executor import ToolExecutor
 from tests.tools.conftest import LocalServer, make_settings, tool_calls
 
@@ -115,6 +115,27 @@ async def test_invalid_arguments_carry_the_schema_errors(client: httpx.AsyncClie
     errors = response.json()["error"]["errors"]
     assert {(tuple(e["loc"]), e["type"]) for e in errors} == {(("expression",), "string_type"),
                                                              (("extra",), "extra_forbidden")}
+
+
+@pytest.mark.parametrize(("exc", "status", "type_"), [
+    (RecursionError("maximum recursion depth exceeded"), 422, "invalid_request"),
+    (UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"), 422, "invalid_request"),
+    (RuntimeError("db password is hunter2"), 502, "tool_failed"),
+])
+async def test_a_validator_that_raises_is_not_a_500(metrics: Metrics, exc: Exception, status: int,
+                                                     type_: str) -> None:
+    def validate(arguments: dict[str, Any]) -> dict[str, Any]:
+        raise exc
+
+    executor = build_tool_executor(make_settings(), metrics, httpx.AsyncClient())
+    executor.registry.add(Tool(name="v", description="V.", parameters={"type": "object"}, func=lambda: None,
+                               is_async=False, validate=validate))
+    transport = httpx.ASGITransport(app=small_app(executor))
+    async with httpx.AsyncClient(transport=transport, base_url="http://vgate") as c:
+        response = await c.post("/tools/v", json={"arguments": {"x": 1}})
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["type"] == type_
+    assert "hunter2" not in response.text
 
 
 async def test_upstream_status_is_in_the_error_body(client: httpx.AsyncClient) -> None:
