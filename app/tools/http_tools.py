@@ -4,7 +4,8 @@ A call validates its arguments against the configured JSON schema, fills the URL
 ``{param}`` placeholders (URL-encoded), sends the other arguments as the query string (GET,
 DELETE) or a JSON body (POST, PUT, PATCH), and returns the response: parsed JSON when the
 content type says JSON, else text, capped at ``MAX_RESPONSE_BYTES`` (read as a stream, so a huge
-response is never downloaded whole). A non-2xx answer is an error carrying the status.
+response is never downloaded whole). A non-2xx answer is an error carrying the status, and for a
+4xx the start of its body (it says what the call got wrong); a 5xx body is only logged.
 
 The arguments come from a model, which prompt-injected content can steer, so a call can only go
 where the operator said:
@@ -36,12 +37,15 @@ from typing import Any
 from urllib.parse import quote, unquote, unquote_plus
 
 import httpx
+import structlog
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from app.errors import summarize_errors
 from app.settings import HttpToolConfig
 from app.tools.registry import ArgumentsError, Tool, ToolError, ToolRegistry
+
+logger = structlog.get_logger(__name__)
 
 PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_\-]*)\}")
 MAX_RESPONSE_BYTES = 64 * 1024
@@ -275,11 +279,16 @@ def _result(name: str, response: httpx.Response, content: bytes, truncated: bool
     text = _decode(content, response)
     if not response.is_success:
         snippet = text.strip()[:MAX_ERROR_SNIPPET_CHARS]
-        raise ToolError(
-            f"{name}: the service answered HTTP {response.status_code}" + (f": {snippet}" if snippet else ""),
-            type="tool_upstream_error",
-            upstream_status=response.status_code,
-        )
+        message = f"{name}: the service answered HTTP {response.status_code}"
+        if response.status_code >= 500:
+            # a server error's body may name internal hosts, paths or stack frames: for the
+            # operator's log, never for the caller, the SSE stream or the model's context
+            if snippet:
+                logger.warning("tool_upstream_error_body", tool=name, upstream_status=response.status_code,
+                               body=snippet)
+        elif snippet:  # a 4xx body says what was wrong with the call: the model needs it to correct it
+            message += f": {snippet}"
+        raise ToolError(message, type="tool_upstream_error", upstream_status=response.status_code)
     if not content:
         return f"(empty response, HTTP {response.status_code})"
     media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()

@@ -5,12 +5,13 @@ from typing import Any
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from app.metrics import Metrics
 from app.settings import HttpToolConfig
 from app.tools import build_tool_executor
 from app.tools.executor import ToolExecutor
-from app.tools.http_tools import MAX_RESPONSE_BYTES
+from app.tools.http_tools import MAX_ERROR_SNIPPET_CHARS, MAX_RESPONSE_BYTES
 from tests.tools.conftest import LocalServer, make_settings, tool_calls
 from tests.tools.test_router import small_app
 
@@ -111,16 +112,45 @@ async def test_text_responses_are_returned_and_capped(
     assert len(big) < MAX_RESPONSE_BYTES + 100
 
 
+SAY_SCHEMA = {"type": "object", "properties": {"say": {"type": "string"}}}
+
+
+@pytest.mark.parametrize("code", [400, 404, 422, 429])
 async def test_non_2xx_is_an_error_with_the_status(
-    metrics: Metrics, http_client: httpx.AsyncClient, local_server: LocalServer
+    code: int, metrics: Metrics, http_client: httpx.AsyncClient, local_server: LocalServer
 ) -> None:
-    schema = {"type": "object", "properties": {"say": {"type": "string"}}}
-    tools = build(metrics, http_client, {"name": "status", "description": "S.", "parameters": schema,
-                                         "url": f"{local_server.url}/status/404"})
+    tools = build(metrics, http_client, {"name": "status", "description": "S.", "parameters": SAY_SCHEMA,
+                                         "url": f"{local_server.url}/status/{code}"})
     result = await tools.execute("status", {"say": "city not found"})
-    assert result.error == {"type": "tool_upstream_error", "upstream_status": 404,
-                            "message": "status: the service answered HTTP 404: city not found"}
+    # a 4xx body says what the caller got wrong: the model needs it to correct its call
+    assert result.error == {"type": "tool_upstream_error", "upstream_status": code,
+                            "message": f"status: the service answered HTTP {code}: city not found"}
     assert tool_calls(metrics, "status", "error") == 1
+
+
+@pytest.mark.parametrize("code", [500, 502, 503])
+async def test_a_5xx_body_is_logged_not_shown(
+    code: int, metrics: Metrics, http_client: httpx.AsyncClient, local_server: LocalServer
+) -> None:
+    tools = build(metrics, http_client, {"name": "status", "description": "S.", "parameters": SAY_SCHEMA,
+                                         "url": f"{local_server.url}/status/{code}"})
+    leak = "connect to db-7.corp.internal:5432 failed " + "x" * 5000
+    with capture_logs() as logs:
+        result = await tools.execute("status", {"say": leak})
+        response = await post_tool(tools, "status", {"say": leak})
+    # a 5xx body may name internal hosts: not for the model, the SSE stream or the caller
+    assert result.error == {"type": "tool_upstream_error", "upstream_status": code,
+                            "message": f"status: the service answered HTTP {code}"}
+    assert "db-7" not in result.content()
+    assert response.status_code == 502, response.text
+    assert response.json()["error"] == {"type": "tool_upstream_error", "upstream_status": code,
+                                        "message": f"status: the service answered HTTP {code}"}
+    # the operator sees it, truncated
+    lines = [e for e in logs if e["event"] == "tool_upstream_error_body"]
+    assert len(lines) == 2 and all(e["log_level"] == "warning" for e in lines)
+    assert lines[0]["tool"] == "status" and lines[0]["upstream_status"] == code
+    assert lines[0]["body"].startswith("connect to db-7.corp.internal:5432 failed xxx")
+    assert len(lines[0]["body"]) <= MAX_ERROR_SNIPPET_CHARS
 
 
 async def test_slow_service_times_out(
