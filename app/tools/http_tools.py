@@ -23,8 +23,8 @@ where the operator said:
   must be in that list (checked at startup and before each request);
 - redirects are never followed.
 
-Configuration mistakes (bad schema, a placeholder the schema does not require or in the wrong
-place, a relative URL, a host outside ``allowed_hosts``) fail at startup.
+Configuration mistakes (bad schema, a placeholder the schema does not require or declare or in
+the wrong place, a relative URL, a host outside ``allowed_hosts``) fail at startup.
 """
 
 from __future__ import annotations
@@ -92,6 +92,12 @@ def http_tool(config: HttpToolConfig, http_client: httpx.AsyncClient, *, default
     if not_required:
         raise ValueError(
             f"http tool {name!r}: url placeholder(s) {not_required} must be listed in parameters.required"
+        )
+    undeclared = sorted(url.placeholders - set(schema.get("properties", {})))
+    if undeclared:  # additionalProperties is false: no call could ever pass them
+        raise ValueError(
+            f"http tool {name!r}: url placeholder(s) {undeclared} must be declared in parameters.properties "
+            "(only declared arguments are accepted)"
         )
     allowed_hosts = None if config.allowed_hosts is None else {h.lower().rstrip(".") for h in config.allowed_hosts}
     if allowed_hosts is not None and url.host not in allowed_hosts:

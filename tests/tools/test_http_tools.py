@@ -205,6 +205,11 @@ async def test_builtins_and_configured_tools_share_one_registry(metrics: Metrics
         ([config("https://x/{city}"), config("https://x/{city}")], "already taken"),
         ([config("https://x/{days}")], "must be listed in parameters.required"),
         ([config("https://x/{nope}")], "must be listed in parameters.required"),
+        # required but not declared: additionalProperties is false, so no call could ever pass it
+        ([config("https://x/{nope}", parameters={**CITY_SCHEMA, "required": ["city", "nope"]})],
+         r"http tool 'weather': url placeholder\(s\) \['nope'\] must be declared in parameters.properties"),
+        ([config("https://x/w?q={q}&c={city}", parameters={"type": "object", "required": ["q", "city"]})],
+         r"http tool 'weather': url placeholder\(s\) \['city', 'q'\] must be declared in parameters.properties"),
         ([config("/relative/{city}")], "url must be absolute"),
         ([config("https://x", parameters={"type": "object", "properties": {"a": {"type": "strung"}}})],
          "invalid parameters schema"),
