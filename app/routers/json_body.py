@@ -18,11 +18,14 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
 _JSON = b"application/json"
+_JSON_END = (b"", b";", b" ", b"\t")  # what may follow the media type: nothing, parameters, whitespace
 
 
 def _is_json(content_type: bytes) -> bool:
-    if content_type.startswith(_JSON):
-        return True
+    """``application/json`` (any case, any parameters) or an ``application/...+json`` type, as
+    FastAPI reads them; ``application/jsonl`` or ``application/json5`` are other types."""
+    if content_type.startswith(_JSON) and content_type[len(_JSON):len(_JSON) + 1] in _JSON_END:
+        return True  # the hot path: no copy, no lower-casing
     media = content_type.split(b";", 1)[0].strip().lower()
     return media == _JSON or (media.startswith(b"application/") and media.endswith(b"+json"))
 
