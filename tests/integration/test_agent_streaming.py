@@ -133,15 +133,17 @@ def deltas(events: list[dict]) -> list[str]:
     return [e["data"]["text"] for e in events if e["event"] == "delta"]
 
 
-async def test_react_answers_stream(sim_url):
-    """The simulator ignores the ReAct format, so its whole reply is the answer: it must arrive in
-    several deltas (64 characters at most each), not in one piece at the end."""
+async def test_a_react_reply_in_neither_form_is_the_answer_once_it_is_whole(sim_url):
+    """The simulator ignores the ReAct format, so its whole reply is the answer. Until the reply
+    ends a "Final Answer:" or "Action:" could still come, so it is shown once whole: as the
+    answer's deltas, and as nothing else."""
     async with gateway(sim_url) as gw:
         events = await run_sse(gw.client, {"input": "Tell me about the history of the bicycle in Europe",
                                            "mode": "react", "config": {"min_tokens": 60}})
     answer = events[-1]["data"]["answer"]
     assert len(answer) > 130
-    assert len(deltas(events)) >= 2 and "".join(deltas(events)) == answer
+    assert "".join(deltas(events)) == answer
+    assert not [e for e in events if e["event"] == "reasoning"]
 
 
 async def test_react_final_answer_streams_without_the_protocol_markers():
@@ -188,3 +190,35 @@ async def test_a_refusal_of_native_tools_is_forgotten_after_a_while(sim_no_auto_
             assert events[-1]["event"] == "final" and events[-1]["data"]["answer"]
         refused = gw.metric("vgate_upstream_errors_total", model="sim-model", type="upstream_bad_request")
     assert refused == 2  # each run asked for native tools again
+
+
+def replies_upstream(replies: list[str], sent: list[dict]) -> httpx.MockTransport:
+    """An upstream whose n-th chat call streams ``replies[n]`` a few characters at a time."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "m", "object": "model"}]})
+        sent.append(json.loads(request.content))
+        reply = replies[min(len(sent), len(replies)) - 1]
+        chunks = [chunk(role="assistant", content=""),
+                  *(chunk(content=reply[i:i + 3]) for i in range(0, len(reply), 3)), *finish()]
+        body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    return httpx.MockTransport(handler)
+
+
+async def test_react_text_before_a_marker_never_streams_as_the_answer():
+    """Small models often write a sentence before the protocol's markers. That sentence is no
+    answer: the deltas join to exactly the final answer, and a tool call's turn streams none."""
+    sent: list[dict] = []
+    replies = ["I will use the tool.\nAction: calculator\nAction Input: {\"expression\": \"6*7\"}",
+               "Let me think about it. Final Answer: 42"]
+    async with gateway("http://up", default_model="m", lm_transport=replies_upstream(replies, sent)) as gw:
+        events = await run_sse(gw.client, {"input": "What is 6*7?", "mode": "react", "tools": ["calculator"]})
+    kinds = [e["event"] for e in events]
+    assert kinds[-1] == "final" and events[-1]["data"]["answer"] == "42" and len(sent) == 2
+    assert "delta" not in kinds[:kinds.index("tool_result")]  # the tool call's turn
+    assert "".join(deltas(events)) == "42"
+    thoughts = [e["data"]["text"] for e in events if e["event"] == "reasoning"]
+    assert thoughts == ["I will use the tool.", "Let me think about it."]

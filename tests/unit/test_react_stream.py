@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from app.services.agent import react
@@ -15,6 +17,18 @@ REPLIES = [
     "  A plain answer with trailing space   ",
     "Action: calculator\nAction Input: not json",
     "Thought: only a thought",
+    # small models: text before the markers, markers in lower case or mid-line, no markers at all
+    "Let me think about it. Final Answer: 42",
+    "I will use the tool.\nAction: calculator\nAction Input: {\"expression\": \"6*7\"}",
+    "42",
+    "Thought: easy\nfinal answer: 42",
+    "Let me see.\nfinal answer:  42 ",
+    "Thought: x Final Answer: 42",
+    "thought: add\naction: calculator\naction input: {\"expression\": \"1+1\"}",
+    "A transaction: done. The final word: yes",
+    "Thought: hmm\nAction: calculator\nFinal Answer: 7",
+    "I may take action: later",
+    "Sure.\nFinal\n  Answer :\n\n42\n",
 ]
 
 
@@ -32,10 +46,26 @@ def split(reply: str, size: int) -> tuple[str, str, list[tuple[str, str]]]:
 @pytest.mark.parametrize("reply", REPLIES)
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 1000])
 def test_streamed_text_is_what_parse_reads(reply, size):
+    """The invariant: the deltas join to the answer (streamed ones are a prefix of it), and a tool
+    call's turn streams no delta at all."""
     parsed = react.parse(reply)
-    reasoning, delta, _ = split(reply, size)
+    reasoning, delta, streamed = split(reply, size)
     assert delta == ("" if parsed.action else parsed.final)
+    assert (parsed.final or "").startswith("".join(t for kind, t in streamed if kind == "delta"))
     assert reasoning in (parsed.thought or "", "only a thought")  # a lone thought is also the answer
+
+
+@pytest.mark.parametrize("reply,thought,action,final", [
+    ("Let me think about it. Final Answer: 42", "Let me think about it.", None, "42"),
+    ("I will use the tool.\nAction: calculator\nAction Input: {}", "I will use the tool.", "calculator", None),
+    ("Thought: easy\nfinal answer: 42", "easy", None, "42"),
+    ("Thought: x Final Answer: 42", "x", None, "42"),
+    ("thought: add\naction: calculator\naction input: {}", "add", "calculator", None),
+    ("A transaction: done. The final word: yes", None, None, "A transaction: done. The final word: yes"),
+])
+def test_small_model_shapes(reply, thought, action, final):
+    parsed = react.parse(reply)
+    assert (parsed.thought, parsed.action, parsed.final) == (thought, action, final)
 
 
 def test_nothing_of_a_marker_or_a_tool_call_is_shown_while_streaming():
@@ -51,3 +81,34 @@ def test_the_answer_streams_before_the_reply_ends():
     _, _, streamed = split("Thought: x\nFinal Answer: " + "word " * 50, 5)
     shown = "".join(t for kind, t in streamed if kind == "delta")
     assert len(shown) > 200  # all but the trailing space, before finish()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_invariant_holds_whatever_the_chunk_boundaries(seed):
+    rng = random.Random(seed)
+    for reply in REPLIES:
+        s, out, i = react.StreamSplitter(), [], 0
+        while i < len(reply):
+            n = rng.randint(1, 6)
+            out += s.feed(reply[i:i + n])
+            i += n
+        out += s.finish(parsed := react.parse(reply))
+        assert "".join(t for kind, t in out if kind == "delta") == ("" if parsed.action else parsed.final), reply
+
+
+def test_text_before_a_marker_is_never_shown_as_the_answer():
+    """A reply that does not start with "Thought:" is held back until a marker shows what it was:
+    here the thought (reasoning); the answer after "Final Answer:" streams as usual."""
+    _, _, streamed = split("Let me think about it. final answer: " + "word " * 50, 5)
+    assert streamed[0] == ("reasoning", "Let me think about it.")
+    shown = "".join(t for kind, t in streamed if kind == "delta")
+    assert shown.startswith("word") and len(shown) > 200
+    _, delta, streamed = split("I will use the tool.\nAction: calculator\nAction Input: {}", 3)
+    assert delta == "" and not [t for kind, t in streamed if kind == "delta"]
+
+
+def test_a_reply_in_neither_form_is_shown_once_it_is_whole():
+    """Until the reply ends a marker may still come, so none of it is shown as the answer before."""
+    reply = "The sky is blue because of Rayleigh scattering. " * 5
+    _, delta, streamed = split(reply, 4)
+    assert streamed == [] and delta == reply.strip()

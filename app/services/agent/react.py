@@ -24,9 +24,12 @@ from typing import Any
 
 STOP = ["\nObservation:"]
 
-_ACTION = re.compile(r"Action\s*:\s*(?P<name>[A-Za-z0-9_\-]+)\s*\n\s*Action\s*Input\s*:\s*(?P<args>.*)", re.S)
-_FINAL = re.compile(r"Final\s*Answer\s*:\s*(?P<answer>.*)", re.S)
-_THOUGHT = re.compile(r"Thought\s*:\s*(?P<thought>.*?)(?=\n\s*(?:Action|Final\s*Answer)\s*:|\Z)", re.S)
+# The markers, in any case (small models write "final answer:"), as words ("transaction:" is none).
+_ACTION = re.compile(r"\bAction\s*:\s*(?P<name>[A-Za-z0-9_\-]+)\s*\n\s*Action\s*Input\s*:\s*(?P<args>.*)",
+                     re.S | re.I)
+_FINAL = re.compile(r"\bFinal\s*Answer\s*:\s*(?P<answer>.*)", re.S | re.I)
+_MARKER = re.compile(r"\b(?P<m>Action|Final\s*Answer)\s*:", re.I)  # where a thought ends
+_THOUGHT = re.compile(r"\bThought\s*:", re.I)
 
 
 @dataclass(slots=True)
@@ -104,9 +107,10 @@ def render_action(step: ReactStep) -> str:
 
 
 def parse(text: str) -> ReactStep:
-    """Read one model turn. Text that follows neither form is taken as the final answer."""
-    thought_m = _THOUGHT.search(text)
-    thought = thought_m.group("thought").strip() if thought_m else None
+    """Read one model turn. Text that follows neither form is taken as the final answer. The thought
+    is the text before the first marker ("Action:", "Final Answer:"), after "Thought:" if it has one."""
+    marker = _MARKER.search(text)
+    thought = _thought(text[:marker.start()]) if marker else None
     action = _ACTION.search(text)
     final = _FINAL.search(text)
     if action and (not final or action.start() < final.start()):
@@ -122,6 +126,12 @@ def parse(text: str) -> ReactStep:
     if final:
         return ReactStep(thought=thought, final=final.group("answer").strip())
     return ReactStep(thought=None, final=text.strip())
+
+
+def _thought(head: str) -> str | None:
+    """The thought in the text before the first marker."""
+    m = _THOUGHT.search(head)
+    return (head[m.end():] if m else head).strip() or None
 
 
 def _first_json_object(raw: str) -> str:
@@ -160,19 +170,23 @@ def as_text_message(m: dict[str, Any]) -> dict[str, Any]:
     return {"role": m["role"], "content": m.get("content") or ""}
 
 
-_START = re.compile(r"\s*(?P<m>Thought|Action|Final\s*Answer)\s*:")
-_THOUGHT_END = re.compile(r"\n\s*(?P<m>Action|Final\s*Answer)\s*:")
-_MARKER = re.compile(r"(?:Action|Final\s*Answer)\s*:")
-_LAST_LINE = re.compile(r"\n\s*(?P<tail>[^\n]*)\Z")
-_OPENERS = ("Thought:", "Action:", "FinalAnswer:")  # as written, whitespace left out
-_ENDS = ("Action:", "FinalAnswer:")
+_START = re.compile(r"\s*Thought\s*:", re.I)
+_OPENER = ("thought:",)  # as written, whitespace left out, in lower case
+_ENDS = ("action:", "finalanswer:")
+_MARGIN = 32  # characters a marker can span ("Final Answer:", spaces included)
 
 
 class StreamSplitter:
     """Splits a ReAct reply while it streams into what clients see: ``reasoning`` (the thought)
-    and ``delta`` (the text after "Final Answer:", or a reply in neither form, which ``parse``
-    takes as the answer). Only what may still become a protocol marker, and trailing whitespace
-    (``parse`` strips it), is held back; ``finish`` publishes what ``parse`` kept of it."""
+    and ``delta`` (the answer: the text after "Final Answer:", or a reply in neither form, which
+    ``parse`` takes as the answer). The deltas of a reply join to ``parse``'s answer, and a tool
+    call's reply streams none.
+
+    A reply that starts with "Thought:" streams its thought as it comes; one that does not is held
+    back until a marker shows what it was (the text before it is the thought) or until it ends
+    (``finish``: all of it was the answer): text before a marker must not be shown as the answer.
+    After "Final Answer:" the answer streams. Only what may still become a marker, and trailing
+    whitespace (``parse`` strips it), is held back; ``finish`` publishes what ``parse`` kept of it."""
 
     def __init__(self) -> None:
         self.text = ""
@@ -180,6 +194,7 @@ class StreamSplitter:
         self.section: str | None = None  # None: undecided; thought, final, plain (no marker yet), quiet
         self.fresh = True  # nothing published in this section yet (its leading whitespace is skipped)
         self.sent = {"reasoning": "", "delta": ""}
+        self.searched = 0  # no marker begins before searched - _MARGIN (a long reply is not rescanned)
 
     def feed(self, piece: str) -> list[tuple[str, str]]:
         self.text += piece
@@ -203,40 +218,44 @@ class StreamSplitter:
         if self.section is None:
             m = _START.match(rest)
             if m:
-                self._enter({"Thought": "thought", "Action": "quiet"}.get(m["m"], "final"), m.end())
+                self._enter("thought", m.end())
                 return True
-            if not _may_be(rest, _OPENERS):
+            if not _may_be(rest, _OPENER):
                 self.section = "plain"
                 return True
             return False
-        if self.section == "thought":
-            m = _THOUGHT_END.search(rest)
+        if self.section in ("thought", "plain"):
+            m = _MARKER.search(self.text, max(self.pos, self.searched - _MARGIN))  # \b sees the text before
+            self.searched = len(self.text)
             if m:
-                self._publish(out, "reasoning", rest[:m.start()].rstrip())
-                self._enter("quiet" if m["m"] == "Action" else "final", m.end())
+                head = self.text[self.pos:m.start()]
+                action = m["m"].lower() == "action"
+                if self.section == "thought":
+                    self._publish(out, "reasoning", head.rstrip())
+                elif not action:
+                    self._publish(out, "reasoning", _thought(head) or "")
+                # After "Action:", parse decides (it may be no well-formed call): finish publishes.
+                self._enter("quiet" if action else "final", m.end() - self.pos)
                 return True
-            end = len(rest.rstrip())
-            last = _LAST_LINE.search(rest)
-            if last and _may_be(last["tail"], _ENDS):
-                end = min(end, len(rest[:last.start()].rstrip()))
-            self._publish(out, "reasoning", rest[:end])
-            self.pos += end
+            if self.section == "thought":
+                end = self._safe_end(rest)
+                self._publish(out, "reasoning", rest[:end])
+                self.pos += end
         elif self.section == "final":
             end = len(rest.rstrip())
             self._publish(out, "delta", rest[:end])
             self.pos += end
-        elif self.section == "plain":
-            if _MARKER.search(rest):
-                self.section = "quiet"  # the reply takes the protocol's form after all: parse decides
-                return True
-            end = len(rest.rstrip())
-            for i in range(max(0, end - 16), end):
-                if rest[i] in "AF" and _may_be(rest[i:end], _ENDS):
-                    end = len(rest[:i].rstrip())
-                    break
-            self._publish(out, "delta", rest[:end])
-            self.pos += end
         return False
+
+    def _safe_end(self, rest: str) -> int:
+        """How much of ``rest`` can be published: not its trailing whitespace, nor a word at its end
+        that may still become a marker ("Fin", "Final Ans")."""
+        end = len(rest.rstrip())
+        for i in range(max(0, end - _MARGIN), end):
+            if (rest[i] in "aAfF" and not _word_char(self.text[self.pos + i - 1:self.pos + i])
+                    and _may_be(rest[i:end], _ENDS)):
+                return len(rest[:i].rstrip())
+        return end
 
     def _enter(self, section: str, advance: int) -> None:
         self.section = section
@@ -256,7 +275,11 @@ class StreamSplitter:
             out.append((kind, text))
 
 
+def _word_char(c: str) -> bool:
+    return c.isalnum() or c == "_"
+
+
 def _may_be(text: str, markers: tuple[str, ...]) -> bool:
-    """Whether ``text`` (whitespace aside) is the beginning of one of ``markers``."""
-    squeezed = "".join(text.split())
+    """Whether ``text`` (whitespace aside, in any case) is the beginning of one of ``markers``."""
+    squeezed = "".join(text.split()).lower()
     return any(m.startswith(squeezed) for m in markers)
