@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.errors import InvalidRequestError
-from app.routers.deps import SettingsDep, cancel_on_disconnect
+from app.routers.deps import AgentDep, SettingsDep, cancel_on_disconnect
 from app.routers.json_body import JSONBodyRoute
 from app.routers.schemas import EVENT_STREAM_RESPONSE, AgentFinal, error_responses
 from app.services.agent import AgentRun, AgentService, Mode
@@ -20,13 +20,6 @@ from app.services.programs import PredictConfig
 from app.settings import Settings
 
 router = APIRouter(tags=["agent"], route_class=JSONBodyRoute)
-
-
-async def _agent(request: Request) -> AgentService:
-    return request.app.state.agent
-
-
-AgentDep = Annotated[AgentService, Depends(_agent)]
 
 
 class FunctionRef(BaseModel):

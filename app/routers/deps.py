@@ -10,10 +10,12 @@ from fastapi import Depends, Request
 
 from app.errors import VGateError
 from app.metrics import Metrics
+from app.services.agent import AgentService
 from app.services.lm import LMClient
 from app.services.predict import PredictService
 from app.services.programs import Program
 from app.settings import Settings
+from app.tools import ToolExecutor
 
 T = TypeVar("T")
 
@@ -36,6 +38,8 @@ MetricsDep = Annotated[Metrics, Depends(_state("metrics"))]
 LMDep = Annotated[LMClient, Depends(_state("lm"))]
 PredictDep = Annotated[PredictService, Depends(_state("predict"))]
 ProgramsDep = Annotated[dict[str, Program], Depends(_state("programs"))]
+AgentDep = Annotated[AgentService, Depends(_state("agent"))]
+ExecutorDep = Annotated[ToolExecutor, Depends(_state("tools"))]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
 
 

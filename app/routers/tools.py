@@ -6,24 +6,18 @@ failed result's error type to an HTTP status.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.errors import InvalidRequestError, NotFoundError, VGateError
+from app.routers.deps import ExecutorDep
 from app.routers.json_body import JSONBodyRoute
 from app.routers.schemas import error_responses
-from app.tools import ToolExecutor, ToolResult
+from app.tools import ToolResult
 
 router = APIRouter(prefix="/tools", tags=["tools"], route_class=JSONBodyRoute)
-
-
-async def get_tool_executor(request: Request) -> ToolExecutor:
-    return request.app.state.tools
-
-
-ExecutorDep = Annotated[ToolExecutor, Depends(get_tool_executor)]
 
 
 class ToolInfo(BaseModel):

@@ -165,3 +165,23 @@ async def test_through_the_real_app(local_server: LocalServer) -> None:
             assert "request_id" in missing.json()["error"]
             assert app.state.metrics.registry.get_sample_value(
                 "vgate_tool_calls_total", {"tool": "web_search", "status": "ok"}) == 1
+
+
+def test_dependency_aliases_live_in_deps() -> None:
+    """Every ``Annotated[..., Depends(...)]`` alias is defined in app/routers/deps.py, which the
+    routers import: one place says what each dependency is and where the lifespan puts it."""
+    import ast
+    from pathlib import Path
+
+    from app.routers import agent, deps
+
+    defined: dict[str, list[str]] = {}
+    for path in sorted(Path(deps.__file__).parent.glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            value = node.value if isinstance(node, ast.Assign | ast.AnnAssign) else None
+            if isinstance(value, ast.Subscript) and "Depends(" in ast.unparse(value):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                defined.setdefault(path.name, []).extend(ast.unparse(t) for t in targets)
+    assert set(defined) == {"deps.py"}, defined
+    assert {"AgentDep", "ExecutorDep"} <= set(defined["deps.py"])
+    assert agent.AgentDep is deps.AgentDep and tools_router.ExecutorDep is deps.ExecutorDep  # type: ignore[attr-defined]
