@@ -438,3 +438,37 @@ async def test_native_mode_with_an_ignored_forced_call_is_a_typed_502():
     assert len(sent) == 2  # one call per run: no ReAct retry in native mode
     events_logged = [e["event"] for e in logs]
     assert "agent_run_crashed" not in events_logged and events_logged.count("tool_choice_ignored") == 2
+
+
+async def test_tool_calls_over_the_per_turn_limit_are_not_published_one_by_one():
+    """A model that emits 100 tool calls in one turn (limit 16): 16 run, and one error result
+    stands for the rest; the conversation keeps only the calls it answers (every tool_call id
+    has its tool message, as the OpenAI protocol requires)."""
+    calls = [{"index": i, "id": f"call_{i}", "type": "function",
+              "function": {"name": "calculator", "arguments": json.dumps({"expression": f"{i}+1"})}}
+             for i in range(100)]
+    turn = [{"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": calls}}]},
+            {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}]
+    sent: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "m", "object": "model"}]})
+        sent.append(json.loads(request.content))
+        chunks = turn if len(sent) == 1 else completion_chunks("done")
+        body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    async with gateway("http://up", default_model="m", lm_transport=httpx.MockTransport(handler),
+                       agent_max_tool_calls_per_turn=16) as gw:
+        events = await run_sse(gw.client, {"input": "add", "tools": ["calculator"]})
+    results = [e["data"] for e in events if e["event"] == "tool_result"]
+    assert events[-1]["event"] == "final" and events[-1]["data"]["answer"] == "done"
+    assert len(results) <= 17 and len([e for e in events if e["event"] == "tool_call"]) <= 17
+    assert sum(r["ok"] for r in results) == 16
+    [excess] = [r for r in results if not r["ok"]]
+    assert excess["error"]["type"] == "too_many_tool_calls" and "100" in excess["error"]["message"]
+    messages = sent[1]["messages"]
+    asked = [tc["id"] for m in messages if m["role"] == "assistant" for tc in m.get("tool_calls") or ()]
+    answered = [m["tool_call_id"] for m in messages if m["role"] == "tool"]
+    assert len(asked) <= 17 and sorted(asked) == sorted(answered)

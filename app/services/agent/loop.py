@@ -206,9 +206,13 @@ class RunLoop:
         if not result.tool_calls:
             conversation.append({"role": "assistant", "content": result.content})
             return result.content
+        # Calls beyond the per-turn limit are not run: the first excess one stands for them all (one
+        # error result), and the others are dropped from the turn, so that the conversation needs no
+        # tool message for them (each tool_call id of an assistant message needs one).
+        calls = result.tool_calls[:self.settings.agent_max_tool_calls_per_turn + 1]
         conversation.append({"role": "assistant", "content": result.content or None,
-                             "tool_calls": [tc.as_openai() for tc in result.tool_calls]})
-        results = await self._run_tools(result.tool_calls)
+                             "tool_calls": [tc.as_openai() for tc in calls]})
+        results = await self._run_tools(calls, asked=len(result.tool_calls))
         conversation.extend(r.to_message() for r in results)
         return None
 
@@ -291,19 +295,27 @@ class RunLoop:
             self.text.flush()  # before the step's tool calls or the run's end; no timer outlives the call
         raise VGateError("upstream stream ended without a result", status_code=502, type="upstream_error")
 
-    async def _run_tools(self, calls: list[ToolCall]) -> list[ToolResult]:
-        """Run the calls concurrently; publish each result as it lands; return them in call order."""
+    async def _run_tools(self, calls: list[ToolCall], *, asked: int | None = None) -> list[ToolResult]:
+        """Run the calls concurrently; publish each result as it lands; return them in call order.
+        ``asked``: how many calls the turn made, when ``calls`` keeps only the first limit + 1 of them
+        (the calls past the limit are not run: the first of them gets an error saying so, for all)."""
         run = self.run
         enabled = set(self.task.tool_names)
         limit = self.settings.agent_max_tool_calls_per_turn
-        for tc in calls:
+        asked = len(calls) if asked is None else asked
+        if asked > limit:
+            log.warning("too_many_tool_calls", asked=asked, limit=limit)
+        for tc in calls[:limit + 1]:
             run.publish("tool_call", {"id": tc.id, "name": tc.name, "arguments": _loads_or_raw(tc.arguments)})
 
         async def one(i: int, tc: ToolCall) -> ToolResult:
             if i >= limit:
+                dropped = "this call" + (f" and the {asked - limit - 1} after it were" if asked > limit + 1
+                                         else " was")
                 r = ToolResult(name=tc.name, call_id=tc.id, ok=False, error={
-                    "type": "too_many_tool_calls",
-                    "message": f"not run: at most {limit} tool calls are run per turn; call it again if needed"})
+                    "type": "too_many_tool_calls", "not_run": asked - limit,
+                    "message": f"not run: the turn asked for {asked} tool calls and at most {limit} are run "
+                               f"per turn, so {dropped} dropped; make them again if needed"})
             elif tc.name not in enabled:
                 r = ToolResult(name=tc.name, call_id=tc.id, ok=False,
                                error={"type": "unknown_tool", "message": f"tool {tc.name!r} is not enabled"})
@@ -317,7 +329,7 @@ class RunLoop:
             run.publish("tool_result", payload)
             return r
 
-        return list(await asyncio.gather(*(one(i, tc) for i, tc in enumerate(calls))))
+        return list(await asyncio.gather(*(one(i, tc) for i, tc in enumerate(calls[:limit + 1]))))
 
 
 class ToolSupport:
