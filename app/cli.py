@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from app.procs import refuse_taken_port
-from app.procs import wait_healthy as wait_healthy  # re-exported: tests/integration imports it from here
 
 
 def _serve(args: argparse.Namespace) -> None:

@@ -472,3 +472,38 @@ async def test_tool_calls_over_the_per_turn_limit_are_not_published_one_by_one()
     asked = [tc["id"] for m in messages if m["role"] == "assistant" for tc in m.get("tool_calls") or ()]
     answered = [m["tool_call_id"] for m in messages if m["role"] == "tool"]
     assert len(asked) <= 17 and sorted(asked) == sorted(answered)
+
+
+@pytest.mark.parametrize("accept", ["text/event-stream", "application/json"])
+async def test_tool_call_arguments_with_a_lone_surrogate_do_not_break_the_run(accept):
+    """A model (or content injected into it) can write "\\ud800" in a tool call's JSON arguments:
+    parsed, that is a string no UTF-8 stream can carry. The run goes on; the event shows the text."""
+    args = '{"expression": "1+\\ud800"}'
+    turn = [{"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [
+        {"index": 0, "id": "call_0", "type": "function", "function": {"name": "calculator", "arguments": args}}]}}]},
+        {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}]
+    sent: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "m", "object": "model"}]})
+        sent.append(json.loads(request.content))
+        chunks = turn if len(sent) == 1 else completion_chunks("done")
+        body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    async with gateway("http://up", default_model="m", lm_transport=httpx.MockTransport(handler)) as gw:
+        r = await gw.client.post("/agent", json={"input": "add", "tools": ["calculator"]}, headers={"accept": accept})
+    assert r.status_code == 200, r.text
+    if accept == "application/json":
+        body = r.json()
+        assert body["answer"] == "done"
+        call = next(t for t in body["trace"] if t["event"] == "tool_call")
+        result = next(t for t in body["trace"] if t["event"] == "tool_result")
+    else:
+        events = parse_sse(r.text)
+        assert events[-1]["event"] == "final" and events[-1]["data"]["answer"] == "done"
+        call = next(e["data"] for e in events if e["event"] == "tool_call")
+        result = next(e["data"] for e in events if e["event"] == "tool_result")
+    assert call["arguments"] == args  # the model's text, as written
+    assert result["ok"] is False and result["error"]["type"] == "invalid_arguments"

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import httpx
 import uvicorn
 
-from app.cli import wait_healthy
+from app.procs import wait_healthy
 from tests.integration.test_agent_api import parse_sse, run_sse
 from tests.support import fake_upstream, free_port, gateway, live_gateway
 

@@ -362,7 +362,11 @@ class _SwitchToReact(Exception):
 
 
 def _loads_or_raw(text: str) -> Any:
+    """A tool call's arguments for its event: parsed, or the model's text when it is not JSON or when
+    parsed it would hold a lone surrogate ("\ud800"), which no UTF-8 stream or document can carry."""
     try:
-        return json.loads(text)
-    except ValueError:
+        value = json.loads(text)
+        json.dumps(value, ensure_ascii=False).encode()
+    except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
         return text
+    return value
