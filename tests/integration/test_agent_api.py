@@ -447,19 +447,8 @@ async def test_tool_calls_over_the_per_turn_limit_are_not_published_one_by_one()
     calls = [{"index": i, "id": f"call_{i}", "type": "function",
               "function": {"name": "calculator", "arguments": json.dumps({"expression": f"{i}+1"})}}
              for i in range(100)]
-    turn = [{"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": calls}}]},
-            {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}]
-    sent: list[dict] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/models"):
-            return httpx.Response(200, json={"object": "list", "data": [{"id": "m", "object": "model"}]})
-        sent.append(json.loads(request.content))
-        chunks = turn if len(sent) == 1 else completion_chunks("done")
-        body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
-        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
-
-    async with gateway("http://up", default_model="m", lm_transport=httpx.MockTransport(handler),
+    upstream, sent = _tool_turn_then_done(calls)
+    async with gateway("http://up", default_model="m", lm_transport=upstream,
                        agent_max_tool_calls_per_turn=16) as gw:
         events = await run_sse(gw.client, {"input": "add", "tools": ["calculator"]})
     results = [e["data"] for e in events if e["event"] == "tool_result"]
@@ -479,20 +468,9 @@ async def test_tool_call_arguments_with_a_lone_surrogate_do_not_break_the_run(ac
     """A model (or content injected into it) can write "\\ud800" in a tool call's JSON arguments:
     parsed, that is a string no UTF-8 stream can carry. The run goes on; the event shows the text."""
     args = '{"expression": "1+\\ud800"}'
-    turn = [{"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [
-        {"index": 0, "id": "call_0", "type": "function", "function": {"name": "calculator", "arguments": args}}]}}]},
-        {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}]
-    sent: list[dict] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/models"):
-            return httpx.Response(200, json={"object": "list", "data": [{"id": "m", "object": "model"}]})
-        sent.append(json.loads(request.content))
-        chunks = turn if len(sent) == 1 else completion_chunks("done")
-        body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
-        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
-
-    async with gateway("http://up", default_model="m", lm_transport=httpx.MockTransport(handler)) as gw:
+    upstream, _ = _tool_turn_then_done([{"index": 0, "id": "call_0", "type": "function",
+                                         "function": {"name": "calculator", "arguments": args}}])
+    async with gateway("http://up", default_model="m", lm_transport=upstream) as gw:
         r = await gw.client.post("/agent", json={"input": "add", "tools": ["calculator"]}, headers={"accept": accept})
     assert r.status_code == 200, r.text
     if accept == "application/json":
@@ -507,3 +485,21 @@ async def test_tool_call_arguments_with_a_lone_surrogate_do_not_break_the_run(ac
         result = next(e["data"] for e in events if e["event"] == "tool_result")
     assert call["arguments"] == args  # the model's text, as written
     assert result["ok"] is False and result["error"]["type"] == "invalid_arguments"
+
+
+def _tool_turn_then_done(calls: list[dict]) -> tuple[httpx.MockTransport, list[dict]]:
+    """An upstream whose first turn is ``calls`` (streamed tool calls) and whose next turns answer
+    "done"; the request bodies it received are collected in the list."""
+    turn = [{"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": calls}}]},
+            {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}]
+    sent: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "m", "object": "model"}]})
+        sent.append(json.loads(request.content))
+        chunks = turn if len(sent) == 1 else completion_chunks("done")
+        body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    return httpx.MockTransport(handler), sent
