@@ -7,7 +7,7 @@ import asyncio
 import httpx
 from structlog.testing import capture_logs
 
-from tests.integration.test_agent_api import parse_sse
+from tests.integration.test_agent_api import read_events
 from tests.support import live_gateway, sim_reset, sim_stats
 
 
@@ -20,11 +20,7 @@ def test_a_run_cancelled_mid_call_counts_the_tokens_streamed(sim_latency_url):
         async with httpx.AsyncClient(base_url=base, timeout=30) as c:
             async with c.stream("POST", "/agent", json={"input": "write a long story about the sea", "tools": [],
                                                          "config": {"max_tokens": 4000, "min_tokens": 3000}}) as r:
-                buf = ""
-                async for chunk in r.aiter_text():
-                    buf += chunk
-                    if len([e for e in parse_sse(buf.rsplit("\n\n", 1)[0]) if e["event"] == "delta"]) >= 3:
-                        break
+                await read_events(r, lambda events: len([e for e in events if e["event"] == "delta"]) >= 3)
         for _ in range(100):
             stats = await sim_stats(sim_latency_url)
             if stats["requests_aborted_total"] >= 1:

@@ -16,6 +16,18 @@ from app.services.programs import PredictConfig
 from tests.support import completion_chunks, fake_upstream, gateway, live_gateway, sim_reset, sim_stats
 
 
+async def read_events(response: httpx.Response, enough) -> list[dict]:
+    """The complete SSE events of a streaming response, read until ``enough(events)`` holds (or the
+    stream ends); leaving the ``stream`` block after it is the client going away."""
+    buf, events = "", []
+    async for chunk in response.aiter_text():
+        buf += chunk
+        events = parse_sse(buf.rsplit("\n\n", 1)[0])
+        if enough(events):
+            break
+    return events
+
+
 def parse_sse(text: str) -> list[dict]:
     events = []
     for block in text.replace("\r\n", "\n").split("\n\n"):
@@ -278,12 +290,7 @@ def test_a_live_run_is_cancelled_on_disconnect_with_the_default_grace(sim_latenc
             async with c.stream("POST", "/agent", json={"input": "write a long story", "tools": [],
                                                          "config": {"max_tokens": 4000, "min_tokens": 3000}}) as r:
                 run_id = r.headers["x-vgate-run-id"]
-                buf = ""
-                async for chunk in r.aiter_text():
-                    buf += chunk
-                    seen = parse_sse(buf.rsplit("\n\n", 1)[0])
-                    if len(seen) >= 3:
-                        break
+                seen = await read_events(r, lambda events: len(events) >= 3)
             for _ in range(100):
                 stats = await sim_stats(sim_latency_url)
                 if stats["requests_aborted_total"] >= 1:
@@ -307,12 +314,7 @@ def test_last_event_id_resumes_without_duplicates_or_gaps(sim_latency_url):
             async with c.stream("POST", "/agent", json={"input": "tell me a story",
                                                          "config": {"max_tokens": 400, "min_tokens": 300}}) as r:
                 run_id = r.headers["x-vgate-run-id"]
-                buf = ""
-                async for chunk in r.aiter_text():
-                    buf += chunk
-                    first = parse_sse(buf.rsplit("\n\n", 1)[0])
-                    if len(first) >= 5:
-                        break
+                first = await read_events(r, lambda events: len(events) >= 5)
             last_id = first[-1]["id"]
             r2 = await c.get(f"/agent/runs/{run_id}/events", headers={"Last-Event-ID": str(last_id)})
             rest = parse_sse(r2.text)
