@@ -72,8 +72,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def _install_openapi(app: FastAPI) -> None:
     """The document as the routes declare it, plus the event-stream schemas (FastAPI registers only
-    the models of JSON responses), and never FastAPI's {"detail": [...]} 422: the gateway's is an
-    ErrorResponse (each route declares it; this also covers a route that forgets)."""
+    the models of JSON responses), the headers every answer carries, and never FastAPI's
+    {"detail": [...]} 422: the gateway's is an ErrorResponse (each route declares it; this also
+    covers a route that forgets)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -83,8 +84,13 @@ def _install_openapi(app: FastAPI) -> None:
             components.update(schemas.event_stream_components())
             for name in ("HTTPValidationError", "ValidationError"):
                 components.pop(name, None)
-            for item in doc.get("paths", {}).values():
+            for path, item in doc.get("paths", {}).items():
                 for op in item.values():
+                    for status, response in op.get("responses", {}).items():
+                        headers = response.setdefault("headers", {})
+                        headers.update(schemas.COMMON_HEADERS)  # RequestContextMiddleware sets them on every answer
+                        if path.startswith("/agent") and status == "200":
+                            headers.update(schemas.RUN_ID_HEADER)
                     invalid = op.get("responses", {}).get("422", {})
                     if "HTTPValidationError" in str(invalid.get("content")):
                         invalid["content"] = {"application/json": {"schema": {

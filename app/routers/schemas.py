@@ -91,6 +91,14 @@ _ERROR_DESCRIPTIONS = {
 
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait, when the error is retryable",
                                 "schema": {"type": "integer"}}}
+COMMON_HEADERS = {
+    "X-Request-Id": {"description": "the request's id: the caller's X-Request-Id when it is sane, else a new one; "
+                                    "in every log line, and sent upstream as <id>-<n>", "schema": {"type": "string"}},
+    "X-Vgate-Overhead-Ms": {"description": "time the request spent outside upstream calls, in ms",
+                            "schema": {"type": "number"}},
+}
+RUN_ID_HEADER = {"X-Vgate-Run-Id": {"description": "the agent run's id (GET /agent/runs/{run_id}/events resumes it)",
+                                    "schema": {"type": "string"}}}
 
 
 def error_responses(*statuses: int, **described: str) -> dict[int | str, dict[str, Any]]:

@@ -120,3 +120,14 @@ async def test_docs_reference_no_external_host_and_their_assets_are_served():
             assert r.content, url
         redoc = await gw.client.get("/redoc")
     assert redoc.status_code == 404  # FastAPI's CDN page is off; /docs is the one that works offline
+
+
+def test_the_headers_every_answer_carries_are_declared(doc):
+    """X-Request-Id and X-Vgate-Overhead-Ms are on every answer (the middleware adds them), and an
+    agent run's id is in X-Vgate-Run-Id: a client generated from the document should see them."""
+    for (method, path) in ERRORS:
+        for status, response in doc["paths"][path][method]["responses"].items():
+            headers = response.get("headers", {})
+            assert {"X-Request-Id", "X-Vgate-Overhead-Ms"} <= set(headers), (method, path, status)
+    assert "X-Vgate-Run-Id" in doc["paths"]["/agent"]["post"]["responses"]["200"]["headers"]
+    assert "X-Vgate-Run-Id" in doc["paths"]["/agent/runs/{run_id}/events"]["get"]["responses"]["200"]["headers"]
