@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from app.procs import refuse_taken_port
@@ -11,6 +12,7 @@ from app.procs import refuse_taken_port
 def _serve(args: argparse.Namespace) -> None:
     """``vgate serve``: the gateway under uvicorn; flags override the VGATE_* settings."""
     import uvicorn
+    from pydantic import ValidationError
 
     from app.main import create_app
     from app.settings import Settings
@@ -20,7 +22,12 @@ def _serve(args: argparse.Namespace) -> None:
         overrides["upstream_url"] = args.upstream
     if args.model:
         overrides["default_model"] = args.model
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:  # a bad or contradictory setting: say which, without a traceback
+        sys.exit("vgate serve: invalid settings:\n" + "\n".join(
+            f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()))
+    refuse_taken_port(settings.host, settings.port, "--port (or VGATE_PORT)", "vgate serve")
     uvicorn.run(
         create_app(settings),
         host=settings.host,
