@@ -1,9 +1,9 @@
 """Request-scoped context: what the HTTP middleware sets up for a request and the services read.
 
-One ``ContextVar`` holds a :class:`RequestContext`: the request id, the timer of upstream time
-(for the overhead header) and the counter that numbers the request's upstream calls. A task
-started while handling the request (an agent run) inherits the same object, so the calls of one
-run are numbered ``<request id>-1``, ``<request id>-2``, ...
+One ``ContextVar`` holds a :class:`RequestContext`: the request id and the timer of upstream time
+(for the overhead header). A task started while handling the request (an agent run) inherits the
+same object. Each upstream call gets ``<request id>-<n>`` with ``n`` from one counter for the whole
+process: the id is unique even when two requests carry the same client-chosen X-Request-Id.
 
 Neutral on purpose: the middleware and the LM client both import it, neither imports the other.
 """
@@ -46,16 +46,23 @@ class UpstreamTimer:
         return self.busy_s
 
 
+_upstream_calls = itertools.count(1)  # next() on a count is atomic: safe from any thread
+
+
+def upstream_request_id(base: str) -> str:
+    """``<base>-<n>`` for the next upstream call: vLLM refuses an id that is already running, so
+    a batch's items, an agent's steps and each retry get their own, and a client that reuses its
+    X-Request-Id (or two clients that pick the same one) cannot make two calls collide."""
+    return f"{base}-{next(_upstream_calls)}"
+
+
 @dataclass(slots=True)
 class RequestContext:
     request_id: str
     timer: UpstreamTimer = field(default_factory=UpstreamTimer)
-    _calls: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def next_upstream_id(self) -> str:
-        """A request id for the next upstream call: unique per call, as vLLM refuses an id that
-        is already running (a batch's items, an agent's steps and retries are separate calls)."""
-        return f"{self.request_id}-{next(self._calls)}"
+        return upstream_request_id(self.request_id)
 
 
 request_context: ContextVar[RequestContext | None] = ContextVar("vgate_request_context", default=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -70,8 +71,8 @@ async def test_request_id_propagates_to_upstream_unique_per_call(sim_url):
             later = await lm.chat(MSG, max_tokens=5)
     finally:
         request_context.reset(token)
-    assert sorted(r.upstream_id for r in rs) == ["chatcmpl-abc-123-1", "chatcmpl-abc-123-2", "chatcmpl-abc-123-3"]
-    assert later.upstream_id == "chatcmpl-abc-123-4"
+    ids = [r.upstream_id for r in [*rs, later]]
+    assert len(set(ids)) == 4 and all(re.fullmatch(r"chatcmpl-abc-123-\d+", i) for i in ids)
 
 
 async def test_explicit_request_id_is_numbered_too(sim_url):
@@ -121,7 +122,23 @@ async def test_each_attempt_carries_its_own_request_id():
         r = await _chat_against(httpx.MockTransport(handler))
     finally:
         request_context.reset(token)
-    assert r.attempts == 2 and seen == ["rq-1", "rq-2"]
+    assert r.attempts == 2 and len(set(seen)) == 2 and all(re.fullmatch(r"rq-\d+", i) for i in seen)
+
+
+async def test_two_requests_with_the_same_client_request_id_never_share_an_upstream_id(sim_url):
+    """A client that retries with its X-Request-Id while vLLM still runs (or aborts) the first call,
+    or two clients that pick the same id, must not collide upstream ("already running")."""
+    async with gateway(sim_url, log_level="INFO") as gw:
+        async def one() -> str:
+            r = await gw.client.post("/predict", headers={"x-request-id": "client-retry-7"},
+                                     json={"signature": "q -> a", "inputs": {"q": "x"}})
+            assert r.status_code == 200 and r.json()["request_id"] == "client-retry-7"
+            return r.json()["request_id"]
+
+        with capture_logs() as logs:
+            await asyncio.gather(one(), one(), one())
+    ids = [e["upstream_request_id"] for e in logs if e["event"] == "upstream_call"]
+    assert len(ids) == 3 and len(set(ids)) == 3 and all(i.startswith("client-retry-7-") for i in ids)
 
 
 async def test_persistent_503_gives_up_with_503_and_retry_hint(sim_url):
@@ -307,3 +324,34 @@ async def test_overloaded_is_a_503_with_retry_after_through_predict(sim_url):
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     err = r.json()["error"]
     assert err["type"] == "upstream_overloaded" and err["retryable"] is True and err["request_id"]
+
+
+async def test_calls_cancelled_in_the_queue_are_not_upstream_latency(sim_url):
+    """Four calls wait behind one slot and are cancelled: they never reached the upstream, so they
+    add nothing to its latency histogram (they would drag it towards 0 exactly under overload)."""
+    slow = {"x-sim-fault": "slow_first_token_ms=600"}
+    async with client(sim_url, max_inflight_per_upstream=1, max_retries=0) as (lm, m):
+        tasks = [asyncio.ensure_future(lm.chat(MSG, max_tokens=3, headers=slow)) for _ in range(5)]
+        await asyncio.sleep(0.3)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert sample(m, "vgate_upstream_requests_total", model="sim-model", outcome="cancelled") == 5
+    assert sample(m, "vgate_upstream_request_duration_seconds_count", model="sim-model") == 1
+    assert sample(m, "vgate_upstream_queue_seconds_count", upstream=sim_url) == 5
+
+
+async def test_a_call_cancelled_before_its_first_token_still_counts_its_prompt(sim_url):
+    """vLLM took the call (200) and is prefilling when the caller leaves: the prompt's tokens were
+    spent, so they are counted (estimated), not $0."""
+    seen: list = []
+    slow = {"x-sim-fault": "slow_first_token_ms=2000"}
+    async with client(sim_url, max_retries=0) as (lm, m):
+        task = asyncio.ensure_future(lm.chat(MSG, max_tokens=5, headers=slow, on_usage=seen.append))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    [usage] = seen
+    assert usage.estimated and usage.usage.prompt_tokens > 0 and usage.usage.completion_tokens == 0
+    assert usage.cost_usd > 0
+    assert sample(m, "vgate_prompt_tokens_total", model="sim-model", route="predict") == usage.usage.prompt_tokens

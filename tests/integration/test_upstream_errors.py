@@ -202,3 +202,37 @@ async def test_a_4xx_from_the_model_listing_is_the_gateways_502_not_the_clients_
         r = await gw.client.post("/predict", json=PREDICT)
     assert r.status_code == 502 and r.json()["error"]["upstream_status"] == 400
     assert "10.0.0.7" not in r.text
+
+
+async def test_a_burst_asking_for_an_unknown_model_lists_the_models_at_most_once_more():
+    listings: list[int] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            listings.append(1)
+            await asyncio.sleep(0.05)
+            return _models("m")
+        return _sse('{"a": "x"}')
+
+    async with gateway("http://up", lm_transport=httpx.MockTransport(handler)) as gw:
+        await gw.state.lm.list_models()
+        await asyncio.sleep(1.1)  # past the once-a-second bound for a miss
+        rs = await asyncio.gather(*(gw.client.post("/predict", json={**PREDICT, "model": "nope"}) for _ in range(50)))
+    assert all(r.status_code == 404 for r in rs)
+    assert len(listings) == 2  # the first listing, and one more for the whole burst
+
+
+async def test_a_remembered_listing_error_does_not_grow_with_each_request():
+    import traceback
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("down")
+
+    async with gateway("http://up", lm_transport=httpx.MockTransport(handler)) as gw:
+        sizes = []
+        for _ in range(50):
+            try:
+                await gw.state.lm.list_models()
+            except Exception as exc:  # noqa: BLE001 - the test measures the raised error
+                sizes.append(len(traceback.extract_tb(exc.__traceback__)))
+    assert len(sizes) == 50 and sizes[-1] == sizes[1]  # the same depth each time (it kept every caller's frames)

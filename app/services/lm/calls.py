@@ -36,7 +36,10 @@ class Call:
     entered: float = field(default_factory=time.perf_counter)
     started: float = 0.0  # a slot was held (or the call was refused) at this time
     acc: Accumulator = field(default_factory=Accumulator)
-    opened: Any = None  # the upstream took the call
+    opened: Any = None  # the stream, once its first chunk came
+    admitted: bool = False  # it held an in-flight slot (else it was refused or cancelled in the queue)
+    taken: bool = False  # the upstream accepted it (a 200): from then on it does work to account for
+    upstream_request_id: str | None = None
     attempts: int = 0
     ttft: float | None = None
     tokens_per_s: float | None = None
@@ -68,7 +71,7 @@ class CallBooks:
     def cut_short(self, call: Call) -> None:
         """A call that did not complete: the work the upstream did is counted (estimated) once it had
         taken the call; one refused or failed before that cost nothing."""
-        if call.opened is not None:
+        if call.taken:
             self.close(call, self.usage(call), estimated=call.acc.usage is None)
         else:
             self.close(call, Usage(), estimated=False)
@@ -82,11 +85,11 @@ class CallBooks:
             m.prompt_tokens.labels(model=label, route=call.route).inc(usage.prompt_tokens)
             m.completion_tokens.labels(model=label, route=call.route).inc(usage.completion_tokens)
             m.cost.labels(model=label, route=call.route).inc(cost)
-        if call.on_usage is not None and (call.opened is not None or call.outcome == "ok"):
+        if call.on_usage is not None and call.taken:
             call.on_usage(CallUsage(usage, cost, estimated))
         m.upstream_requests.labels(model=label, outcome=call.outcome).inc()
         self.queue_time.observe(call.started - call.entered)
-        if call.outcome != "shed":  # refused before any upstream time: not an upstream latency
+        if call.admitted:  # one refused or cancelled in the queue spent no upstream time
             m.upstream_duration.labels(model=label).observe(now - call.started)
             if call.error_type is not None:
                 m.upstream_errors.labels(model=label, type=call.error_type).inc()
@@ -105,7 +108,7 @@ class CallBooks:
             tokens_per_s=round(call.tokens_per_s, 1) if call.tokens_per_s else None,
             finish_reason=call.acc.finish_reason,
             attempts=call.attempts,
-            upstream_request_id=call.opened.upstream_request_id if call.opened is not None else None,
+            upstream_request_id=call.upstream_request_id,
         )
         if estimated:
             fields["estimated"] = True

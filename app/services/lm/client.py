@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -28,7 +27,7 @@ import httpx
 import structlog
 from httpx_aiohttp import AiohttpTransport
 
-from app.context import request_context
+from app.context import request_context, upstream_request_id
 from app.errors import (
     InvalidRequestError,
     UpstreamError,
@@ -54,7 +53,6 @@ class _Opened:
     response: httpx.Response
     lines: AsyncIterator[str]
     first: Chunk | None  # None: [DONE] at once
-    upstream_request_id: str | None
 
 
 def _encode(body: dict[str, Any]) -> bytes:
@@ -106,7 +104,6 @@ class LMClient:
         metrics.upstream_queued.labels(upstream=self.upstream).set_function(lambda: self._admission.queued)
         self._books = CallBooks(metrics, settings, metrics.upstream_queue.labels(upstream=self.upstream))
         self._retry = RetryPolicy(settings.max_retries, settings.retry_backoff_initial_s, settings.retry_backoff_max_s)
-        self._ids = itertools.count(1)  # numbers the calls made outside a request's context
         self.models = ModelCatalog(self._http, settings)
 
     async def aclose(self) -> None:
@@ -191,13 +188,14 @@ class LMClient:
                 raise
             finally:
                 call.started = time.perf_counter()  # what it waited until now is queue time
+            call.admitted = True
             ctx = request_context.get()
             timer = ctx.timer if ctx is not None else None
             if timer is not None:
                 timer.enter()
             try:
                 call.opened, call.attempts = await with_retries(
-                    lambda: self._open_once(content, model, request_id, headers, deadline),
+                    lambda: self._open_once(call, content, request_id, headers, deadline),
                     self._retry, deadline, lambda n, failed, sleep: self._on_retry(call.label, n, failed, sleep))
                 try:
                     chunk = call.opened.first
@@ -247,11 +245,11 @@ class LMClient:
         """``<request id>-<n>``: unique per upstream call, a retry included (vLLM refuses an id that is
         already running, and an attempt it is still aborting may be)."""
         if request_id is not None:
-            return f"{request_id}-{next(self._ids)}"
+            return upstream_request_id(request_id)
         ctx = request_context.get()
         return ctx.next_upstream_id() if ctx is not None else None
 
-    async def _open_once(self, content: bytes, model: str, request_id: str | None,
+    async def _open_once(self, call: Call, content: bytes, request_id: str | None,
                          extra_headers: dict[str, str] | None, deadline: float) -> _Opened:
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
@@ -264,7 +262,7 @@ class LMClient:
             pool=remaining,
         )
         headers = {"content-type": "application/json", **(extra_headers or {})}
-        upstream_id = self._upstream_request_id(request_id)
+        call.upstream_request_id = upstream_id = self._upstream_request_id(request_id)
         if upstream_id:
             headers["x-request-id"] = upstream_id
         try:
@@ -279,7 +277,8 @@ class LMClient:
                 if response.status_code == 404:
                     self.models.invalidate()  # the served list changed: fetch it again next time
                 raise status_failure(response.status_code, body,
-                                     parse_retry_after(response.headers.get("retry-after")), model=model)
+                                     parse_retry_after(response.headers.get("retry-after")), model=call.model)
+            call.taken = True  # vLLM admitted it: prefill is under way, whatever happens next
             lines = response.aiter_lines()
             first = await next_chunk(lines)
         except AttemptFailed:
@@ -299,7 +298,7 @@ class LMClient:
         except BaseException:
             await response.aclose()
             raise
-        return _Opened(response=response, lines=lines, first=first, upstream_request_id=upstream_id)
+        return _Opened(response=response, lines=lines, first=first)
 
     def _on_retry(self, label: str, attempt: int, failed: AttemptFailed, sleep_s: float) -> None:
         self.metrics.upstream_retries.labels(model=label, reason=failed.reason).inc()

@@ -8,6 +8,7 @@ call is made: llama.cpp, for one, silently answers any name with its own model.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import time
 
@@ -46,13 +47,14 @@ class ModelCatalog:
         if settings.default_model:
             self._known.add(settings.default_model)
 
-    async def list(self, *, refresh: bool = False) -> list[UpstreamModel]:
-        """The served models. Raises a 502/503/504 ``VGateError`` when the upstream cannot list them
+    async def list(self, *, refresh: bool = False, max_age_s: float | None = None) -> list[UpstreamModel]:
+        """The served models, fetched again if ``refresh``, or if older than ``max_age_s`` (default:
+        ``models_refresh_s``). Raises a 502/503/504 ``VGateError`` when the upstream cannot list them
         (an answer that is not a model list is ``upstream_malformed``)."""
-        if not refresh and self._fresh():
+        if not refresh and self._fresh(max_age_s):
             return self._cached()
         async with self._lock:
-            if not refresh and self._fresh():  # another call refreshed it while this one waited
+            if not refresh and self._fresh(max_age_s):  # another call refreshed it while this one waited
                 return self._cached()
             try:
                 models = await self._fetch()
@@ -82,10 +84,10 @@ class ModelCatalog:
             await self.list()
             if name in self._served:
                 return name
-            if time.monotonic() - self._listed_at >= MISS_REFRESH_INTERVAL_S:  # it may have just been loaded
-                await self.list(refresh=True)
-                if name in self._served:
-                    return name
+            # It may have just been loaded: look again, at most once a second however many ask.
+            await self.list(max_age_s=MISS_REFRESH_INTERVAL_S)
+            if name in self._served:
+                return name
         except VGateError as exc:
             # The list is unavailable (an old or odd server): let the upstream judge the name.
             log.info("model_list_unavailable", model=name, error_type=exc.type)
@@ -97,13 +99,17 @@ class ModelCatalog:
         """Bounded label values: configured or served names only."""
         return model if model in self._known else "other"
 
-    def _fresh(self) -> bool:
-        ttl = ERROR_TTL_S if self._error is not None else self.settings.models_refresh_s
+    def _fresh(self, max_age_s: float | None = None) -> bool:
+        ttl = self.settings.models_refresh_s if max_age_s is None else min(max_age_s, self.settings.models_refresh_s)
+        if self._error is not None:
+            ttl = ERROR_TTL_S
         return (self._models is not None or self._error is not None) and time.monotonic() - self._listed_at < ttl
 
     def _cached(self) -> list[UpstreamModel]:
         if self._error is not None:
-            raise self._error
+            # A fresh copy each time: re-raising one object would grow its traceback with every
+            # request's frames (and keep them alive) for as long as the error is remembered.
+            raise copy.copy(self._error).with_traceback(None)
         assert self._models is not None  # _fresh() holds only with a list or an error
         return self._models
 
