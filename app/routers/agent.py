@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
+import structlog
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -18,6 +19,9 @@ from app.routers.schemas import EVENT_STREAM_RESPONSE, AgentFinal, error_respons
 from app.services.agent import AgentRun, AgentService, Mode
 from app.services.programs import PredictConfig
 from app.settings import Settings
+from app.tools.executor import strict_json
+
+log = structlog.get_logger("vgate.agent")
 
 router = APIRouter(tags=["agent"], route_class=JSONBodyRoute)
 
@@ -141,8 +145,25 @@ def _event_stream(run: AgentRun, after_id: int, agent: AgentService, settings: S
     async def events() -> AsyncIterator[ServerSentEvent]:
         async with aclosing(agent.follow(run, after_id)) as followed:
             async for ev in followed:
-                yield ServerSentEvent(data=json.dumps(ev.data, ensure_ascii=False, default=str),
-                                      event=ev.event, id=str(ev.id))
+                yield ServerSentEvent(data=_event_json(ev.data), event=ev.event, id=str(ev.id))
 
     return EventSourceResponse(events(), ping=settings.sse_heartbeat_s, sep="\n",
                                headers={"x-vgate-run-id": run.run_id})
+
+
+def _event_json(data: Any) -> str:
+    """An event's data as JSON text any client reads: no NaN or Infinity (a browser's JSON.parse
+    refuses them: null instead), no lone surrogate (no UTF-8 stream carries one: U+FFFD instead).
+    The tools and the loop keep them out of events; this is the backstop, and it never raises (a
+    stream that raises ends without its final event)."""
+    try:
+        text = json.dumps(data, ensure_ascii=False, allow_nan=False, default=str)
+        text.encode("utf-8")
+        return text
+    except (ValueError, RecursionError):  # UnicodeEncodeError and NaN are ValueErrors
+        pass
+    try:  # ASCII: also escapes what default=str made of an object
+        return json.dumps(strict_json(data), ensure_ascii=True, allow_nan=False, default=str)
+    except (ValueError, RecursionError):  # nested past the recursion limit, or circular
+        log.error("agent_event_unserialisable", keys=sorted(map(str, data)) if isinstance(data, dict) else None)
+        return json.dumps({"type": "internal_error", "message": "this event's data could not be serialised"})

@@ -7,6 +7,10 @@ own error, a timeout or a bug (in the tool or in its validator) all come back as
 the model and the router maps to an HTTP status. Only cancellation propagates, so cancelling an
 agent run cancels its tool call.
 
+A result is always strict JSON in valid Unicode (see :func:`strict_json`): a service's JSON may
+spell lone surrogates (``"\\ud800"``) and NaN, which no UTF-8 stream or strict JSON document can
+carry, and the result goes to the model, to an SSE stream and into JSON responses.
+
 Sync tools run on a dedicated, bounded thread pool (never on the event loop, never in the
 default executor that DNS lookups share). A sync tool that times out cannot be interrupted: its
 thread finishes in the background and its result is dropped.
@@ -18,6 +22,8 @@ import asyncio
 import contextvars
 import functools
 import json
+import math
+import re
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -149,7 +155,11 @@ class ToolExecutor:
                 finally:
                     self.metrics.tools_in_flight.dec()
                     self.metrics.tool_duration.labels(tool=name).observe(time.perf_counter() - run_start)
-            result = pydantic_core.to_jsonable_python(value)
+            try:
+                result = pydantic_core.to_jsonable_python(value)
+            except UnicodeEncodeError:  # pydantic encodes keys: a key holding a lone surrogate
+                result = pydantic_core.to_jsonable_python(strict_json(value))
+            result = strict_json(result)
         except asyncio.CancelledError:
             record("cancelled")
             raise
@@ -171,6 +181,47 @@ class ToolExecutor:
         # copy the context so structlog's contextvars (request id) reach the tool's own logs
         call = functools.partial(contextvars.copy_context().run, tool.func, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self._threads, call)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` (JSON-able: dicts, lists, str, numbers, None) with every lone surrogate, in
+    strings and keys, replaced by U+FFFD and every NaN or Infinity by None: what a UTF-8 stream and
+    a strict JSON document can carry. ``value`` itself when nothing needs it (checked first, in C);
+    otherwise a repaired copy, walked without recursion (however deep, no stack overflow)."""
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        return value
+    except (ValueError, TypeError, RecursionError):  # UnicodeEncodeError and NaN are ValueErrors
+        pass
+    root = [value]
+    stack: list[tuple[Any, Any]] = [(root, 0)]  # (container, key): the item to repair
+    while stack:
+        parent, key = stack.pop()
+        item = parent[key]
+        if isinstance(item, str):
+            parent[key] = _valid_text(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            parent[key] = None
+        elif isinstance(item, dict):
+            copy = {_valid_text(k) if isinstance(k, str) else k: v for k, v in item.items()}
+            parent[key] = copy
+            stack.extend((copy, k) for k in copy)
+        elif isinstance(item, list | tuple):
+            copy_list = list(item)
+            parent[key] = copy_list
+            stack.extend((copy_list, i) for i in range(len(copy_list)))
+    return root[0]
+
+
+def _valid_text(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD (a pair written as two surrogates is
+    joined into its character)."""
+    if not _SURROGATE.search(text):
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def _size(arguments: Any) -> int:

@@ -505,3 +505,64 @@ def _tool_turn_then_done(calls: list[dict]) -> tuple[httpx.MockTransport, list[d
         return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
 
     return httpx.MockTransport(handler), sent
+
+
+@pytest.mark.parametrize("accept", ["text/event-stream", "application/json"])
+async def test_a_tool_result_with_a_lone_surrogate_or_nan_does_not_break_the_run(accept):
+    """A tool's result can hold what JSON text spells but no UTF-8 stream or strict JSON carries
+    (a service answering {"v": "x\\ud800y", "n": NaN}): the stream went dead after tool_call, the
+    JSON form was a 422 blaming the client. The result is repaired (U+FFFD, null) and the run goes on."""
+    upstream, sent = _tool_turn_then_done([{"index": 0, "id": "call_0", "type": "function",
+                                            "function": {"name": "odd", "arguments": "{}"}}])
+    async with gateway("http://up", default_model="m", lm_transport=upstream) as gw:
+        gw.state.tools.registry.register(lambda: {"v": "x\ud800y", "n": float("nan")}, name="odd",
+                                         description="Odd text.")
+        r = await gw.client.post("/agent", json={"input": "x", "tools": ["odd"]}, headers={"accept": accept})
+    assert r.status_code == 200, r.text
+    assert "NaN" not in r.text
+    if accept == "application/json":
+        body = r.json()
+        assert body["answer"] == "done"
+        result = next(t for t in body["trace"] if t["event"] == "tool_result")
+    else:
+        events = parse_sse(r.text)
+        assert events[-1]["event"] == "final" and events[-1]["data"]["answer"] == "done"
+        result = next(e["data"] for e in events if e["event"] == "tool_result")
+    assert result["ok"] is True and result["result"] == {"v": "x\ufffdy", "n": None}
+    tool_message = next(m for m in sent[1]["messages"] if m["role"] == "tool")
+    assert json.loads(tool_message["content"]) == {"v": "x\ufffdy", "n": None}
+
+
+def strict_events(text: str) -> list[dict]:
+    """``parse_sse``, as strict as a browser's JSON.parse: NaN and Infinity are not JSON."""
+
+    def refuse(name: str):
+        raise ValueError(f"{name} is not JSON")
+
+    for line in text.split("\n"):
+        if line.startswith("data:"):
+            json.loads(line[5:].strip(), parse_constant=refuse)
+    return parse_sse(text)
+
+
+async def test_the_event_stream_never_breaks_on_data_json_cannot_carry(monkeypatch):
+    """The backstop: should an event's data hold a lone surrogate or NaN (the executor and the loop
+    keep them out), the stream still carries it as JSON any client can read, and goes on."""
+    from app.tools.executor import ToolExecutor, ToolResult
+
+    class Raw(ToolResult):
+        def content(self) -> str:
+            return "ok"
+
+    async def execute(self, name, arguments, *, call_id=None):
+        return Raw(name, call_id, True, {"v": "x\ud800y", "n": float("nan"), "k\udc00": [float("-inf")]})
+
+    monkeypatch.setattr(ToolExecutor, "execute", execute)
+    upstream, _ = _tool_turn_then_done([{"index": 0, "id": "call_0", "type": "function",
+                                         "function": {"name": "calculator", "arguments": "{}"}}])
+    async with gateway("http://up", default_model="m", lm_transport=upstream) as gw:
+        r = await gw.client.post("/agent", json={"input": "x", "tools": ["calculator"]})
+    events = strict_events(r.text)
+    assert events[-1]["event"] == "final" and events[-1]["data"]["answer"] == "done", r.text
+    result = next(e["data"] for e in events if e["event"] == "tool_result")
+    assert result["result"] == {"v": "x\ufffdy", "n": None, "k\ufffd": [None]}

@@ -371,3 +371,37 @@ def test_tool_message_for_the_model() -> None:
     assert ok.to_message() == {"role": "tool", "tool_call_id": "call_1", "content": '{"result": 4}'}
     assert text.content() == "plain text"
     assert json.loads(err.content()) == {"error": {"type": "tool_error", "message": "division by zero"}}
+
+
+async def test_a_result_holding_what_json_cannot_carry_is_repaired(metrics: Metrics) -> None:
+    """A tool's result (a service's JSON, say) can hold lone surrogates ("\\ud800" is a legal JSON
+    escape) and NaN or Infinity: no UTF-8 stream or strict JSON document carries them. Every tool's
+    result comes back with U+FFFD for each lone surrogate (keys included) and null for NaN/Infinity."""
+    registry = ToolRegistry()
+    registry.register(lambda: {"v": "x\ud800y", "k\udfff": ["\ud83d\ude00", float("nan"), {"t": ("\udc00",)}],
+                               "n": float("inf"), "ok": 1.5}, name="odd", description="Odd text.")
+    registry.register(lambda: "plain \ud800", name="odd_text", description="Odd text.")
+    tools = executor(registry, metrics)
+    result = await tools.execute("odd", {})
+    assert result.ok and result.result == {"v": "x\ufffdy", "k\ufffd": ["\U0001f600", None, {"t": ["\ufffd"]}],
+                                           "n": None, "ok": 1.5}
+    json.loads(json.dumps(result.result, allow_nan=False).encode("utf-8"))  # strict JSON, valid UTF-8
+    result.content().encode("utf-8")  # what the model reads is valid text
+    assert (await tools.execute("odd_text", {})).result == "plain \ufffd"
+
+
+def test_the_repair_walks_deep_results_without_recursion() -> None:
+    from app.tools.executor import strict_json
+
+    deep: list[Any] = []
+    inner = deep
+    for _ in range(50_000):  # far past the recursion limit
+        inner.append([])
+        inner = inner[0]
+    inner.append("\ud800")
+    repaired = strict_json(deep)
+    for _ in range(50_000):
+        repaired = repaired[0]
+    assert repaired == ["\ufffd"]
+    clean = {"a": ["b", 1, None]}
+    assert strict_json(clean) is clean  # nothing to repair: the value itself, not a copy

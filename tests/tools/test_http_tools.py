@@ -180,6 +180,11 @@ async def test_unreachable_service(metrics: Metrics, http_client: httpx.AsyncCli
         (httpx.Response(200, content="é".encode("latin-1"), headers={"content-type": "text/plain; charset=latin-1"}),
          "é"),
         (httpx.Response(204), "(empty response, HTTP 204)"),
+        # what JSON text can spell but no UTF-8 stream or strict document carries
+        (httpx.Response(200, content=b'{"v": "x\\ud800y", "k\\udc00": 1}',
+                        headers={"content-type": "application/json"}), {"v": "x\ufffdy", "k\ufffd": 1}),
+        (httpx.Response(200, content=b'{"v": [NaN, -Infinity]}', headers={"content-type": "application/json"}),
+         {"v": [None, None]}),
     ],
 )
 async def test_response_decoding(metrics: Metrics, response: httpx.Response, expected: Any) -> None:
@@ -388,3 +393,12 @@ async def test_a_lone_surrogate_in_a_nested_key_is_refused_with_a_printable_loca
     assert response.status_code == 422, response.text
     assert response.json()["error"]["errors"][0]["loc"] == ["filters", "k\\ud800"]
     assert sent == []
+
+
+async def test_a_service_answering_a_lone_surrogate_is_a_result_not_a_500(metrics: Metrics) -> None:
+    answer = httpx.Response(200, content=b'{"city": "x\\ud800y"}', headers={"content-type": "application/json"})
+    async with capturing_client([], answer) as client:
+        tools = build(metrics, client, config("https://api.example/w"))
+        response = await post_tool(tools, "weather", {"city": "a"})
+    assert response.status_code == 200, response.text
+    assert response.json()["result"] == {"city": "x\ufffdy"}

@@ -106,3 +106,16 @@ async def test_against_a_local_searxng(metrics: Metrics, http_client: httpx.Asyn
     assert invalid.error is not None and invalid.error["type"] == "invalid_arguments"
     assert tool_calls(metrics, "web_search", "ok") == 2
     assert tool_calls(metrics, "web_search", "error") == 1
+
+
+async def test_a_lone_surrogate_in_the_backends_answer_is_replaced(metrics: Metrics) -> None:
+    """SearxNG's JSON may spell "\\ud800" (a page's broken text): the result must stay valid text."""
+    body = b'{"results": [{"title": "T\\ud800", "url": "https://a.example", "content": "s\\udfff"}]}'
+    registry = ToolRegistry()
+    async with mock_client(lambda request: httpx.Response(
+            200, content=body, headers={"content-type": "application/json"})) as client:
+        register_builtins(registry, web_search_url="http://searx.local", http_client=client)
+        result = await ToolExecutor(registry, make_settings(), metrics).execute("web_search", {"query": "q"})
+    assert result.ok, result.error
+    assert result.result["results"] == [{"title": "T\ufffd", "url": "https://a.example", "snippet": "s\ufffd"}]
+    result.content().encode("utf-8")
