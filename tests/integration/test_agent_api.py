@@ -566,3 +566,34 @@ async def test_the_event_stream_never_breaks_on_data_json_cannot_carry(monkeypat
     assert events[-1]["event"] == "final" and events[-1]["data"]["answer"] == "done", r.text
     result = next(e["data"] for e in events if e["event"] == "tool_result")
     assert result["result"] == {"v": "x\ufffdy", "n": None, "k\ufffd": [None]}
+
+
+@pytest.mark.parametrize("accept", ["text/event-stream", "application/json"])
+async def test_a_react_action_input_nested_too_deeply_is_invalid_arguments(accept):
+    """ "Action Input: [[[[..." past the recursion limit crashed the run (agent_run_crashed, a 500)."""
+    text = "Thought: ok\nAction: calculator\nAction Input: " + "[" * 1200
+    sent: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "m", "object": "model"}]})
+        sent.append(json.loads(request.content))
+        chunks = completion_chunks(text if len(sent) == 1 else "Final Answer: sorry")
+        body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    async with gateway("http://up", default_model="m", lm_transport=httpx.MockTransport(handler)) as gw:
+        r = await gw.client.post("/agent", json={"input": "x", "tools": ["calculator"], "mode": "react"},
+                                 headers={"accept": accept})
+    assert r.status_code == 200, r.text
+    if accept == "application/json":
+        body = r.json()
+        trace = body["trace"]
+    else:
+        events = parse_sse(r.text)
+        body = events[-1]["data"]
+        assert events[-1]["event"] == "final"
+        trace = [e["data"] for e in events if e["event"] in ("tool_call", "tool_result")]
+    assert body["answer"] == "sorry"
+    result = next(t for t in trace if "ok" in t)
+    assert result["ok"] is False and result["error"]["type"] == "invalid_arguments"

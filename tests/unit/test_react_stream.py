@@ -112,3 +112,14 @@ def test_a_reply_in_neither_form_is_shown_once_it_is_whole():
     reply = "The sky is blue because of Rayleigh scattering. " * 5
     _, delta, streamed = split(reply, 4)
     assert streamed == [] and delta == reply.strip()
+
+
+@pytest.mark.parametrize("args", ["[" * 1200, "{" * 1200, '{"a": ' + "[" * 5000 + "]" * 5000 + "}"])
+def test_action_input_nested_too_deeply_is_invalid_arguments(args):
+    """JSON nested past the recursion limit raises RecursionError, not ValueError: it is invalid
+    arguments (the tool result says so, the model can retry), not a crashed run."""
+    parsed = react.parse("Thought: ok\nAction: calculator\nAction Input: " + args)
+    assert (parsed.action, parsed.arguments, parsed.invalid_arguments) == ("calculator", None, args)
+    forced = '{"action": "calculator", "action_input": ' + args + "}"
+    parsed = react.parse_action_json(forced)  # a forced turn's JSON: read as text like any invalid JSON
+    assert parsed.arguments is None and parsed.final == forced

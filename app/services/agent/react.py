@@ -95,7 +95,7 @@ def parse_action_json(text: str) -> ReactStep:
                          arguments=data["action_input"] if isinstance(data["action_input"], dict) else None,
                          invalid_arguments=None if isinstance(data["action_input"], dict)
                          else json.dumps(data["action_input"]))
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):  # nested too deeply: invalid too
         return parse(text)
 
 
@@ -118,7 +118,7 @@ def parse(text: str) -> ReactStep:
         raw = raw.split("\nObservation:", 1)[0].strip()
         try:
             args = json.loads(_first_json_object(raw))
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply to read
             return ReactStep(thought=thought, action=action.group("name"), invalid_arguments=raw)
         if not isinstance(args, dict):
             return ReactStep(thought=thought, action=action.group("name"), invalid_arguments=raw)
