@@ -597,3 +597,22 @@ async def test_a_react_action_input_nested_too_deeply_is_invalid_arguments(accep
     assert body["answer"] == "sorry"
     result = next(t for t in trace if "ok" in t)
     assert result["ok"] is False and result["error"]["type"] == "invalid_arguments"
+
+
+@pytest.mark.parametrize("args", ['{"expression": NaN}', '{"expression": "1+1", "x": -Infinity}'])
+@pytest.mark.parametrize("accept", ["text/event-stream", "application/json"])
+async def test_tool_call_arguments_with_nan_are_shown_as_the_models_text(accept, args):
+    """Python's json.loads reads NaN and Infinity, which are not JSON (a browser's JSON.parse
+    refuses the event): like a lone surrogate, the tool_call event shows the model's text."""
+    upstream, _ = _tool_turn_then_done([{"index": 0, "id": "call_0", "type": "function",
+                                         "function": {"name": "calculator", "arguments": args}}])
+    async with gateway("http://up", default_model="m", lm_transport=upstream) as gw:
+        r = await gw.client.post("/agent", json={"input": "add", "tools": ["calculator"]}, headers={"accept": accept})
+    assert r.status_code == 200, r.text
+    if accept == "application/json":
+        call = next(t for t in r.json()["trace"] if t["event"] == "tool_call")
+    else:
+        events = strict_events(r.text)
+        assert events[-1]["event"] == "final"
+        call = next(e["data"] for e in events if e["event"] == "tool_call")
+    assert call["arguments"] == args

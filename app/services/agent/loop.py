@@ -363,10 +363,11 @@ class _SwitchToReact(Exception):
 
 def _loads_or_raw(text: str) -> Any:
     """A tool call's arguments for its event: parsed, or the model's text when it is not JSON or when
-    parsed it would hold a lone surrogate ("\ud800"), which no UTF-8 stream or document can carry."""
+    parsed it would hold what no UTF-8 stream or strict JSON document can carry: a lone surrogate
+    ("\ud800"), or NaN and Infinity (Python's json reads them; a browser's JSON.parse does not)."""
     try:
         value = json.loads(text)
-        json.dumps(value, ensure_ascii=False).encode()
-    except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+    except (ValueError, RecursionError):  # UnicodeEncodeError and a NaN are ValueErrors
         return text
     return value
