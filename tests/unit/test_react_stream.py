@@ -29,6 +29,12 @@ REPLIES = [
     "Thought: hmm\nAction: calculator\nFinal Answer: 7",
     "I may take action: later",
     "Sure.\nFinal\n  Answer :\n\n42\n",
+    # long whitespace inside a marker: past the cap it is no marker, for parse and splitter alike
+    "Thought: use it\nAction" + " " * 40 + ": calc\nAction Input: {}\nFinal Answer: 43",
+    "Thought: use it\nAction" + " " * 8 + ": calc\nAction Input: {}\nFinal Answer: 43",
+    "Thought: x\nFinal" + " " * 40 + "Answer: 42",
+    "Let me see. Final" + "\n" * 8 + "Answer" + " \t" * 4 + ":  42",
+    "Thought: x" + " " * 100 + "\n" * 50 + "Final Answer:" + " " * 100 + "42" + " " * 100,
 ]
 
 
@@ -52,7 +58,8 @@ def test_streamed_text_is_what_parse_reads(reply, size):
     reasoning, delta, streamed = split(reply, size)
     assert delta == ("" if parsed.action else parsed.final)
     assert (parsed.final or "").startswith("".join(t for kind, t in streamed if kind == "delta"))
-    assert reasoning in (parsed.thought or "", "only a thought")  # a lone thought is also the answer
+    # a reply that starts with "Thought:" but has no marker streamed as a thought: it is also the answer
+    assert reasoning in (parsed.thought or "", reply.split(":", 1)[-1].strip() if parsed.thought is None else None)
 
 
 @pytest.mark.parametrize("reply,thought,action,final", [
@@ -123,3 +130,31 @@ def test_action_input_nested_too_deeply_is_invalid_arguments(args):
     forced = '{"action": "calculator", "action_input": ' + args + "}"
     parsed = react.parse_action_json(forced)  # a forced turn's JSON: read as text like any invalid JSON
     assert parsed.arguments is None and parsed.final == forced
+
+
+_PIECES = ["Thought:", "Thought :", "Final Answer:", "final answer :", "FINAL  ANSWER:", "Action:", "Action: calc",
+           '\nAction Input: {"a": 1}', "Action Input:", "calc", "\n", " ", "  ", "{}", "x", "Fin", "al", "An",
+           "swer", ":", "Act", "ion", "trans", "The answer is 42.", "é", "\t", "Observation: z", "Final", "Answer",
+           "_", " " * 40, "\n" * 20, "\xa0", "\u2028", "Final" + " " * 40 + "Answer:", "Final" + " " * 8 + "Answer:",
+           "Action" + " " * 40 + ": calc\nAction Input: {}", "Action" + " " * 8 + ": calc\nAction Input: {}"]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_invariant_holds_for_random_replies_with_long_whitespace_runs(seed):
+    """Random replies of markers, near-markers and whitespace runs, fed in random pieces: what
+    streams is a prefix of parse's answer, all of it is the answer, and a tool call streams none."""
+    rng = random.Random(seed)
+    for _ in range(300):
+        reply = "".join(rng.choice(_PIECES) for _ in range(rng.randint(1, 12)))
+        s, out, i = react.StreamSplitter(), [], 0
+        while i < len(reply):
+            n = rng.randint(1, 8)
+            out += s.feed(reply[i:i + n])
+            i += n
+        parsed = react.parse(reply)
+        want = "" if parsed.action else parsed.final
+        streamed = "".join(t for kind, t in out if kind == "delta")
+        assert want.startswith(streamed), reply
+        out += s.finish(parsed)
+        assert "".join(t for kind, t in out if kind == "delta") == want, reply
+

@@ -24,12 +24,18 @@ from typing import Any
 
 STOP = ["\nObservation:"]
 
-# The markers, in any case (small models write "final answer:"), as words ("transaction:" is none).
-_ACTION = re.compile(r"\bAction\s*:\s*(?P<name>[A-Za-z0-9_\-]+)\s*\n\s*Action\s*Input\s*:\s*(?P<args>.*)",
+# The markers, in any case (small models write "final answer:"), as words ("transaction:" is none),
+# with at most _GAP whitespace characters inside ("Final\n  Answer :"): bounded, so that a marker
+# has a longest form and the stream splitter, which looks back that far, sees each one parse sees.
+_GAP = 8
+_WS = rf"\s{{0,{_GAP}}}"
+_ACTION_WORD = rf"Action{_WS}:"
+_FINAL_WORDS = rf"Final{_WS}Answer"
+_ACTION = re.compile(rf"\b{_ACTION_WORD}\s*(?P<name>[A-Za-z0-9_\-]+)\s*\n\s*Action{_WS}Input{_WS}:\s*(?P<args>.*)",
                      re.S | re.I)
-_FINAL = re.compile(r"\bFinal\s*Answer\s*:\s*(?P<answer>.*)", re.S | re.I)
-_MARKER = re.compile(r"\b(?P<m>Action|Final\s*Answer)\s*:", re.I)  # where a thought ends
-_THOUGHT = re.compile(r"\bThought\s*:", re.I)
+_FINAL = re.compile(rf"\b{_FINAL_WORDS}{_WS}:\s*(?P<answer>.*)", re.S | re.I)
+_MARKER = re.compile(rf"\b(?P<m>Action|{_FINAL_WORDS}){_WS}:", re.I)  # where a thought ends
+_THOUGHT = re.compile(rf"\bThought{_WS}:", re.I)
 
 
 @dataclass(slots=True)
@@ -170,17 +176,18 @@ def as_text_message(m: dict[str, Any]) -> dict[str, Any]:
     return {"role": m["role"], "content": m.get("content") or ""}
 
 
-_START = re.compile(r"\s*Thought\s*:", re.I)
+_START = re.compile(rf"\s*Thought{_WS}:", re.I)
 _OPENER = ("thought:",)  # as written, whitespace left out, in lower case
 _ENDS = ("action:", "finalanswer:")
-_MARGIN = 32  # characters a marker can span ("Final Answer:", spaces included)
+# The longest text a marker (_MARKER) can match: "Final", _GAP, "Answer", _GAP, ":".
+_MARGIN = len("FinalAnswer:") + 2 * _GAP
 
 
 class StreamSplitter:
     """Splits a ReAct reply while it streams into what clients see: ``reasoning`` (the thought)
     and ``delta`` (the answer: the text after "Final Answer:", or a reply in neither form, which
     ``parse`` takes as the answer). The deltas of a reply join to ``parse``'s answer, and a tool
-    call's reply streams none.
+    call's reply streams none. It finds the markers with ``parse``'s own patterns.
 
     A reply that starts with "Thought:" streams its thought as it comes; one that does not is held
     back until a marker shows what it was (the text before it is the thought) or until it ends
