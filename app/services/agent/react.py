@@ -193,17 +193,30 @@ class StreamSplitter:
     back until a marker shows what it was (the text before it is the thought) or until it ends
     (``finish``: all of it was the answer): text before a marker must not be shown as the answer.
     After "Final Answer:" the answer streams. Only what may still become a marker, and trailing
-    whitespace (``parse`` strips it), is held back; ``finish`` publishes what ``parse`` kept of it."""
+    whitespace (``parse`` strips it), is held back; ``finish`` publishes what ``parse`` kept of it.
+
+    Linear in the reply's length: only the last ``_MARGIN`` characters are searched again (a
+    marker is never longer), the text held back before them is kept as pieces, and a piece of
+    whitespace alone, which can neither end a marker nor be published, waits for the next."""
 
     def __init__(self) -> None:
-        self.text = ""
-        self.pos = 0  # text[:pos] is handled
+        self.text = ""  # the unhandled text where a marker may still begin
+        self.held: list[str] = []  # unhandled text before ``text`` (held back, no marker begins in it)
+        self.spaces: list[str] = []  # whitespace pieces not looked at yet
+        self.before = ""  # the character before ``held`` and ``text`` (\b looks at it)
         self.section: str | None = None  # None: undecided; thought, final, plain (no marker yet), quiet
         self.fresh = True  # nothing published in this section yet (its leading whitespace is skipped)
         self.sent = {"reasoning": "", "delta": ""}
-        self.searched = 0  # no marker begins before searched - _MARGIN (a long reply is not rescanned)
 
     def feed(self, piece: str) -> list[tuple[str, str]]:
+        if self.section == "quiet" or not piece:
+            return []  # after "Action:", parse decides (finish)
+        if piece.isspace():  # ends no marker, and trailing whitespace is never published
+            self.spaces.append(piece)
+            return []
+        if self.spaces:
+            piece = "".join(self.spaces) + piece
+            self.spaces.clear()
         self.text += piece
         out: list[tuple[str, str]] = []
         while self._advance(out):
@@ -221,37 +234,41 @@ class StreamSplitter:
 
     def _advance(self, out: list[tuple[str, str]]) -> bool:
         """Handle what can be handled of the unhandled text; True if the section changed."""
-        rest = self.text[self.pos:]
+        text = self.text
         if self.section is None:
-            m = _START.match(rest)
+            m = _START.match(text)
             if m:
                 self._enter("thought", m.end())
                 return True
-            if not _may_be(rest, _OPENER):
+            if not _may_be(text, _OPENER):
                 self.section = "plain"
                 return True
             return False
         if self.section in ("thought", "plain"):
-            m = _MARKER.search(self.text, max(self.pos, self.searched - _MARGIN))  # \b sees the text before
-            self.searched = len(self.text)
+            m = _MARKER.search(self.before + text, len(self.before))  # \b sees the character before
             if m:
-                head = self.text[self.pos:m.start()]
+                start, end = m.start() - len(self.before), m.end() - len(self.before)
+                head = "".join(self.held) + text[:start]
                 action = m["m"].lower() == "action"
                 if self.section == "thought":
                     self._publish(out, "reasoning", head.rstrip())
                 elif not action:
                     self._publish(out, "reasoning", _thought(head) or "")
                 # After "Action:", parse decides (it may be no well-formed call): finish publishes.
-                self._enter("quiet" if action else "final", m.end() - self.pos)
+                self._enter("quiet" if action else "final", end)
                 return True
             if self.section == "thought":
-                end = self._safe_end(rest)
-                self._publish(out, "reasoning", rest[:end])
-                self.pos += end
+                end = self._safe_end(text)
+                self._publish(out, "reasoning", text[:end])
+                self._consume(end)
+            elif len(text) > _MARGIN:  # plain: held back whole, searched again only where a marker may begin
+                cut = len(text) - _MARGIN
+                self.held.append(text[:cut])
+                self.before, self.text = text[cut - 1], text[cut:]
         elif self.section == "final":
-            end = len(rest.rstrip())
-            self._publish(out, "delta", rest[:end])
-            self.pos += end
+            end = len(text.rstrip())
+            self._publish(out, "delta", text[:end])
+            self._consume(end)
         return False
 
     def _safe_end(self, rest: str) -> int:
@@ -259,14 +276,22 @@ class StreamSplitter:
         that may still become a marker ("Fin", "Final Ans")."""
         end = len(rest.rstrip())
         for i in range(max(0, end - _MARGIN), end):
-            if (rest[i] in "aAfF" and not _word_char(self.text[self.pos + i - 1:self.pos + i])
+            if (rest[i] in "aAfF" and not _word_char(rest[i - 1] if i else self.before)
                     and _may_be(rest[i:end], _ENDS)):
                 return len(rest[:i].rstrip())
         return end
 
+    def _consume(self, n: int) -> None:
+        """The first ``n`` characters of the unhandled text are handled."""
+        if n:
+            self.before, self.text = self.text[n - 1], self.text[n:]
+
     def _enter(self, section: str, advance: int) -> None:
         self.section = section
-        self.pos += advance
+        self.held.clear()
+        self._consume(advance)
+        if section == "quiet":
+            self.text = ""
         self.fresh = True
 
     def _publish(self, out: list[tuple[str, str]], kind: str, text: str) -> None:
