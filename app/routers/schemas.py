@@ -189,9 +189,12 @@ class AgentRunStarted(BaseModel):
 
 
 class AgentText(BaseModel):
-    """``delta`` (answer text) and ``reasoning`` (the model's thinking) events."""
+    """``delta`` (the model's text) and ``reasoning`` (its thinking) events. When the run ends with
+    an answer, the deltas of its last step join to ``final.answer``; text that a step streamed
+    before its tool calls is no part of it."""
 
     text: str
+    step: int = Field(description="the step (model turn) the text belongs to: 1, 2, ...")
 
 
 class AgentToolCall(BaseModel):

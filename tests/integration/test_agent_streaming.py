@@ -222,3 +222,102 @@ async def test_react_text_before_a_marker_never_streams_as_the_answer():
     assert "".join(deltas(events)) == "42"
     thoughts = [e["data"]["text"] for e in events if e["event"] == "reasoning"]
     assert thoughts == ["I will use the tool.", "Let me think about it."]
+
+
+def turns_upstream(turns: list[list[dict]], sent: list[dict]) -> httpx.MockTransport:
+    """An upstream whose n-th chat call streams the chunks ``turns[n]`` (the last one again after)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "m", "object": "model"}]})
+        sent.append(json.loads(request.content))
+        chunks = turns[min(len(sent), len(turns)) - 1]
+        body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    return httpx.MockTransport(handler)
+
+
+def text_by_step(events: list[dict], kind: str) -> dict[int, str]:
+    """What the ``kind`` events (delta, reasoning) of each step join to; each names its step."""
+    joined: dict[int, str] = {}
+    for e in events:
+        if e["event"] == kind:
+            step = e["data"]["step"]
+            assert isinstance(step, int) and 1 <= step <= events[-1]["data"]["steps"], e
+            joined[step] = joined.get(step, "") + e["data"]["text"]
+    return joined
+
+
+def assert_last_step_deltas_join_to_the_answer(events: list[dict]) -> None:
+    """The documented invariant: the deltas of the final step join to final.answer."""
+    final = events[-1]
+    assert final["event"] == "final", events
+    assert text_by_step(events, "delta").get(final["data"]["steps"], "") == (final["data"]["answer"] or "")
+
+
+CALL = {"index": 0, "id": "call_0", "type": "function",
+        "function": {"name": "calculator", "arguments": '{"expression": "1+1"}'}}
+
+
+async def test_native_text_of_a_tool_call_turn_is_its_steps_not_the_answer():
+    """A native turn's text streams before its tool calls arrive; it is no part of the answer. Every
+    delta and reasoning event names its step, and the deltas of the final step join to the answer."""
+    sent: list[dict] = []
+    turns = [[chunk(role="assistant", reasoning_content="I should add."), chunk(content="Let me compute that. "),
+              chunk(tool_calls=[CALL]), *finish("tool_calls")],
+             [chunk(role="assistant", reasoning_content="It is 2."), chunk(content="2"), *finish()]]
+    async with gateway("http://up", default_model="m", lm_transport=turns_upstream(turns, sent)) as gw:
+        events = await run_sse(gw.client, {"input": "1+1?", "tools": ["calculator"]})
+    assert events[-1]["data"]["answer"] == "2" and events[-1]["data"]["steps"] == 2
+    assert text_by_step(events, "delta") == {1: "Let me compute that. ", 2: "2"}
+    assert text_by_step(events, "reasoning") == {1: "I should add.", 2: "It is 2."}
+    assert_last_step_deltas_join_to_the_answer(events)
+
+
+async def test_a_native_turn_cut_by_max_tokens_mid_tool_call_answers_with_its_text():
+    """Cut by max_tokens while writing a tool call (not run): the text it streamed is the answer."""
+    cut = {**CALL, "function": {"name": "calculator", "arguments": '{"expre'}}
+    turns = [[chunk(role="assistant", content="Let me compute"), chunk(tool_calls=[cut]), *finish("length")]]
+    async with gateway("http://up", default_model="m", lm_transport=turns_upstream(turns, [])) as gw:
+        events = await run_sse(gw.client, {"input": "1+1?", "tools": ["calculator"]})
+    assert events[-1]["data"]["stop_reason"] == "length"
+    assert events[-1]["data"]["answer"] == "Let me compute"
+    assert "tool_call" not in [e["event"] for e in events]
+    assert_last_step_deltas_join_to_the_answer(events)
+
+
+def reply_chunks(reply: str, reason: str = "stop") -> list[dict]:
+    return [chunk(role="assistant", content=""), *(chunk(content=reply[i:i + 3]) for i in range(0, len(reply), 3)),
+            *finish(reason)]
+
+
+async def test_react_deltas_of_the_final_step_join_to_the_answer():
+    turns = [reply_chunks('Thought: add\nAction: calculator\nAction Input: {"expression": "1+1"}'),
+             reply_chunks("Thought: got it\nFinal Answer: 2")]
+    async with gateway("http://up", default_model="m", lm_transport=turns_upstream(turns, [])) as gw:
+        events = await run_sse(gw.client, {"input": "1+1?", "tools": ["calculator"], "mode": "react"})
+    assert events[-1]["data"]["answer"] == "2"
+    assert text_by_step(events, "reasoning") == {1: "add", 2: "got it"}
+    assert text_by_step(events, "delta") == {2: "2"}
+    assert_last_step_deltas_join_to_the_answer(events)
+
+
+async def test_react_turn_cut_by_max_tokens_streams_its_answer_as_the_answer():
+    turns = [reply_chunks("Thought: long\nFinal Answer: the answer is cut", "length")]
+    async with gateway("http://up", default_model="m", lm_transport=turns_upstream(turns, [])) as gw:
+        events = await run_sse(gw.client, {"input": "x", "tools": ["calculator"], "mode": "react"})
+    assert events[-1]["data"]["stop_reason"] == "length"
+    assert events[-1]["data"]["answer"] == "the answer is cut"
+    assert_last_step_deltas_join_to_the_answer(events)
+
+
+async def test_a_forced_react_turn_answered_in_text_streams_that_answer():
+    """A forced ReAct turn (structured outputs) streams nothing while it comes; a reply that is no
+    JSON action is taken as the answer, and then it is sent as the step's delta."""
+    turns = [reply_chunks("The answer is 42.")]
+    async with gateway("http://up", default_model="m", lm_transport=turns_upstream(turns, [])) as gw:
+        events = await run_sse(gw.client, {"input": "x", "tools": ["calculator"], "mode": "react",
+                                           "tool_choice": "required"})
+    assert events[-1]["data"]["answer"] == "The answer is 42."
+    assert_last_step_deltas_join_to_the_answer(events)

@@ -70,6 +70,7 @@ class RunLoop:
         self.conversation = list(task.messages)
         self.started = time.perf_counter()
         self.text = Coalescer(run)  # one per run: text and reasoning events in the model's order
+        self.step = 0  # the step under way: its text events name it
 
     async def main(self) -> None:
         run, task, totals = self.run, self.task, self.totals
@@ -85,7 +86,7 @@ class RunLoop:
                 task.mode == "auto" and bool(task.tool_names) and self.tool_support.refused(model))
             answer, stop_reason = None, "max_steps"
             for step in range(1, task.max_steps + 1):
-                totals.steps = step
+                totals.steps = self.step = step
                 if react_mode:
                     answer = await self._react_step(model, step)
                 else:
@@ -202,7 +203,8 @@ class RunLoop:
             log.warning("tool_choice_ignored_fallback_to_react", model=model)
             raise _SwitchToReact()
         if result.finish_reason == "length":
-            return self._cut(result.content, result.content if not result.tool_calls else None)
+            # The text it streamed is the (cut) answer; None when it wrote only a cut tool call.
+            return self._cut(result.content, result.content if result.content or not result.tool_calls else None)
         if not result.tool_calls:
             conversation.append({"role": "assistant", "content": result.content})
             return result.content
@@ -239,8 +241,9 @@ class RunLoop:
         log.info("agent_step", step=step, mode="react", action=parsed.action)
         if splitter is not None:
             self._publish(splitter.finish(parsed))
-        elif parsed.thought:
-            self._publish([("reasoning", parsed.thought)])
+        else:  # a forced turn, not shown while it came: its thought, and its answer if it made no call
+            self._publish([("reasoning", parsed.thought or ""),
+                           ("delta", (parsed.final or "") if parsed.action is None else "")])
         self.text.flush()
         if result.finish_reason == "length":
             return self._cut(result.content, parsed.final if parsed.action is None else None)
@@ -266,11 +269,11 @@ class RunLoop:
         return answer
 
     def _answer_text(self, piece: str) -> None:
-        self.text.add("delta", piece)
+        self.text.add("delta", piece, self.step)
 
     def _publish(self, pieces: list[tuple[str, str]]) -> None:
         for kind, text in pieces:
-            self.text.add(kind, text)
+            self.text.add(kind, text, self.step)
 
     async def _call(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any],
                     *, on_text: Callable[[str], None] | None) -> LMResult:
@@ -284,7 +287,7 @@ class RunLoop:
                         if on_text is not None:
                             on_text(ev.text)
                     elif isinstance(ev, ReasoningDelta):
-                        self.text.add("reasoning", ev.text)
+                        self.text.add("reasoning", ev.text, self.step)
                     elif isinstance(ev, Done):
                         if self.settings.log_prompts:  # off by default: prompts may hold personal data
                             log.info("agent_io", messages=messages, completion=ev.result.content,

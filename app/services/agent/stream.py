@@ -12,7 +12,9 @@ class Coalescer:
     resumable streams, so one event per token would make a long run's log needlessly large.
 
     One coalescer per run keeps the model's order: a piece of another kind (reasoning, then
-    answer text) first publishes what is pending. A pending piece is published at most
+    answer text) or of another step first publishes what is pending. Each event names its step
+    (``{"text", "step"}``): a client tells the final step's deltas, the answer, from the text of a
+    step that ended in tool calls. A pending piece is published at most
     ``MAX_AGE_S`` after it came, even if no further token arrives (a slow stream, a pause).
     """
 
@@ -22,16 +24,17 @@ class Coalescer:
     def __init__(self, run: AgentRun) -> None:
         self.run = run
         self.kind: str | None = None
+        self.step = 0
         self.parts: list[str] = []
         self.size = 0
         self._timer: asyncio.TimerHandle | None = None
 
-    def add(self, kind: str, piece: str) -> None:
+    def add(self, kind: str, piece: str, step: int) -> None:
         if not piece:
             return
-        if kind != self.kind:
+        if kind != self.kind or step != self.step:
             self.flush()
-            self.kind = kind
+            self.kind, self.step = kind, step
         self.parts.append(piece)
         self.size += len(piece)
         if self.size >= self.MAX_CHARS:
@@ -44,6 +47,6 @@ class Coalescer:
             self._timer.cancel()
             self._timer = None
         if self.parts:
-            self.run.publish(self.kind or "delta", {"text": "".join(self.parts)})
+            self.run.publish(self.kind or "delta", {"text": "".join(self.parts), "step": self.step})
             self.parts.clear()
             self.size = 0
