@@ -51,17 +51,17 @@ def main() -> None:
                 r.read()
                 print(f"HTTP {r.status_code}: {r.text}", file=sys.stderr)
                 sys.exit(1)
-            in_text = False
+            in_text = None  # the step whose text is being printed
             for _, name, data in events(r):
                 if name == "delta":
-                    if not in_text:
-                        print("\nassistant: ", end="")
-                        in_text = True
+                    if in_text != data["step"]:  # the last step's text is the answer
+                        print(f"\nassistant (step {data['step']}): ", end="")
+                        in_text = data["step"]
                     print(data["text"], end="", flush=True)
                     continue
-                if in_text:
+                if in_text is not None:
                     print()
-                    in_text = False
+                    in_text = None
                 if name == "run":
                     print(f"run {data['run_id']} on {data['model']} with tools {data['tools']}")
                 elif name == "reasoning":

@@ -247,15 +247,44 @@ def _parse_arguments(arguments: dict[str, Any] | str | None, size: int) -> dict[
         if not arguments.strip():  # models send "" for a tool without parameters
             return {}
         try:
-            arguments = json.loads(arguments)
+            arguments = json.loads(arguments, parse_constant=_refuse_constant)
         except json.JSONDecodeError as exc:
             raise ArgumentsError(
                 f"arguments are not valid JSON: {exc.msg} at position {exc.pos}",
                 [{"loc": [], "msg": f"invalid JSON: {exc.msg}", "type": "json_invalid"}],
             ) from None
+    else:
+        _refuse_non_finite(arguments)
     if not isinstance(arguments, dict):
         raise ArgumentsError(
             f"arguments must be a JSON object, not {type(arguments).__name__}",
             [{"loc": [], "msg": "expected a JSON object", "type": "dict_type"}],
         )
     return arguments
+
+
+def _refuse_constant(name: str) -> Any:
+    """NaN and Infinity: Python's JSON reader takes them, JSON (and the services tools call) does not."""
+    raise ArgumentsError(f"arguments are not valid JSON: {name} is not a JSON number",
+                         [{"loc": [], "msg": f"{name} is not a JSON number", "type": "json_invalid"}])
+
+
+def _refuse_non_finite(arguments: Any) -> None:
+    """The same for arguments that arrive parsed (``POST /tools``): no NaN or Infinity anywhere in them."""
+    # Iterative, and the location kept as a linked (parent, key) chain built into a list only on an
+    # error: copying the path at every level would be quadratic in the nesting depth.
+    stack: list[tuple[Any, tuple | None]] = [(arguments, None)]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            loc: list[Any] = []
+            while path is not None:
+                path, key = path
+                loc.append(key)
+            loc.reverse()
+            raise ArgumentsError(f"arguments are not valid JSON: {value} is not a JSON number",
+                                 [{"loc": loc, "msg": f"{value} is not a JSON number", "type": "finite_number"}])
+        if isinstance(value, dict):
+            stack.extend((v, (path, str(k))) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, (path, i)) for i, v in enumerate(value))

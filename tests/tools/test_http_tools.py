@@ -402,3 +402,20 @@ async def test_a_service_answering_a_lone_surrogate_is_a_result_not_a_500(metric
         response = await post_tool(tools, "weather", {"city": "a"})
     assert response.status_code == 200, response.text
     assert response.json()["result"] == {"city": "x\ufffdy"}
+
+
+@pytest.mark.parametrize("text", ['{"city": "Lyon", "temp": NaN}', '{"city": "Lyon", "temp": -Infinity}'])
+async def test_nan_and_infinity_in_arguments_are_invalid_arguments(text: str, metrics: Metrics) -> None:
+    """Python's JSON reader takes NaN and Infinity, JSON does not: a model writing them must get an
+    invalid_arguments result, not a service sent invalid JSON (or a tool_failed from the encoder)."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "temp": {"type": "number"}},
+              "required": ["city"]}
+    sent: list[httpx.Request] = []
+    async with capturing_client(sent) as client:
+        tools = build(metrics, client, {"name": "t", "description": "T.", "parameters": schema,
+                                        "url": "https://api.example/t", "method": "POST"})
+        result = await tools.execute("t", text, call_id="c1")
+        response = await post_tool(tools, "t", json.loads(text))  # a client's JSON library may send them too
+    assert result.error is not None and result.error["type"] == "invalid_arguments", result.error
+    assert response.status_code == 422, response.text
+    assert sent == []
