@@ -99,8 +99,9 @@ def test_a_pending_piece_is_published_without_waiting_for_the_next_token():
     assert [(kind, s) for _, kind, s in text] == [("reasoning", "thinking"), ("delta", "Hello"),
                                                   ("delta", " world")]
     (t_thought, _, _), (t_hello, _, _), (t_world, _, _) = text
-    assert t_thought < 0.35  # sent at 0.2 (until now it waited for the next token, at 0.9)
-    assert t_hello < 0.7 and t_world - t_hello > 0.25  # sent 0.5 s apart
+    # Bounds with room for a loaded machine, still far from the old behaviour (both held until 0.9 s)
+    assert t_thought < 0.55  # sent at 0.2 (until now it waited for the end of the call, at 0.9)
+    assert t_hello < 0.8 and t_world - t_hello > 0.25  # sent 0.5 s apart
     assert events[-1][1]["event"] == "final" and events[-1][1]["data"]["answer"] == "Hello world"
 
 
