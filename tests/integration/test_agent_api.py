@@ -465,30 +465,6 @@ async def test_tool_calls_over_the_per_turn_limit_are_not_published_one_by_one()
     assert len(asked) <= 17 and sorted(asked) == sorted(answered)
 
 
-@pytest.mark.parametrize("accept", ["text/event-stream", "application/json"])
-async def test_tool_call_arguments_with_a_lone_surrogate_do_not_break_the_run(accept):
-    """A model (or content injected into it) can write "\\ud800" in a tool call's JSON arguments:
-    parsed, that is a string no UTF-8 stream can carry. The run goes on; the event shows the text."""
-    args = '{"expression": "1+\\ud800"}'
-    upstream, _ = _tool_turn_then_done([{"index": 0, "id": "call_0", "type": "function",
-                                         "function": {"name": "calculator", "arguments": args}}])
-    async with gateway("http://up", default_model="m", lm_transport=upstream) as gw:
-        r = await gw.client.post("/agent", json={"input": "add", "tools": ["calculator"]}, headers={"accept": accept})
-    assert r.status_code == 200, r.text
-    if accept == "application/json":
-        body = r.json()
-        assert body["answer"] == "done"
-        call = next(t for t in body["trace"] if t["event"] == "tool_call")
-        result = next(t for t in body["trace"] if t["event"] == "tool_result")
-    else:
-        events = parse_sse(r.text)
-        assert events[-1]["event"] == "final" and events[-1]["data"]["answer"] == "done"
-        call = next(e["data"] for e in events if e["event"] == "tool_call")
-        result = next(e["data"] for e in events if e["event"] == "tool_result")
-    assert call["arguments"] == args  # the model's text, as written
-    assert result["ok"] is False and result["error"]["type"] == "invalid_arguments"
-
-
 def _tool_turn_then_done(calls: list[dict]) -> tuple[httpx.MockTransport, list[dict]]:
     """An upstream whose first turn is ``calls`` (streamed tool calls) and whose next turns answer
     "done"; the request bodies it received are collected in the list."""
@@ -599,20 +575,25 @@ async def test_a_react_action_input_nested_too_deeply_is_invalid_arguments(accep
     assert result["ok"] is False and result["error"]["type"] == "invalid_arguments"
 
 
-@pytest.mark.parametrize("args", ['{"expression": NaN}', '{"expression": "1+1", "x": -Infinity}'])
+@pytest.mark.parametrize("args", ['{"expression": NaN}', '{"expression": "1+1", "x": -Infinity}',
+                                  '{"expression": "1+\\ud800"}'])
 @pytest.mark.parametrize("accept", ["text/event-stream", "application/json"])
-async def test_tool_call_arguments_with_nan_are_shown_as_the_models_text(accept, args):
-    """Python's json.loads reads NaN and Infinity, which are not JSON (a browser's JSON.parse
-    refuses the event): like a lone surrogate, the tool_call event shows the model's text."""
+async def test_tool_call_arguments_json_cannot_carry_are_shown_as_the_models_text(accept, args):
+    """A model (or content injected into it) can write what Python's json.loads reads but no JSON
+    document or UTF-8 stream can carry: NaN, Infinity, a lone surrogate ("\\ud800"). The run goes
+    on, the tool_call event shows the model's text, and the tool gets no such arguments."""
     upstream, _ = _tool_turn_then_done([{"index": 0, "id": "call_0", "type": "function",
                                          "function": {"name": "calculator", "arguments": args}}])
     async with gateway("http://up", default_model="m", lm_transport=upstream) as gw:
         r = await gw.client.post("/agent", json={"input": "add", "tools": ["calculator"]}, headers={"accept": accept})
     assert r.status_code == 200, r.text
     if accept == "application/json":
-        call = next(t for t in r.json()["trace"] if t["event"] == "tool_call")
+        trace = r.json()["trace"]
     else:
         events = strict_events(r.text)
         assert events[-1]["event"] == "final"
-        call = next(e["data"] for e in events if e["event"] == "tool_call")
-    assert call["arguments"] == args
+        trace = [e["data"] | {"event": e["event"]} for e in events]
+    call = next(t for t in trace if t["event"] == "tool_call")
+    result = next(t for t in trace if t["event"] == "tool_result")
+    assert call["arguments"] == args  # the model's text, as written
+    assert result["ok"] is False and result["error"]["type"] == "invalid_arguments"
