@@ -10,6 +10,7 @@ Bounded: a few examples per operation, derandomized, so a run is repeatable and 
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +26,8 @@ from schemathesis.python import asgi
 from app.main import create_app
 from tests.support import make_settings
 
-MAX_EXAMPLES = 25  # per test: the whole module takes about 15 s on 2 cores
+# per test: the whole module takes about 15 s on 2 cores; VGATE_FUZZ_EXAMPLES=300 for a longer hunt
+MAX_EXAMPLES = int(os.environ.get("VGATE_FUZZ_EXAMPLES", "25"))
 _text = st.text(max_size=40)
 # each tool's arguments, mostly of the right shape, so that the tools themselves run
 TOOL_ARGUMENTS = {
