@@ -99,3 +99,13 @@ async def test_agent_runs_stream_after_a_forced_call_the_model_ignored(local_llm
         deltas = [e["data"]["text"] for e in events if e["event"] == "delta" and e["data"]["step"] == final["steps"]]
         assert events[-1]["event"] == "final" and len(deltas) >= 3
         assert "".join(deltas) == final["answer"]
+
+
+async def test_a_model_llama_cpp_does_not_serve_is_a_404_not_its_own_answer(local_llm_url):
+    """llama.cpp answers any model name with its own model; the gateway must not pass that off."""
+    async with gateway(local_llm_url) as gw:
+        r = await gw.client.post("/predict", json={"signature": "question -> answer", "model": "gpt-4o",
+                                                    "inputs": {"question": "hi"}})
+    assert r.status_code == 404, r.text
+    err = r.json()["error"]
+    assert err["type"] == "model_not_found" and err["available"] == ["smollm2-135m-instruct"]
