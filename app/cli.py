@@ -36,7 +36,8 @@ def _serve(args: argparse.Namespace) -> None:
         http="httptools",
         log_config=None,  # our structlog setup owns logging
         access_log=False,
-        timeout_graceful_shutdown=10,
+        # after the agent streams' grace (they end with a shutting_down event), whatever is left is closed
+        timeout_graceful_shutdown=settings.shutdown_grace_s + 2,
     )
 
 

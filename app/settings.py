@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     # --- serving ---------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
+    # After SIGTERM: requests and agent streams in flight have this long to finish; then agent runs
+    # are stopped (their streams end with a shutting_down event) and the process exits.
+    shutdown_grace_s: float = Field(30.0, ge=0)
     # Request bodies above this are refused with a 413 before anything reaches the upstream.
     max_request_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
+import anyio
 import structlog
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -142,13 +143,18 @@ async def resume_agent(run_id: str, agent: AgentDep, settings: SettingsDep,
 
 
 def _event_stream(run: AgentRun, after_id: int, agent: AgentService, settings: Settings) -> EventSourceResponse:
+    stopping = anyio.Event()  # set by sse-starlette when the server begins shutting down
+
     async def events() -> AsyncIterator[ServerSentEvent]:
-        async with aclosing(agent.follow(run, after_id)) as followed:
+        async with aclosing(agent.follow(run, after_id, stopping)) as followed:
             async for ev in followed:
                 yield ServerSentEvent(data=_event_json(ev.data), event=ev.event, id=str(ev.id))
 
+    # The run has shutdown_grace_s to finish and then ends with its shutting_down event; the stream
+    # is held open a little longer so that event reaches the client before the connection closes.
     return EventSourceResponse(events(), ping=settings.sse_heartbeat_s, sep="\n",
-                               headers={"x-vgate-run-id": run.run_id})
+                               headers={"x-vgate-run-id": run.run_id}, shutdown_event=stopping,
+                               shutdown_grace_period=settings.shutdown_grace_s + 1)
 
 
 def _event_json(data: Any) -> str:

@@ -160,7 +160,7 @@ async def test_json_form_maps_a_run_cancelled_by_the_gateway_to_503(sim_latency_
         await asyncio.sleep(0.2)
         await gw.state.agent.aclose()
         r = await call
-    assert r.status_code == 503 and r.json()["error"]["type"] == "cancelled"
+    assert r.status_code == 503 and r.json()["error"]["type"] == "shutting_down"
 
 
 def test_a_json_client_keeps_its_run_when_a_stream_follower_leaves(sim_latency_url):

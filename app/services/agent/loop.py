@@ -133,8 +133,12 @@ class RunLoop:
             run.publish("final", final)
         except asyncio.CancelledError:
             self.outcome = "cancelled"
-            run.publish("error", {"type": "cancelled",
-                                  "message": "the run was cancelled (its clients left, or the gateway is stopping)"})
+            if run.shutting_down:
+                run.publish("error", {"status": 503, "type": "shutting_down", "retryable": True,
+                                      "message": "the gateway is shutting down and stopped the run before it "
+                                                 "finished; send it again"})
+            else:
+                run.publish("error", {"type": "cancelled", "message": "the run was cancelled (its clients left)"})
             raise
         except VGateError as exc:
             run.publish("error", {"status": exc.status_code, **exc.body()})

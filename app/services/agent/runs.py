@@ -34,6 +34,7 @@ class AgentRun:
     task: asyncio.Task | None = None
     subscribers: int = 0
     cancel_timer: asyncio.TimerHandle | None = None  # pending cancellation: nobody follows the run
+    shutting_down: bool = False  # the gateway stopped it (shutdown grace over): its error event says so
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
+
 from app.errors import InvalidRequestError, NotFoundError, VGateError
 from app.metrics import Metrics
 from app.services.agent.loop import RunLoop, ToolSupport
@@ -29,11 +31,19 @@ class AgentService:
         self.tool_support = ToolSupport()  # which upstream models recently refused native tool calling
 
     async def aclose(self) -> None:
-        """Cancel live runs (at shutdown) and wait for them to wind down."""
-        live = [r.task for r in self.runs.live() if r.task is not None]
-        for t in live:
-            t.cancel()
-        await asyncio.gather(*live, return_exceptions=True)
+        """Stop the runs still live at shutdown (streams had ``shutdown_grace_s`` to see them
+        finish) and wait for them to wind down."""
+        live = [r for r in self.runs.live() if r.task is not None]
+        for run in live:
+            self.stop_for_shutdown(run)
+        await asyncio.gather(*(r.task for r in live), return_exceptions=True)
+
+    @staticmethod
+    def stop_for_shutdown(run: AgentRun) -> None:
+        """Cancel a live run because the gateway is stopping: its log ends with a 503 ``shutting_down``."""
+        if run.task is not None and not run.finished:
+            run.shutting_down = True
+            run.task.cancel()
 
     # ------------------------------------------------------------------ request → task
 
@@ -116,14 +126,25 @@ class AgentService:
             raise NotFoundError(f"unknown or expired run {run_id!r}", type="run_not_found")
         return run
 
-    async def follow(self, run: AgentRun, after_id: int = 0) -> AsyncIterator[AgentEvent]:
-        """The run's events after ``after_id``, then live ones, for one streaming client."""
+    async def follow(self, run: AgentRun, after_id: int = 0,
+                     stopping: anyio.Event | None = None) -> AsyncIterator[AgentEvent]:
+        """The run's events after ``after_id``, then live ones, for one streaming client. Once
+        ``stopping`` is set (the server is shutting down), the run has ``shutdown_grace_s`` to
+        finish; then it is stopped, and the client gets its ``shutting_down`` error event."""
         self._join(run)
+        watcher = asyncio.ensure_future(self._stop_at_grace(run, stopping)) if stopping is not None else None
         try:
             async for ev in run.follow(after_id):
                 yield ev
         finally:
+            if watcher is not None:
+                watcher.cancel()
             self._leave(run)
+
+    async def _stop_at_grace(self, run: AgentRun, stopping: anyio.Event) -> None:
+        await stopping.wait()
+        await asyncio.sleep(self.settings.shutdown_grace_s)
+        self.stop_for_shutdown(run)
 
     def _join(self, run: AgentRun) -> None:
         run.subscribers += 1
@@ -170,8 +191,9 @@ class AgentService:
         return {**last.data, "trace": trace}
 
 
-# Statuses of a run's errors that are not a VGateError (those carry their own). "cancelled": the
-# gateway cancelled the run while its JSON client waited (a shutdown); a client that left got a 499.
+# Statuses of a run's errors that are not a VGateError (those carry their own; a run the gateway
+# stopped at shutdown is a 503 shutting_down). "cancelled": the run was cancelled while its JSON
+# client waited; a client that left got a 499.
 _ERROR_STATUS = {"internal_error": 500, "cancelled": 503}
 
 
