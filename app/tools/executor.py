@@ -35,7 +35,7 @@ import structlog
 
 from app.metrics import Metrics
 from app.settings import Settings
-from app.tools.registry import ArgumentsError, Tool, ToolError, ToolRegistry
+from app.tools.registry import ArgumentsError, Tool, ToolError, ToolRegistry, find_in_arguments
 
 logger = structlog.get_logger(__name__)
 
@@ -271,20 +271,8 @@ def _refuse_constant(name: str) -> Any:
 
 def _refuse_non_finite(arguments: Any) -> None:
     """The same for arguments that arrive parsed (``POST /tools``): no NaN or Infinity anywhere in them."""
-    # Iterative, and the location kept as a linked (parent, key) chain built into a list only on an
-    # error: copying the path at every level would be quadratic in the nesting depth.
-    stack: list[tuple[Any, tuple | None]] = [(arguments, None)]
-    while stack:
-        value, path = stack.pop()
-        if isinstance(value, float) and not math.isfinite(value):
-            loc: list[Any] = []
-            while path is not None:
-                path, key = path
-                loc.append(key)
-            loc.reverse()
-            raise ArgumentsError(f"arguments are not valid JSON: {value} is not a JSON number",
-                                 [{"loc": loc, "msg": f"{value} is not a JSON number", "type": "finite_number"}])
-        if isinstance(value, dict):
-            stack.extend((v, (path, str(k))) for k, v in value.items())
-        elif isinstance(value, list):
-            stack.extend((v, (path, i)) for i, v in enumerate(value))
+    found = find_in_arguments(arguments, lambda v: isinstance(v, float) and not math.isfinite(v))
+    if found:
+        loc, value = found[0]
+        raise ArgumentsError(f"arguments are not valid JSON: {value} is not a JSON number",
+                             [{"loc": loc, "msg": f"{value} is not a JSON number", "type": "finite_number"}])

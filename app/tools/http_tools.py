@@ -43,7 +43,7 @@ from jsonschema.exceptions import SchemaError
 
 from app.errors import summarize_errors
 from app.settings import HttpToolConfig
-from app.tools.registry import ArgumentsError, Tool, ToolError, ToolRegistry
+from app.tools.registry import ArgumentsError, Tool, ToolError, ToolRegistry, find_in_arguments
 
 logger = structlog.get_logger(__name__)
 
@@ -222,25 +222,11 @@ def _fill(template: str, arguments: dict[str, Any]) -> str:
 
 def _lone_surrogates(arguments: dict[str, Any]) -> list[list[Any]]:
     """The locations of the strings, keys included, that UTF-8 cannot encode: lone surrogates,
-    which JSON text may spell (``"\\ud800"``) but no url or request body can carry. Walked
-    without recursion: however deep the arguments, this cannot overflow the stack."""
-    found: list[list[Any]] = []
-    # (where, value, whether its key encodes); where is (parent's where, key or index), a linked
-    # list, so that a deep structure costs linear time: the loc is spelled out only when needed
-    stack: list[tuple[Any, Any, bool]] = [(None, arguments, True)]
-    while stack:
-        where, value, key_ok = stack.pop()
-        if not key_ok or (isinstance(value, str) and not _encodable(value)):
-            loc = []
-            while where is not None:
-                where, part = where
-                loc.append(_printable(part))
-            found.append(loc[::-1])
-        elif isinstance(value, dict):
-            stack.extend(((where, k), v, not isinstance(k, str) or _encodable(k)) for k, v in reversed(value.items()))
-        elif isinstance(value, list | tuple):
-            stack.extend(((where, i), v, True) for i, v in reversed(list(enumerate(value))))
-    return found
+    which JSON text may spell (``"\\ud800"``) but no url or request body can carry."""
+    def bad(text: Any) -> bool:
+        return isinstance(text, str) and not _encodable(text)
+
+    return [[_printable(p) for p in loc] for loc, _ in find_in_arguments(arguments, bad, bad)]
 
 
 def _encodable(text: str) -> bool:
