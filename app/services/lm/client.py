@@ -96,9 +96,8 @@ class LMClient:
             ),
             headers=headers,
         )
-        queued = settings.max_queued_per_upstream
-        self._admission = Admission(settings.max_inflight_per_upstream,
-                                    settings.max_batch_size if queued is None else queued)
+        assert settings.max_queued_per_upstream is not None  # Settings fills in its default
+        self._admission = Admission(settings.max_inflight_per_upstream, settings.max_queued_per_upstream)
         # Gauges read at scrape time: nothing to update on the hot path.
         metrics.upstream_in_flight.labels(upstream=self.upstream).set_function(lambda: self._admission.in_use)
         metrics.upstream_queued.labels(upstream=self.upstream).set_function(lambda: self._admission.queued)
