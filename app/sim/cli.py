@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-auto-tool-choice", action="store_true",
                         help='refuse tool_choice "auto" like a vLLM started without --enable-auto-tool-choice')
     parser.add_argument("--output-tokens", type=int, default=None, help="fixed length of plain-text answers")
+    parser.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim,
+                        help="length of /v1/embeddings vectors (default %(default)s)")
     parser.add_argument("--latency-model", action="store_true",
                         help="simulate continuous batching and its latency (default: zero latency)")
     for dest, (flag, kind, text) in _LATENCY_FLAGS.items():
@@ -50,6 +52,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         reasoning=args.reasoning,
         enable_auto_tool_choice=not args.no_auto_tool_choice,
         output_tokens=args.output_tokens,
+        embedding_dim=args.embedding_dim,
         kv_cache_tokens=args.kv_cache_tokens,
         latency_model=args.latency_model or bool(latency),
         fault=args.fault,

@@ -106,8 +106,11 @@ def _schema_instance(schema: Any, rng: Any, words: list[str]) -> Any:
                            param="response_format") from None
 
 
-def build_completion(req: ChatRequest, config: SimConfig, reasoning: bool) -> Completion:
-    prompt = prompt_tokens(req.messages, req.tools)
+def build_completion(req: ChatRequest, config: SimConfig, reasoning: bool,
+                     prompt: list[str] | None = None) -> Completion:
+    """What the model answers to `req`; `prompt` (tokens) replaces the chat template's rendering."""
+    if prompt is None:
+        prompt = prompt_tokens(req.messages, req.tools)
     n_prompt = len(prompt)
     if n_prompt >= config.max_model_len:
         raise RequestError(

@@ -24,6 +24,7 @@ class SimConfig:
     reasoning: bool = False  # like `--reasoning-parser qwen3`: think first, in `reasoning`
     enable_auto_tool_choice: bool = True  # like `--enable-auto-tool-choice --tool-call-parser hermes`
     output_tokens: int | None = None  # fixed length of plain-text answers (benchmarks)
+    embedding_dim: int = 384  # length of /v1/embeddings vectors (the largest `dimensions` a request may ask)
 
     # Continuous-batching latency model (engine.py).
     latency_model: bool = False
@@ -44,6 +45,7 @@ class SimConfig:
             "max_num_seqs": self.max_num_seqs,
             "max_num_batched_tokens": self.max_num_batched_tokens,
             "kv_cache_tokens": self.kv_cache_tokens,
+            "embedding_dim": self.embedding_dim,
         }
         if self.output_tokens is not None:
             positive["output_tokens"] = self.output_tokens

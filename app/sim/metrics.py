@@ -37,12 +37,11 @@ class SimStats:
         self.engine.prefix_cache.queries = self.engine.prefix_cache.hits = 0
 
     def finished(self, reason: str, prompt_tokens: int, generation_tokens: int) -> None:
-        """A request ended: `reason` is stop, length or abort (tool_calls counts as stop, as in vLLM)."""
+        """An engine request (one prompt) ended: `reason` is stop, length or abort (tool_calls counts
+        as stop, as in vLLM). `requests_aborted` counts HTTP requests and is the server's to bump."""
         self.success["stop" if reason == "tool_calls" else reason] += 1
         self.prompt_tokens += prompt_tokens
         self.generation_tokens += generation_tokens
-        if reason == "abort":
-            self.requests_aborted += 1
 
     def fault(self, kind: str) -> None:
         self.faults[kind] = self.faults.get(kind, 0) + 1
@@ -102,7 +101,8 @@ class _Collector:
         yield GaugeMetricFamily("sim:peak_num_requests_running",
                                 "Most requests running at once since start or /sim/reset.",
                                 value=s.engine.peak_running)
-        yield CounterMetricFamily("sim:requests", "Chat completion requests received.", value=s.requests_total)
+        yield CounterMetricFamily("sim:requests", "Requests received by the model endpoints (chat, completions, "
+                                  "responses, embeddings).", value=s.requests_total)
         yield CounterMetricFamily("sim:requests_aborted", "Requests whose client left before the response ended.",
                                   value=s.requests_aborted)
         faults = CounterMetricFamily("sim:faults_injected", "Faults injected, by kind.", labels=["kind"])

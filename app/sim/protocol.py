@@ -8,6 +8,7 @@ from http import HTTPStatus
 from typing import Any
 
 from app.sim.config import SimConfig
+from app.sim.tokens import tokenize
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 DONE = b"data: [DONE]\n\n"
@@ -56,7 +57,7 @@ class ChatRequest:
     enable_thinking: bool | None = None  # chat_template_kwargs.enable_thinking
 
 
-def _int_field(body: dict[str, Any], name: str, minimum: int) -> int | None:
+def int_field(body: dict[str, Any], name: str, minimum: int) -> int | None:
     value = body.get(name)
     if value is None:
         return None
@@ -65,7 +66,7 @@ def _int_field(body: dict[str, Any], name: str, minimum: int) -> int | None:
     return value
 
 
-def _output_format(body: dict[str, Any]) -> tuple[str, Any] | None:
+def output_format(body: dict[str, Any]) -> tuple[str, Any] | None:
     structured = body.get("structured_outputs")
     if structured is not None:
         if not isinstance(structured, dict):
@@ -107,7 +108,7 @@ def _output_format(body: dict[str, Any]) -> tuple[str, Any] | None:
     raise RequestError(f"Unsupported response_format type {fmt_type!r}", param="response_format")
 
 
-def _tools(body: dict[str, Any], config: SimConfig) -> tuple[list[dict[str, Any]] | None, Any]:
+def parse_tools(body: dict[str, Any], config: SimConfig) -> tuple[list[dict[str, Any]] | None, Any]:
     tools = body.get("tools")
     choice = body.get("tool_choice")
     if tools is not None:
@@ -141,7 +142,8 @@ def _tools(body: dict[str, Any], config: SimConfig) -> tuple[list[dict[str, Any]
     return tools, choice
 
 
-def parse_chat_request(raw: bytes, config: SimConfig) -> ChatRequest:
+def load_body(raw: bytes, config: SimConfig) -> dict[str, Any]:
+    """The request body as a JSON object, its `model` checked (absent: the served model)."""
     try:
         body = json.loads(raw)
     except ValueError as exc:
@@ -151,34 +153,79 @@ def parse_chat_request(raw: bytes, config: SimConfig) -> ChatRequest:
     model = body.get("model")
     if model is not None and model != config.model:
         raise RequestError(f"The model `{model}` does not exist.", status=404, param="model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages \
-            or not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
-        raise RequestError("`messages` must be a non-empty list of messages with a `role`", param="messages")
+    return body
+
+
+def stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
+    """(stream, stream_options.include_usage), checked as vLLM does; also refuses n > 1."""
     stream = bool(body.get("stream") or False)
     options = body.get("stream_options")
     if options is not None and not stream:
         raise RequestError("Stream options can only be defined when `stream=True`.", param="stream_options")
     if body.get("n") not in (None, 1):
         raise RequestError("The simulator supports only n=1", param="n")
-    max_completion = _int_field(body, "max_completion_tokens", 1)
-    max_tokens = _int_field(body, "max_tokens", 1)
+    return stream, bool(isinstance(options, dict) and options.get("include_usage"))
+
+
+def seed_field(body: dict[str, Any]) -> int | None:
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise RequestError("`seed` must be an integer", param="seed")
+    return seed
+
+
+def _is_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value)
+
+
+def parse_prompts(body: dict[str, Any], param: str) -> list[tuple[str, list[str]]]:
+    """`prompt` / `input`: a string, a list of strings, a list of token ids or a list of such lists.
+
+    Returns (text, tokens) per prompt; a token-id prompt's text is its ids, space-separated.
+    """
+    value = body.get(param)
+    if value is None:
+        raise RequestError(f"`{param}` is required", param=param)
+    if isinstance(value, str) or _is_ids(value):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise RequestError(f"`{param}` must be a string, a list of strings or a list of token ids", param=param)
+    prompts = []
+    for item in value:
+        if isinstance(item, str):
+            prompts.append((item, tokenize(item)))
+        elif _is_ids(item):
+            prompts.append((" ".join(map(str, item)), [str(i) for i in item]))
+        else:
+            raise RequestError(f"`{param}` must be a string, a list of strings or a list of token ids", param=param)
+        if not prompts[-1][1]:
+            raise RequestError("The decoder prompt cannot be empty", param=param)
+    return prompts
+
+
+def parse_chat_request(raw: bytes, config: SimConfig) -> ChatRequest:
+    body = load_body(raw, config)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages \
+            or not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+        raise RequestError("`messages` must be a non-empty list of messages with a `role`", param="messages")
+    stream, include_usage = stream_flags(body)
+    max_completion = int_field(body, "max_completion_tokens", 1)
+    max_tokens = int_field(body, "max_tokens", 1)
     kwargs = body.get("chat_template_kwargs")
     thinking = kwargs.get("enable_thinking") if isinstance(kwargs, dict) else None
-    tools, tool_choice = _tools(body, config)
+    tools, tool_choice = parse_tools(body, config)
     return ChatRequest(
         messages=messages,
         stream=stream,
-        include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
+        include_usage=include_usage,
         max_tokens=max_completion if max_completion is not None else max_tokens,
-        min_tokens=_int_field(body, "min_tokens", 0) or 0,
-        seed=seed,
+        min_tokens=int_field(body, "min_tokens", 0) or 0,
+        seed=seed_field(body),
         tools=tools,
         tool_choice=tool_choice,
-        output_format=_output_format(body),
+        output_format=output_format(body),
         enable_thinking=thinking if isinstance(thinking, bool) else None,
     )
 
@@ -204,14 +251,21 @@ def completion_body(completion_id: str, created: int, model: str, message: dict[
 class ChunkRenderer:
     """Builds `data: {...}\\n\\n` events of one stream from a pre-rendered prefix (fast)."""
 
-    def __init__(self, completion_id: str, created: int, model: str) -> None:
-        self._base = (f'{{"id":{_dumps(completion_id)},"object":"chat.completion.chunk",'
+    def __init__(self, completion_id: str, created: int, model: str, obj: str = "chat.completion.chunk") -> None:
+        self._base = (f'{{"id":{_dumps(completion_id)},"object":{_dumps(obj)},'
                       f'"created":{created},"model":{_dumps(model)},')
         self._head = f"data: {self._base}" + '"choices":[{"index":0,"delta":'
+        self._choice = f"data: {self._base}" + '"choices":[{"index":'
 
     def delta(self, delta_json: str, finish_reason: str | None = None) -> str:
         finish = "null" if finish_reason is None else f'"{finish_reason}"'
         return f'{self._head}{delta_json},"logprobs":null,"finish_reason":{finish}}}]}}\n\n'
+
+    def text(self, index: int, text: str, finish_reason: str | None = None) -> str:
+        """A `text_completion` chunk (/v1/completions): the finish_reason rides on the last token's chunk."""
+        finish = "null" if finish_reason is None else f'"{finish_reason}"'
+        return (f'{self._choice}{index},"text":{_dumps(text)},"logprobs":null,"finish_reason":{finish},'
+                f'"stop_reason":null}}]}}\n\n')
 
     def role(self) -> str:
         return self.delta('{"role":"assistant","content":""}')

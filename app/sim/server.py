@@ -1,11 +1,14 @@
 """The simulator's ASGI app: plain ASGI with a dict of routes, no framework on the hot path.
 
-Routes: POST /v1/chat/completions, GET /v1/models, GET /health, GET /ping,
-GET /version, GET /metrics, POST /reset_prefix_cache (as vLLM), and the
-simulator's own GET /sim/stats and POST /sim/reset.
+Routes: POST /v1/chat/completions, /v1/completions, /v1/responses, /v1/embeddings,
+GET /v1/models, GET /health, GET /ping, GET /version, GET /metrics,
+POST /reset_prefix_cache (as vLLM), and the simulator's own GET /sim/stats and POST /sim/reset.
 
-Request headers read on chat completions:
-    X-Request-Id     the response id becomes `chatcmpl-<X-Request-Id>`; retries share it (fault `times`)
+The four model endpoints run the same way (`_serve`): the endpoint's module parses the request
+into a job (job.py), then faults, the engine, the disconnect watch and the counters are common.
+Request headers read on them:
+    X-Request-Id     the response id becomes `chatcmpl-<X-Request-Id>` (`cmpl-`, `resp_`, `embd-`);
+                     retries share it (fault `times`)
     x-sim-fault      a fault spec (faults.py), replacing SimConfig.fault for this request
     x-sim-reasoning  1/0: think first or not (beats chat_template_kwargs.enable_thinking,
                      which beats SimConfig.reasoning)
@@ -15,29 +18,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app.sim.completion import Completion, build_completion
+from app.sim.chat import chat_job
+from app.sim.completions import completions_job
 from app.sim.config import SimConfig
+from app.sim.embeddings import embeddings_job
 from app.sim.engine import Engine, Sequence
 from app.sim.faults import FaultInjector, FaultSpec, SimulatedDrop, hide_simulated_drops
+from app.sim.job import Call, Job, StreamWriter
 from app.sim.metrics import SimStats
-from app.sim.protocol import (
-    DONE,
-    ChatRequest,
-    ChunkRenderer,
-    RequestError,
-    completion_body,
-    error_body,
-    parse_chat_request,
-    usage,
-)
+from app.sim.protocol import RequestError, error_body
+from app.sim.responses import responses_job
 
 __all__ = ["SimApp", "SimConfig", "create_sim_app"]
 
@@ -47,9 +46,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _JSON = [(b"content-type", b"application/json")]
 _SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
-_TRUE = (b"1", b"true", b"yes", b"on")
 _KEEPALIVE = ": keep-alive\n\n"
-_DONE = DONE.decode()
 
 
 class ClientGone(Exception):
@@ -123,7 +120,10 @@ class SimApp:
                             "is_blocking": False}],
         }]}).encode()
         self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
-            ("POST", "/v1/chat/completions"): self._chat,
+            ("POST", "/v1/chat/completions"): functools.partial(self._serve, chat_job),
+            ("POST", "/v1/completions"): functools.partial(self._serve, completions_job),
+            ("POST", "/v1/responses"): functools.partial(self._serve, responses_job),
+            ("POST", "/v1/embeddings"): functools.partial(self._serve, embeddings_job),
             ("GET", "/v1/models"): self._models,
             ("GET", "/health"): self._health,
             ("GET", "/ping"): self._health,
@@ -184,34 +184,29 @@ class SimApp:
         self.engine.prefix_cache.clear()
         await _send(send, 200, b"", [])
 
-    # --- chat completions -----------------------------------------------------------------
+    # --- the endpoints that run the model ----------------------------------------------------
 
-    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _serve(self, build: Callable[[Call], Job], scope: Scope, receive: Receive, send: Send) -> None:
+        """Run one request of any model endpoint: `build` parses it into a job (endpoint-specific)."""
         self.stats.requests_total += 1
         try:
             raw = await _read_body(receive)
         except ClientGone:
             self.stats.requests_aborted += 1
             return
-        request_id = fault_header = reasoning_header = None
+        call = Call(raw, self.config)
+        fault_header = None
         for key, value in scope["headers"]:
             if key == b"x-request-id":
-                request_id = value.decode("latin-1")
+                call.request_id = value.decode("latin-1")
             elif key == b"x-sim-fault":
                 fault_header = value.decode("latin-1")
             elif key == b"x-sim-reasoning":
-                reasoning_header = value
+                call.reasoning_header = value
         try:
-            req = parse_chat_request(raw, self.config)
-            if reasoning_header is not None:
-                reasoning = reasoning_header.strip().lower() in _TRUE
-            elif req.enable_thinking is not None:
-                reasoning = req.enable_thinking
-            else:
-                reasoning = self.config.reasoning
-            completion = build_completion(req, self.config, reasoning)
+            job = build(call)
             try:
-                fault = self.faults.pick(fault_header, request_id, raw)
+                fault = self.faults.pick(fault_header, call.request_id, raw)
             except ValueError as exc:
                 raise RequestError(f"Bad x-sim-fault header: {exc}") from None
         except RequestError as exc:
@@ -220,7 +215,7 @@ class SimApp:
 
         if fault is not None:
             self.stats.fault(fault.kind)
-            if fault.status is not None or (fault.stream_error is not None and not req.stream):
+            if fault.status is not None or (fault.stream_error is not None and not job.stream):
                 await self._send_fault_status(send, fault)
                 return
             if fault.hang:
@@ -228,18 +223,28 @@ class SimApp:
                 self.stats.requests_aborted += 1
                 return
 
-        completion_id = f"chatcmpl-{request_id or uuid.uuid4().hex}"
-        seq = Sequence(completion.prompt_tokens, completion.prompt_blocks, len(completion.pieces))
-        self.engine.submit(seq)
-        respond = self._stream if req.stream else self._respond
-        work = respond(send, req, completion, seq, completion_id, fault)
+        seqs = [Sequence(c.prompt_tokens, c.prompt_blocks, job.length(c)) for c in job.completions]
+        for seq in seqs:
+            self.engine.submit(seq)
+        respond = self._stream if job.stream else self._respond
+        work = respond(send, job, seqs, fault)
         try:
-            if seq.produced == seq.total and (fault is None or not fault.slow_first_token_ms):
+            if all(s.produced == s.total for s in seqs) and (fault is None or not fault.slow_first_token_ms):
                 await work  # zero-latency: nothing to wait for, so no disconnect watch
             elif not await _until_disconnect(work, receive):
-                self.stats.finished("abort", completion.prompt_tokens if seq.produced else 0, seq.produced)
+                self.stats.requests_aborted += 1
+                for c, seq in zip(job.completions, seqs, strict=True):
+                    self.stats.finished("abort", c.prompt_tokens if seq.produced else 0, job.generated(seq.produced))
         finally:
-            self.engine.release(seq)
+            for seq in seqs:
+                self.engine.release(seq)
+
+    def _finished(self, job: Job, seqs: list[Sequence]) -> None:
+        for c, seq in zip(job.completions, seqs, strict=True):
+            self.stats.finished(c.finish_reason, c.prompt_tokens, job.generated(seq.total))
+
+    def _usage(self, job: Job, seqs: list[Sequence]) -> tuple[int, int]:
+        return sum(c.prompt_tokens for c in job.completions), sum(job.generated(s.total) for s in seqs)
 
     async def _send_fault_status(self, send: Send, fault: FaultSpec) -> None:
         status = fault.status or 500
@@ -254,13 +259,12 @@ class SimApp:
         if fault is not None and fault.slow_first_token_ms:
             await asyncio.sleep(fault.slow_first_token_ms / 1000.0)
 
-    async def _respond(self, send: Send, req: ChatRequest, completion: Completion, seq: Sequence,
-                       completion_id: str, fault: FaultSpec | None) -> None:
-        await self._first_token(seq, fault)
-        if seq.produced < seq.total:
-            await seq.wait_beyond(seq.total - 1)
-        body = completion_body(completion_id, int(time.time()), self.config.model, completion.message(),
-                               completion.finish_reason, usage(completion.prompt_tokens, seq.total))
+    async def _respond(self, send: Send, job: Job, seqs: list[Sequence], fault: FaultSpec | None) -> None:
+        await self._first_token(seqs[0], fault)
+        for seq in seqs:
+            if seq.produced < seq.total:
+                await seq.wait_beyond(seq.total - 1)
+        body = job.writer.body(*self._usage(job, seqs))
         if fault is not None and fault.malformed:
             body = body[: len(body) // 2]
         elif fault is not None and fault.drop_after_chunks is not None:
@@ -269,29 +273,27 @@ class SimApp:
             await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
             raise SimulatedDrop
         await _send(send, 200, body)
-        self.stats.finished(completion.finish_reason, completion.prompt_tokens, seq.total)
+        self._finished(job, seqs)
 
-    async def _stream(self, send: Send, req: ChatRequest, completion: Completion, seq: Sequence,
-                      completion_id: str, fault: FaultSpec | None) -> None:
+    async def _stream(self, send: Send, job: Job, seqs: list[Sequence], fault: FaultSpec | None) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
-        render = ChunkRenderer(completion_id, int(time.time()), self.config.model)
-        await self._first_token(seq, fault)
-        events = [render.role()]
-        emitted = sent = 0  # events written (counted only for faults), pieces rendered
-        pieces, delta = completion.pieces, completion.delta
+        writer = cast(StreamWriter, job.writer)
+        await self._first_token(seqs[0], fault)
+        events = writer.start()
+        emitted = 0  # events written (counted only for faults)
+        sent = [-1] * len(seqs)  # pieces rendered, per completion (-1: none, not even an empty finish)
         while True:
-            produced = seq.produced
-            events.extend(render.delta(delta(piece)) for piece in pieces[sent:produced])
-            sent = produced
-            outcome = "done" if sent == seq.total else "more"
+            for i, (completion, seq) in enumerate(zip(job.completions, seqs, strict=True)):
+                produced = seq.produced
+                if produced > sent[i] and (produced > 0 or seq.total == 0):
+                    events.extend(writer.delta(i, completion.pieces[max(sent[i], 0):produced], produced == seq.total))
+                    sent[i] = produced
+            waiting = next((i for i, seq in enumerate(seqs) if sent[i] < seq.total), None)
+            outcome = "more" if waiting is not None else "done"
             if outcome == "done":
-                finish = "{}" if completion.finish_reason == "tool_calls" else '{"content":""}'
-                events.append(render.delta(finish, completion.finish_reason))
-                if req.include_usage:
-                    events.append(render.usage(usage(completion.prompt_tokens, seq.total)))
-                events.append(_DONE)
+                events.extend(writer.end(*self._usage(job, seqs)))
             if fault is not None:
-                events, outcome = _inject(events, emitted, fault, outcome)
+                events, outcome = _inject(events, emitted, fault, outcome, writer)
                 emitted += len(events)
                 if fault.keepalive:
                     events = [part for event in events for part in (_KEEPALIVE, event)]
@@ -302,12 +304,14 @@ class SimApp:
             if outcome != "more":
                 break
             events = []
-            await seq.wait_beyond(sent)
+            assert waiting is not None
+            await seqs[waiting].wait_beyond(max(sent[waiting], 0))
         if outcome == "done":
-            self.stats.finished(completion.finish_reason, completion.prompt_tokens, seq.total)
+            self._finished(job, seqs)
 
 
-def _inject(events: list[str], emitted: int, fault: FaultSpec, outcome: str) -> tuple[list[str], str]:
+def _inject(events: list[str], emitted: int, fault: FaultSpec, outcome: str,
+            writer: StreamWriter) -> tuple[list[str], str]:
     """Apply a stream fault to the next batch of events, `emitted` having been written before.
 
     Returns the events to write and what follows them: "more" events, "done" (the stream is complete),
@@ -317,8 +321,8 @@ def _inject(events: list[str], emitted: int, fault: FaultSpec, outcome: str) -> 
         i = 1 - emitted
         events[i] = events[i][: len(events[i]) // 2] + "\n\n"
     if fault.stream_error is not None and emitted + len(events) > fault.stream_error:
-        error = ChunkRenderer.error("Simulated fault: error after the stream started", 500)
-        return [*events[: fault.stream_error - emitted], error, _DONE], "error"
+        error = writer.error("Simulated fault: error after the stream started", 500)
+        return [*events[: fault.stream_error - emitted], *error], "error"
     if fault.drop_after_chunks is not None and emitted + len(events) >= fault.drop_after_chunks:
         return events[: fault.drop_after_chunks - emitted], "drop"
     return events, outcome

@@ -38,6 +38,20 @@ def events(text: str) -> list[Any]:
     return out
 
 
+def named_events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """The events of a Responses API stream as (event name, data); checks the framing: every event has an
+    `event:` line naming its data's `type`, then one `data:` line."""
+    assert text.endswith("\n\n"), "every event ends with a blank line"
+    out = []
+    for block in text.split("\n\n")[:-1]:
+        name, data = block.split("\n")
+        assert name.startswith("event: ") and data.startswith("data: "), block
+        payload = json.loads(data[len("data: "):])
+        assert payload["type"] == name[len("event: "):]
+        out.append((payload["type"], payload))
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -42,6 +42,11 @@ def test_flags_map_to_config():
     assert cfg.latency_model and cfg.step_base_ms == 5 and cfg.max_num_seqs == 16
 
 
+def test_embedding_dim_flag():
+    assert parse()[1].embedding_dim == 384
+    assert parse("--embedding-dim", "1024")[1].embedding_dim == 1024
+
+
 def test_python_dash_m_serves():
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "app.sim", "--port", str(port)], cwd=ROOT,
