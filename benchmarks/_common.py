@@ -5,6 +5,7 @@ Nothing here imports the gateway: the scripts stay runnable on their own with th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
@@ -179,3 +180,61 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def f(x: float, nd: int = 2) -> str:
     return "–" if x != x else f"{x:.{nd}f}"  # nan -> dash
+
+
+@contextmanager
+def spawn_cmd(name: str, cmd: Sequence[str], port: int, *, role: str, env: dict[str, str] | None = None,
+              health: str = "/health", cwd: str = ROOT, log_path: str | None = None,
+              timeout: float = 60) -> Iterator[Proc]:
+    """Like ``spawn`` for any command (not only ``vgate``); stops its whole process group.
+
+    The command runs in a new session, pinned with taskset for ``role``; SIGINT to the group, then SIGKILL."""
+    cpu = cpu_for(role)
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    popen = subprocess.Popen(list(cmd), cwd=cwd, env={**os.environ, **(env or {})}, stdout=out,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    proc = Proc(popen, f"http://127.0.0.1:{port}", name)
+    try:
+        wait_http(proc.url + health, popen, timeout)
+        yield proc
+    finally:
+        for sig, wait in ((signal.SIGINT, 10), (signal.SIGKILL, 5)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, sig)
+            try:
+                popen.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+        if log_path:
+            out.close()
+
+
+def proc_tree(pid: int) -> list[int]:
+    """``pid`` and all its live descendants (a server's workers), from the ppid fields in /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, ()))
+    return out
+
+
+def tree_cpu_s(pid: int) -> float:
+    """utime + stime of ``pid`` and its live descendants, in seconds."""
+    total = 0.0
+    for p in proc_tree(pid):
+        with contextlib.suppress(OSError):
+            total += proc_cpu_s(p)
+    return total
