@@ -3,7 +3,7 @@
 # compares against. Its own virtualenv: LiteLLM's pins must never leak into the project's .venv.
 #
 #   bash benchmarks/litellm_env.sh            # pinned version below
-#   LITELLM_VERSION=1.109.3 bash benchmarks/litellm_env.sh
+#   LITELLM_VERSION=1.108.6 bash benchmarks/litellm_env.sh   # another version
 #
 # Pinned to 1.108.7, the version in shared/notes/performance.md, and the newest whose [proxy] extra resolved
 # from this workplace's registry (2026-12): 1.108.14-1.109.x pin litellm-proxy-extras releases it does not
@@ -20,5 +20,5 @@ fi
 "$PY" -m venv "$DIR"
 "$DIR/bin/python" -m pip install --quiet --upgrade pip
 "$DIR/bin/python" -m pip install --quiet "litellm[proxy]==$VERSION"
-"$DIR/bin/litellm" --version
+LITELLM_LOCAL_MODEL_COST_MAP=True "$DIR/bin/litellm" --version  # local: no price map download
 echo "LiteLLM $VERSION in $DIR"
