@@ -17,9 +17,11 @@ def _serve(args: argparse.Namespace) -> None:
     from app.main import create_app
     from app.settings import Settings
 
-    overrides = {"host": args.host, "port": args.port}
-    if args.upstream:
-        overrides["upstream_url"] = args.upstream
+    overrides: dict = {"host": args.host, "port": args.port}
+    if args.upstream and len(args.upstream) == 1:
+        overrides["upstream_url"] = args.upstream[0]
+    elif args.upstream:
+        overrides["upstreams"] = [{"url": url} for url in args.upstream]
     if args.model:
         overrides["default_model"] = args.model
     try:
@@ -72,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the gateway (settings also from VGATE_* env)")
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
-    p.add_argument("--upstream", default=None, help="vLLM base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--upstream", action="append", default=None, metavar="URL",
+                   help="vLLM base URL, e.g. http://127.0.0.1:8000; repeat it for several (or VGATE_UPSTREAMS)")
     p.add_argument("--model", default=None, help="default model name (else the upstream's first)")
     p.set_defaults(func=_serve)
 

@@ -60,6 +60,10 @@ def upstream_request_id(base: str) -> str:
 class RequestContext:
     request_id: str
     timer: UpstreamTimer = field(default_factory=UpstreamTimer)
+    # Routing hints from the request's headers (set by ``routers.deps.routing_hints``): the priority
+    # class it asked for, and a session id that keeps its calls on one upstream (prefix affinity).
+    priority: str | None = None
+    session: str | None = None
 
     def next_upstream_id(self) -> str:
         return upstream_request_id(self.request_id)

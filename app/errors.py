@@ -87,6 +87,20 @@ class UpstreamUnavailableError(UpstreamError):
     type = "upstream_unavailable"
 
 
+class OverloadedError(UpstreamError):
+    """Every upstream that serves the model is saturated, or the gateway's queue for it is full (or
+    cannot start the call before its deadline): a 429 at once, with ``Retry-After``, rather than
+    piling more onto vLLM's own queue. ``reason`` (queue_full, deadline, saturated, upstream) is a
+    bounded label value."""
+
+    status_code = 429
+    type = "upstream_overloaded"
+
+    def __init__(self, message: str, *, reason: str, retry_after_s: float | None = 1.0, **kw: Any) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, **kw)
+        self.reason = reason
+
+
 class UpstreamTimeoutError(UpstreamError):
     status_code = 504
     type = "upstream_timeout"

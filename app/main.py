@@ -21,9 +21,10 @@ from app.errors import VGateError, clean_errors
 from app.logging import configure_logging
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from app.routers import agent, health, predict, schemas, tools
+from app.routers import agent, health, openai, predict, schemas, tools
 from app.services.agent import AgentService
 from app.services.lm import LMClient
+from app.services.passthrough import PassthroughService
 from app.services.predict import PredictService
 from app.services.programs import load_programs
 from app.settings import Settings
@@ -34,6 +35,9 @@ log = structlog.get_logger("vgate")
 
 def _error_response(request: Request, status: int, body: dict[str, Any], headers: dict[str, str] | None = None):
     body["request_id"] = request.scope.get("state", {}).get("request_id")
+    if request.url.path.startswith("/v1/"):  # the OpenAI-compatible routes: the fields its clients read too
+        body.setdefault("param", None)
+        body.setdefault("code", status)
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
@@ -128,13 +132,16 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         lm = LMClient(settings, metrics, transport=lm_transport)
+        lm.start()
         tools_http = httpx.AsyncClient(timeout=settings.tool_timeout_s, follow_redirects=False)
         app.state.lm = lm
         app.state.predict = PredictService(lm, settings, metrics)
+        app.state.passthrough = PassthroughService(lm, settings, metrics)
         executor = build_tool_executor(settings, metrics, tools_http)
         app.state.tools = executor
         app.state.agent = AgentService(lm, executor, settings, metrics)
-        log.info("startup", version=__version__, upstream=settings.upstream_url, programs=sorted(programs))
+        log.info("startup", version=__version__, upstreams=[u.url for u in settings.upstream_configs()],
+                 programs=sorted(programs))
         try:
             yield
         finally:
@@ -157,6 +164,7 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
     app.include_router(predict.router)
     app.include_router(agent.router)
     app.include_router(tools.router)
+    app.include_router(openai.router)
     # Added innermost first: RequestContext (request id) > CORS (headers on every answer, 413 included) > BodyLimit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     if settings.cors_origins:

@@ -49,16 +49,31 @@ class Metrics:
         self.upstream_in_flight = Gauge(
             "vgate_upstream_in_flight", "Requests in flight to the upstream", ["upstream"], registry=r
         )
-        self.upstream_queued = Gauge(
-            "vgate_upstream_queued", "Requests waiting for an in-flight slot", ["upstream"], registry=r
+        self.upstream_up = Gauge(
+            "vgate_upstream_up", "1 while the upstream's circuit breaker is closed", ["upstream"], registry=r
         )
-        self.upstream_queue = Histogram(
-            "vgate_upstream_queue_seconds", "Time a call waited in the gateway for an in-flight slot",
-            ["upstream"], buckets=(0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300), registry=r,
+        self.upstream_saturation = Gauge(
+            "vgate_upstream_saturation", "vLLM's saturation as routing sees it (1 or more: saturated)",
+            ["upstream"], registry=r,
         )
-        self.upstream_shed = Counter(
-            "vgate_upstream_shed", "Calls refused at once (503 upstream_overloaded) by reason: queue_full, deadline",
-            ["upstream", "reason"], registry=r,
+        self.upstream_breaker = Counter(
+            "vgate_upstream_breaker_transitions", "Circuit breaker state changes", ["upstream", "state"], registry=r
+        )
+        self.upstream_picks = Counter(
+            "vgate_upstream_picks", "Calls sent to each upstream, by how it was chosen "
+            "(affinity, spill: its prefix's upstream was busy, or the routing policy)",
+            ["upstream", "how"], registry=r,
+        )
+        self.queued = Gauge(
+            "vgate_queued", "Calls waiting in the gateway's queue for a slot", ["model", "priority"], registry=r
+        )
+        self.queue_time = Histogram(
+            "vgate_queue_seconds", "Time a call waited in the gateway's queue for a slot", ["model", "priority"],
+            buckets=(0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300), registry=r,
+        )
+        self.shed = Counter(
+            "vgate_shed", "Calls refused at once with a 429, by reason: saturated, queue_full, deadline",
+            ["model", "priority", "reason"], registry=r,
         )
         self.upstream_errors = Counter(
             "vgate_upstream_errors", "Failed upstream attempts", ["model", "type"], registry=r

@@ -47,6 +47,25 @@ class HttpToolConfig(BaseModel):
     allowed_hosts: list[str] | None = None
 
 
+class UpstreamConfig(BaseModel):
+    """One vLLM server. Its models are discovered from its /v1/models."""
+
+    url: str
+    api_key: SecretStr | None = None
+    # Share of the load relative to the others (a server with twice the GPUs: 2).
+    weight: float = Field(1.0, gt=0)
+    name: str | None = None  # in metrics and logs; default: the URL
+
+    @field_validator("url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+
+Priority = Literal["interactive", "batch"]
+PRIORITY_ROUTES = ("predict", "predict_batch", "agent", "openai")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VGATE_",
@@ -63,8 +82,10 @@ class Settings(BaseSettings):
     # Request bodies above this are refused with a 413 before anything reaches the upstream.
     max_request_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
 
-    # --- upstream (vLLM OpenAI-compatible server) -------------------------
-    # One upstream today; a list later (load-aware routing), hence the plural-ready client design.
+    # --- upstreams (vLLM OpenAI-compatible servers) ------------------------
+    # Several: VGATE_UPSTREAMS='[{"url": "http://a:8000"}, {"url": "http://b:8000", "weight": 2}]',
+    # [[upstreams]] in the TOML file, or `vgate serve --upstream URL` repeated. Empty: the one below.
+    upstreams: list[UpstreamConfig] = Field(default_factory=list)
     upstream_url: str = "http://127.0.0.1:8000"
     upstream_api_key: SecretStr | None = None
     # Model used when a request names none. Empty: the first model the upstream lists.
@@ -83,15 +104,49 @@ class Settings(BaseSettings):
     # Cap on requests in flight to one upstream. vLLM's default max_num_seqs is 256;
     # staying at or above it keeps continuous batching full.
     max_inflight_per_upstream: int = Field(256, ge=1)
-    # Calls waiting for a slot, per upstream; beyond it (or when a call's deadline cannot be met in the
-    # queue) the answer is a 503 upstream_overloaded at once. Default: max_batch_size, so a full
+    # Calls waiting for a slot, per model; beyond it (or when a call's deadline cannot be met in the
+    # queue) the answer is a 429 upstream_overloaded at once. Default: max_batch_size, so a full
     # /predict batch fits.
-    max_queued_per_upstream: int | None = Field(None, ge=0)
+    max_queued_per_model: int | None = Field(None, ge=0)
+    max_queued_per_upstream: int | None = Field(None, ge=0)  # the name before several upstreams (deprecated)
     # Pooled keep-alive connections (>= in-flight cap, so the pool never queues).
     max_connections: int = Field(512, ge=1)
     # How long the upstream's model list is trusted before it is fetched again (the default model and
     # the check that a requested model is served follow it).
     models_refresh_s: float = Field(30.0, gt=0)
+
+    # --- routing, health, backpressure, priorities -------------------------
+    # load: power of two choices on requests per weight; round_robin and random only to compare with.
+    routing: Literal["load", "round_robin", "random"] = "load"
+    # Requests sharing a prefix go back to the upstream that served it (vLLM's prefix cache) while it can
+    # take them; this many prefixes are remembered.
+    prefix_affinity: bool = True
+    prefix_affinity_entries: int = Field(10_000, ge=1)
+    # An upstream is saturated when vLLM's waiting queue reaches this, or its KV-cache use this share,
+    # or its metrics are older than metrics_stale_s: interactive calls then get a 429 at once.
+    saturation_queue_threshold: float = Field(8, gt=0)
+    saturation_kv_threshold: float = Field(0.9, gt=0, le=1)
+    metrics_scrape_interval_s: float = Field(1.0, ge=0.1, le=10)
+    metrics_stale_s: float = Field(5.0, gt=0)
+    health_check_interval_s: float = Field(5.0, gt=0)
+    # Consecutive 5xx answers or timeouts that open an upstream's circuit breaker (a connect failure
+    # opens it at once); it stays open this long, then one probe decides (twice as long if it fails).
+    breaker_failures: int = Field(3, ge=1)
+    breaker_cooldown_s: float = Field(5.0, gt=0)
+    # Share of the slots that waiting batch calls get even while interactive calls wait.
+    batch_min_share: float = Field(0.1, ge=0, le=1)
+    # Priority class per route; a request's X-Vgate-Priority header may lower it, and raise it only
+    # if allow_priority_raise (API keys will scope this).
+    priorities: dict[str, Priority] = Field(default_factory=lambda: {
+        "predict": "interactive", "predict_batch": "batch", "agent": "interactive", "openai": "interactive"})
+    allow_priority_raise: bool = False
+    # vLLM >= 0.12 silently ignores guided_json/guided_regex/guided_choice/guided_grammar; the
+    # passthrough refuses them with a 400 naming the replacement, or (true) rewrites them into
+    # structured_outputs.
+    translate_guided_params: bool = False
+    # Client request headers the passthrough forwards to the upstream (lower-case names); none by
+    # default: the upstream's credentials and request id are the gateway's.
+    passthrough_forward_headers: list[str] = Field(default_factory=list)
 
     # --- cost ------------------------------------------------------------
     prices: dict[str, Price] = Field(default_factory=dict)
@@ -135,6 +190,17 @@ class Settings(BaseSettings):
     def _strip_slash(cls, v: str) -> str:
         return v.rstrip("/")
 
+    @field_validator("passthrough_forward_headers")
+    @classmethod
+    def _lower(cls, v: list[str]) -> list[str]:
+        refused = {"authorization", "host", "content-length", "content-type", "x-request-id", "transfer-encoding",
+                   "connection"}
+        names = [h.strip().lower() for h in v]
+        bad = sorted(set(names) & refused)
+        if bad:
+            raise ValueError(f"the gateway sets these headers itself: {bad}")
+        return names
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         """Settings that contradict each other fail at start, naming both values."""
@@ -148,9 +214,25 @@ class Settings(BaseSettings):
         problems = [f"{a}={va} must be {op} {b}={vb}" for a, va, op, b, vb in pairs if va > vb]
         if problems:
             raise ValueError("contradictory settings: " + "; ".join(problems))
-        if self.max_queued_per_upstream is None:
-            self.max_queued_per_upstream = self.max_batch_size
+        if self.max_queued_per_model is None:
+            self.max_queued_per_model = (self.max_queued_per_upstream if self.max_queued_per_upstream is not None
+                                         else self.max_batch_size)
+        unknown = set(self.priorities) - set(PRIORITY_ROUTES)
+        if unknown:
+            raise ValueError(f"priorities: unknown route(s) {sorted(unknown)}; known: {list(PRIORITY_ROUTES)}")
+        self.priorities = {**Settings.model_fields["priorities"].default_factory(), **self.priorities}
+        urls = [u.url for u in self.upstream_configs()]
+        names = [u.name or u.url for u in self.upstream_configs()]
+        if len(set(urls)) != len(urls) or len(set(names)) != len(names):
+            raise ValueError(f"upstreams: each URL and name may appear once, got {urls}")
         return self
+
+    def upstream_configs(self) -> list[UpstreamConfig]:
+        """The upstreams: the list, or the single upstream_url."""
+        return self.upstreams or [UpstreamConfig(url=self.upstream_url, api_key=self.upstream_api_key)]
+
+    def priority_for(self, route: str) -> Priority:
+        return self.priorities.get(route, "interactive")
 
     def price_for(self, model: str) -> Price:
         return self.prices.get(model, self.default_price)

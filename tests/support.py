@@ -99,6 +99,10 @@ def fake_upstream(chunks: list, *, done: bool = True, check=None) -> httpx.MockT
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/models":
             return httpx.Response(200, json={"object": "list", "data": [{"id": "m", "object": "model"}]})
+        if request.url.path == "/health":  # the gateway's background checks
+            return httpx.Response(200)
+        if request.url.path == "/metrics":
+            return httpx.Response(404)
         if check is not None:
             check(request)
         body = "".join(f"data: {c if isinstance(c, str) else json.dumps(c)}\n\n" for c in chunks)

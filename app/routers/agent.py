@@ -9,12 +9,12 @@ from typing import Annotated, Any, Literal
 
 import anyio
 import structlog
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Depends, Header, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.errors import InvalidRequestError
-from app.routers.deps import AgentDep, SettingsDep, cancel_on_disconnect
+from app.routers.deps import AgentDep, SettingsDep, cancel_on_disconnect, routing_hints
 from app.routers.json_body import JSONBodyRoute
 from app.routers.schemas import EVENT_STREAM_RESPONSE, AgentFinal, error_responses
 from app.services.agent import AgentRun, AgentService, Mode
@@ -24,7 +24,7 @@ from app.tools.executor import strict_json
 
 log = structlog.get_logger("vgate.agent")
 
-router = APIRouter(tags=["agent"], route_class=JSONBodyRoute)
+router = APIRouter(tags=["agent"], route_class=JSONBodyRoute, dependencies=[Depends(routing_hints)])
 
 
 class FunctionRef(BaseModel):
@@ -107,7 +107,7 @@ def _wants_json(request: Request) -> bool:
         200: {"description": "The event stream, or with `Accept: application/json` the run's outcome",
               "content": EVENT_STREAM_RESPONSE["content"]},
         **error_responses(
-            400, 404, 409, 413, 422, 502, 503, 504,
+            400, 404, 409, 413, 422, 429, 502, 503, 504,
             _404="the model is not served by the upstream (model_not_found)",
             _409="another run is using this session (session_busy)",
             _422="invalid request, unknown or unavailable tool, max_steps over the limit",

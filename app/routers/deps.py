@@ -8,12 +8,15 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 
-from app.errors import VGateError
+from app.context import request_context
+from app.errors import InvalidRequestError, VGateError
 from app.metrics import Metrics
 from app.services.agent import AgentService
 from app.services.lm import LMClient
+from app.services.passthrough import PassthroughService
 from app.services.predict import PredictService
 from app.services.programs import Program
+from app.services.upstreams import PRIORITIES
 from app.settings import Settings
 from app.tools import ToolExecutor
 
@@ -40,7 +43,31 @@ PredictDep = Annotated[PredictService, Depends(_state("predict"))]
 ProgramsDep = Annotated[dict[str, Program], Depends(_state("programs"))]
 AgentDep = Annotated[AgentService, Depends(_state("agent"))]
 ExecutorDep = Annotated[ToolExecutor, Depends(_state("tools"))]
+PassthroughDep = Annotated[PassthroughService, Depends(_state("passthrough"))]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
+
+
+PRIORITY_HEADER = "x-vgate-priority"
+SESSION_HEADER = "x-vgate-session"
+MAX_SESSION_CHARS = 256
+
+
+async def routing_hints(request: Request) -> None:
+    """The request's routing headers into its context: ``X-Vgate-Priority`` (interactive or batch;
+    the LM client decides what the caller may have) and ``X-Vgate-Session`` (its calls stay on one
+    upstream, for vLLM's prefix cache)."""
+    ctx = request_context.get()
+    headers = request.headers
+    priority = headers.get(PRIORITY_HEADER)
+    if priority is not None:
+        priority = priority.strip().lower()
+        if priority not in PRIORITIES:
+            raise InvalidRequestError(f"{PRIORITY_HEADER} must be one of {list(PRIORITIES)}, got {priority!r}",
+                                      status_code=400, type="invalid_header")
+    session = headers.get(SESSION_HEADER)
+    if ctx is not None:
+        ctx.priority = priority
+        ctx.session = session[:MAX_SESSION_CHARS] if session else None
 
 
 class ClientDisconnected(VGateError):

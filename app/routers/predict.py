@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.errors import InvalidRequestError, NotFoundError
@@ -14,6 +14,7 @@ from app.routers.deps import (
     RequestIdDep,
     SettingsDep,
     cancel_on_disconnect,
+    routing_hints,
 )
 from app.routers.json_body import JSONBodyRoute
 from app.routers.schemas import BatchPredictResponse, PredictResponse, ProgramList, error_responses
@@ -21,7 +22,7 @@ from app.services.predict import Prediction
 from app.services.programs import Module, PredictConfig
 from app.services.signature import parse_signature, parse_signature_cached
 
-router = APIRouter(tags=["predict"], route_class=JSONBodyRoute)
+router = APIRouter(tags=["predict"], route_class=JSONBodyRoute, dependencies=[Depends(routing_hints)])
 
 
 class PredictRequest(BaseModel):
@@ -55,7 +56,7 @@ class PredictRequest(BaseModel):
     response_model=PredictResponse | BatchPredictResponse,
     response_model_exclude_unset=True,  # keys that do not apply are left out (reasoning, program)
     responses=error_responses(
-        400, 404, 413, 422, 502, 503, 504,
+        400, 404, 413, 422, 429, 502, 503, 504,
         _404="unknown program (program_not_found) or model (model_not_found)",
         _502="the upstream failed, or the model's output did not match the signature "
              "(output_validation_error, output_truncated; the raw text is in the error)",

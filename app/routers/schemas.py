@@ -77,12 +77,31 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class OpenAIErrorBody(BaseModel):
+    """vLLM's (and OpenAI's) error, which OpenAI clients parse: as vLLM wrote it when it is vLLM's
+    word on the request, else the gateway's own, with the gateway's ``type`` and its ``request_id``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    message: str
+    type: str
+    param: str | None = None
+    code: int | str | None = None
+
+
+class OpenAIErrorResponse(BaseModel):
+    """Every error of the OpenAI-compatible routes."""
+
+    error: OpenAIErrorBody
+
+
 _ERROR_DESCRIPTIONS = {
     400: "The body is not JSON (invalid_json), or the upstream refused the request (upstream_bad_request)",
     404: "Not found",
     409: "Conflict",
     413: "The request body is over the gateway's limit (payload_too_large)",
     422: "The request is invalid (invalid_request and more specific types)",
+    429: "The upstreams serving the model are saturated or the gateway's queue is full (upstream_overloaded)",
     500: "A bug in the gateway (internal_error); the request id is in the logs",
     502: "The upstream answered with an error or something unusable",
     503: "The upstream (or a tool's service) is unavailable or overloaded",
@@ -101,14 +120,15 @@ RUN_ID_HEADER = {"X-Vgate-Run-Id": {"description": "the agent run's id (GET /age
                                     "schema": {"type": "string"}}}
 
 
-def error_responses(*statuses: int, **described: str) -> dict[int | str, dict[str, Any]]:
+def error_responses(*statuses: int, model: type[BaseModel] = ErrorResponse,
+                    **described: str) -> dict[int | str, dict[str, Any]]:
     """``responses=`` for a route: each status (and 500, which any route can answer) as an
-    ``ErrorResponse``. ``described`` overrides a description: ``_404="unknown program"``."""
+    ``ErrorResponse`` (or ``model``). ``described`` overrides a description: ``_404="unknown program"``."""
     out: dict[int | str, dict[str, Any]] = {}
     for status in sorted({*statuses, 500}):
-        entry: dict[str, Any] = {"model": ErrorResponse,
+        entry: dict[str, Any] = {"model": model,
                                  "description": described.get(f"_{status}", _ERROR_DESCRIPTIONS[status])}
-        if status in (502, 503, 504):
+        if status in (429, 502, 503, 504):
             entry["headers"] = _RETRY_AFTER
         out[status] = entry
     return out

@@ -83,7 +83,7 @@ class PredictService:
     ) -> Prediction:
         sig, fmt = self._prepare(signature, module)
         values = signature.validate_inputs(inputs)
-        return await self._run(sig, fmt, values, module, demos, model, config)
+        return await self._run(sig, fmt, values, module, demos, model, config, "predict")
 
     async def predict_batch(
         self,
@@ -95,16 +95,18 @@ class PredictService:
         model: str | None = None,
         config: PredictConfig | None = None,
     ) -> BatchResult:
-        """Every item is submitted at once (the LM client's in-flight cap is the only limit),
-        so vLLM batches them; each item succeeds or fails on its own."""
+        """Every item is submitted at once (the upstreams' slots are the only limit), so vLLM batches
+        them; each item succeeds or fails on its own. The batch runs at the ``predict_batch`` route's
+        priority, and is refused whole (a 429) when the upstreams cannot take it now."""
         sig, fmt = self._prepare(signature, module)
         demo_messages(sig, demos)  # a malformed demo fails the request once, not each item
+        model = await self.lm.admit_batch(model, len(batch), "predict_batch")
         started = time.perf_counter()
 
         async def one(i: int, inputs: dict[str, Any]) -> Prediction | VGateError:
             try:
                 values = signature.validate_inputs(inputs)
-                return await self._run(sig, fmt, values, module, demos, model, config)
+                return await self._run(sig, fmt, values, module, demos, model, config, "predict_batch")
             except VGateError as exc:
                 return exc
             except Exception:  # a bug must fail this item, not the batch (gather would not cancel the rest)
@@ -128,6 +130,7 @@ class PredictService:
         demos: list[dict[str, Any]] | None,
         model: str | None,
         config: PredictConfig | None,
+        priority_route: str,
     ) -> Prediction:
         params = (config or PredictConfig()).upstream_params()
         params.setdefault("max_tokens", self.settings.predict_default_max_tokens)
@@ -135,7 +138,7 @@ class PredictService:
         outcome = "error"
         try:
             r = await self.lm.chat(
-                messages, model=model, route="predict", response_format=fmt, **params
+                messages, model=model, route="predict", priority_route=priority_route, response_format=fmt, **params
             )
             if self.settings.log_prompts:
                 log.info("predict_io", messages=messages, completion=r.content)

@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 from app.context import RequestContext, request_context
 from app.errors import (
     NotFoundError,
+    OverloadedError,
     UpstreamBadRequestError,
     UpstreamError,
     UpstreamTimeoutError,
@@ -271,7 +272,7 @@ async def _timed(coro, t0: float):
 
 async def test_queue_time_counts_against_the_deadline(sim_url):
     """2 slots, a 1.5 s upstream, a 2 s deadline, 20 calls: nobody waits in line past the deadline
-    (the old client had the last one wait 15 s), and those that cannot start get 503 + Retry-After."""
+    (the old client had the last one wait 15 s), and those that cannot start get 429 + Retry-After."""
     slow = {"x-sim-fault": "slow_first_token_ms=1500"}
     async with client(sim_url, max_inflight_per_upstream=2, max_connections=2, request_timeout_s=2.0,
                       read_timeout_s=5, max_retries=0) as (lm, m):
@@ -280,15 +281,17 @@ async def test_queue_time_counts_against_the_deadline(sim_url):
             outcomes = await asyncio.gather(*(_timed(lm.chat(MSG, max_tokens=3, headers=slow), t0)
                                               for _ in range(20)))
     ok = [r for r, _ in outcomes if not isinstance(r, Exception)]
-    shed = [r for r, _ in outcomes if isinstance(r, UpstreamUnavailableError) and r.type == "upstream_overloaded"]
+    shed = [r for r, _ in outcomes if isinstance(r, OverloadedError) and r.type == "upstream_overloaded"]
     assert len(ok) == 2  # the two that held the slots
-    assert len(shed) >= 16 and all(e.status_code == 503 and e.headers().get("Retry-After") for e in shed)
+    # the rest: handed a freed slot at 1.5 s, out of time at 2 s (how many depends on this machine's timing)
+    assert len(shed) >= 12 and all(e.status_code == 429 and e.headers().get("Retry-After") for e in shed)
     others = [r for r, _ in outcomes if isinstance(r, Exception) and r not in shed]
     assert all(isinstance(e, UpstreamTimeoutError) for e in others)  # got a slot at 1.5 s, out of time at 2 s
     assert max(t for _, t in outcomes) < 3.5  # bounded by the 2 s deadline, not by the length of the line
-    assert sample(m, "vgate_upstream_queue_seconds_count", upstream=sim_url) == 20
-    assert sample(m, "vgate_upstream_queue_seconds_sum", upstream=sim_url) > 16 * 1.5  # the shed ones waited
-    assert sample(m, "vgate_upstream_shed_total", upstream=sim_url, reason="deadline") == len(shed)
+    queue = dict(model="sim-model", priority="interactive")
+    assert sample(m, "vgate_queue_seconds_count", **queue) == 20
+    assert sample(m, "vgate_queue_seconds_sum", **queue) > len(shed) * 1.5  # the shed ones waited
+    assert sample(m, "vgate_shed_total", **queue, reason="deadline") == len(shed)
     calls = [e for e in logs if e["event"] == "upstream_call"]
     assert len(calls) == 20 and all("queue_ms" in e for e in calls)
     assert max(e["queue_ms"] for e in calls) >= 1500  # a call's log line says how long it queued ...
@@ -298,30 +301,30 @@ async def test_queue_time_counts_against_the_deadline(sim_url):
 async def test_a_full_queue_is_refused_at_once(sim_url):
     """Beyond the queue's bound, calls fail at once instead of joining the line."""
     slow = {"x-sim-fault": "slow_first_token_ms=600"}
-    async with client(sim_url, max_inflight_per_upstream=1, max_queued_per_upstream=2, max_retries=0) as (lm, m):
+    async with client(sim_url, max_inflight_per_upstream=1, max_queued_per_model=2, max_retries=0) as (lm, m):
         t0 = time.perf_counter()
         outcomes = await asyncio.gather(*(_timed(lm.chat(MSG, max_tokens=3, headers=slow), t0) for _ in range(6)))
-    refused = [(r, t) for r, t in outcomes if isinstance(r, UpstreamUnavailableError)]
+    refused = [(r, t) for r, t in outcomes if isinstance(r, OverloadedError)]
     served = [(r, t) for r, t in outcomes if not isinstance(r, Exception)]
     assert len(served) == 3 and len(refused) == 3  # one in flight, two queued, three refused
     assert all(r.type == "upstream_overloaded" and r.retry_after_s >= 1 for r, _ in refused)
     assert max(t for _, t in refused) < min(t for _, t in served)  # refused before the first call even ended
-    assert sample(m, "vgate_upstream_shed_total", upstream=sim_url, reason="queue_full") == 3
+    assert sample(m, "vgate_shed_total", model="sim-model", priority="interactive", reason="queue_full") == 3
     # refused calls never reached the upstream: not its errors, not its latency
     assert sample(m, "vgate_upstream_requests_total", model="sim-model", outcome="shed") == 3
     assert sample(m, "vgate_upstream_errors_total", model="sim-model", type="upstream_overloaded") == 0
     assert sample(m, "vgate_upstream_request_duration_seconds_count", model="sim-model") == 3
 
 
-async def test_overloaded_is_a_503_with_retry_after_through_predict(sim_url):
-    async with gateway(sim_url, max_inflight_per_upstream=1, max_queued_per_upstream=0, max_retries=0) as gw:
+async def test_overloaded_is_a_429_with_retry_after_through_predict(sim_url):
+    async with gateway(sim_url, max_inflight_per_upstream=1, max_queued_per_model=0, max_retries=0) as gw:
         # another call holds the only slot for 0.6 s
         first = asyncio.ensure_future(gw.state.lm.chat(MSG, max_tokens=3,
                                                        headers={"x-sim-fault": "slow_first_token_ms=600"}))
         await asyncio.sleep(0.2)
         r = await gw.client.post("/predict", json={"signature": "q -> a", "inputs": {"q": "x"}})
         assert (await first).content
-    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
     err = r.json()["error"]
     assert err["type"] == "upstream_overloaded" and err["retryable"] is True and err["request_id"]
 
@@ -338,7 +341,7 @@ async def test_calls_cancelled_in_the_queue_are_not_upstream_latency(sim_url):
         await asyncio.gather(*tasks, return_exceptions=True)
     assert sample(m, "vgate_upstream_requests_total", model="sim-model", outcome="cancelled") == 5
     assert sample(m, "vgate_upstream_request_duration_seconds_count", model="sim-model") == 1
-    assert sample(m, "vgate_upstream_queue_seconds_count", upstream=sim_url) == 5
+    assert sample(m, "vgate_queue_seconds_count", model="sim-model", priority="interactive") == 5
 
 
 async def test_a_call_cancelled_before_its_first_token_still_counts_its_prompt(sim_url):

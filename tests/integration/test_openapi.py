@@ -67,6 +67,16 @@ def test_batch_items_are_a_result_or_an_error(doc):
     assert any(s == {"index", "error"} for s in shapes)
 
 
+def test_openai_routes_declare_the_error_shape_openai_clients_parse(doc):
+    body = resolve(doc, doc["components"]["schemas"]["OpenAIErrorResponse"]["properties"]["error"])
+    assert set(body["required"]) == {"message", "type"} and {"param", "code"} <= set(body["properties"])
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"):
+        responses = doc["paths"][path]["post"]["responses"]
+        assert {"400", "404", "429", "502", "503", "504"} <= set(responses)
+        assert "Retry-After" in responses["429"]["headers"]
+        assert {"application/json", "text/event-stream"} <= set(responses["200"]["content"])
+
+
 def test_errors_are_declared_in_the_real_shape(doc):
     assert "HTTPValidationError" not in doc["components"]["schemas"]
     assert "ValidationError" not in doc["components"]["schemas"]
@@ -82,7 +92,8 @@ def test_errors_are_declared_in_the_real_shape(doc):
         assert statuses <= declared, (method, path, sorted(declared))
         for status in declared:
             schema = responses[str(status)]["content"]["application/json"]["schema"]
-            expected = "ReadyResponse" if path == "/readyz" and status == 503 else "ErrorResponse"
+            expected = ("ReadyResponse" if path == "/readyz" and status == 503
+                        else "OpenAIErrorResponse" if path.startswith("/v1/") else "ErrorResponse")
             assert schema == {"$ref": f"#/components/schemas/{expected}"}, (method, path, status)
 
 

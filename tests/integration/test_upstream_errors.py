@@ -138,7 +138,8 @@ async def test_a_model_the_upstream_does_not_serve_is_a_404_before_any_call():
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/models":
             return _models("served-model")
-        calls.append(request.url.path)
+        if request.method == "POST":
+            calls.append(request.url.path)
         return _sse('{"a": "x"}', model="served-model")
 
     async with gateway("http://up", lm_transport=httpx.MockTransport(handler)) as gw:

@@ -48,7 +48,32 @@ def test_contradictory_settings_fail_at_start_naming_both(kw, names):
     assert all(n in str(ei.value) for n in names)
 
 
-def test_the_upstream_queue_fits_a_full_batch_by_default():
-    assert Settings().max_queued_per_upstream == Settings().max_batch_size
-    assert Settings(max_batch_size=50).max_queued_per_upstream == 50
-    assert Settings(max_queued_per_upstream=0).max_queued_per_upstream == 0
+def test_the_model_queue_fits_a_full_batch_by_default():
+    assert Settings().max_queued_per_model == Settings().max_batch_size
+    assert Settings(max_batch_size=50).max_queued_per_model == 50
+    assert Settings(max_queued_per_model=0).max_queued_per_model == 0
+    assert Settings(max_queued_per_upstream=7).max_queued_per_model == 7  # the name before several upstreams
+
+
+def test_upstreams_come_from_a_json_list_a_toml_table_or_the_single_url(monkeypatch, tmp_path):
+    assert [u.url for u in Settings(upstream_url="http://one:8000/").upstream_configs()] == ["http://one:8000"]
+    monkeypatch.setenv("VGATE_UPSTREAMS", '[{"url": "http://a:8000"}, {"url": "http://b:8000", "weight": 2}]')
+    ups = Settings().upstream_configs()
+    assert [(u.url, u.weight) for u in ups] == [("http://a:8000", 1.0), ("http://b:8000", 2.0)]
+    monkeypatch.delenv("VGATE_UPSTREAMS")
+    toml = tmp_path / "vgate.toml"
+    toml.write_text('[[upstreams]]\nurl = "http://c:8000"\napi_key = "k"\n\n[[upstreams]]\nurl = "http://d:8000"\n')
+    monkeypatch.setenv("VGATE_CONFIG_FILE", str(toml))
+    ups = Settings().upstream_configs()
+    assert [u.url for u in ups] == ["http://c:8000", "http://d:8000"]
+    assert ups[0].api_key.get_secret_value() == "k" and ups[1].api_key is None
+
+
+def test_upstream_and_priority_mistakes_fail_at_start():
+    with pytest.raises(ValidationError, match="each URL and name may appear once"):
+        Settings(upstreams=[{"url": "http://a"}, {"url": "http://a/"}])
+    with pytest.raises(ValidationError, match="weight"):
+        Settings(upstreams=[{"url": "http://a", "weight": 0}])
+    with pytest.raises(ValidationError, match="unknown route"):
+        Settings(priorities={"chat": "batch"})
+    assert Settings(priorities={"agent": "batch"}).priorities["predict_batch"] == "batch"  # the rest kept

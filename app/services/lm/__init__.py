@@ -1,6 +1,6 @@
 """The one LM client, by concern: ``types`` (what callers get), ``errors`` (an upstream's status →
 a typed error), ``stream`` (SSE → typed chunks → events), ``retry`` (the policy and loop),
-``admission`` (in-flight cap and bounded queue), ``models`` (the served list), ``calls`` (one
+``models`` (the served list), ``calls`` (one
 call's record and its books), ``client`` (:class:`LMClient`)."""
 
 from app.services.lm.calls import UsageCallback

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from prometheus_client.metrics import Histogram
 
 from app.metrics import Metrics
 from app.services.lm.stream import Accumulator
@@ -45,14 +44,20 @@ class Call:
     tokens_per_s: float | None = None
     outcome: str = "error"  # ok, error, cancelled, shed
     error_type: str | None = None
+    priority: str = "interactive"
+    affinity: int | None = None  # the prefix key routing keeps on one upstream
+    prompt_chars: int | None = None  # for the estimate, when there are no messages (completions, embeddings)
+    lease: Any = None  # the slot it holds, while it holds one
+    upstream: Any = None  # where the last attempt went
+    tried: set[Any] = field(default_factory=set)  # upstreams whose attempt failed: the next goes elsewhere
+    timing: bool = False  # the request's upstream timer is running for it
 
 
 
 class CallBooks:
-    def __init__(self, metrics: Metrics, settings: Settings, queue_time: Histogram) -> None:
+    def __init__(self, metrics: Metrics, settings: Settings) -> None:
         self.metrics = metrics
         self.settings = settings
-        self.queue_time = queue_time
 
     def cost(self, call: Call, usage: Usage) -> float:
         return self.settings.price_for(call.model).cost(usage.prompt_tokens, usage.completion_tokens)
@@ -63,7 +68,10 @@ class CallBooks:
         the chunks streamed, prompt tokens from the prompt's size."""
         if call.acc.usage is not None:
             return Usage(call.acc.usage.prompt_tokens, call.acc.usage.completion_tokens)
-        chars = sum(len(str(m.get("content") or "")) for m in call.messages)
+        if call.prompt_chars is not None:
+            chars = call.prompt_chars
+        else:
+            chars = sum(len(str(m.get("content") or "")) for m in call.messages)
         if call.tools:
             chars += len(json.dumps(call.tools, default=str))
         return Usage(max(1, chars // CHARS_PER_TOKEN), call.acc.token_chunks)
@@ -81,6 +89,8 @@ class CallBooks:
         m, label = self.metrics, call.label
         cost = self.cost(call, usage)
         now = time.perf_counter()
+        if not call.started:  # it ended before it reached the queue
+            call.started = now
         if usage.prompt_tokens or usage.completion_tokens:
             m.prompt_tokens.labels(model=label, route=call.route).inc(usage.prompt_tokens)
             m.completion_tokens.labels(model=label, route=call.route).inc(usage.completion_tokens)
@@ -88,7 +98,7 @@ class CallBooks:
         if call.on_usage is not None and call.taken:
             call.on_usage(CallUsage(usage, cost, estimated))
         m.upstream_requests.labels(model=label, outcome=call.outcome).inc()
-        self.queue_time.observe(call.started - call.entered)
+        m.queue_time.labels(model=label, priority=call.priority).observe(call.started - call.entered)
         if call.admitted:  # one refused or cancelled in the queue spent no upstream time
             m.upstream_duration.labels(model=label).observe(now - call.started)
             if call.error_type is not None:
@@ -109,6 +119,8 @@ class CallBooks:
             finish_reason=call.acc.finish_reason,
             attempts=call.attempts,
             upstream_request_id=call.upstream_request_id,
+            upstream=call.upstream.name if call.upstream is not None else None,
+            priority=call.priority,
         )
         if estimated:
             fields["estimated"] = True

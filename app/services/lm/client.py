@@ -2,13 +2,15 @@
 
 - httpx's API over aiohttp's connection pool (``httpx-aiohttp``): the shared perf notes measure
   plain httpx at ~1/4 of the throughput at 64 concurrent calls.
-- Admission (``admission.py``): a cap on calls in flight to the upstream (default 256 = vLLM's
-  ``max_num_seqs``, so a batch of 1,000 keeps continuous batching full) and a bounded queue behind
-  it; queue time counts against the call's deadline.
+- Several upstreams (``app.services.upstreams``): each call takes a slot on the upstream the pool
+  chooses (load, prefix affinity, health), waiting in its model's queue by priority class when none
+  is free; queue time counts against the call's deadline. A failed attempt that may be retried goes
+  to another upstream when there is one, at once.
 - Every call streams from the upstream (``include_usage``), which gives time to first token for
   every call, lets a disconnect abort the sequence in vLLM, and is one code path to get right.
 - Retries (``retry.py``) only where safe, bounded by the deadline, never once a chunk has been
-  handed to the caller. Each call carries its own request id, ``<request id>-<n>``.
+  handed to the caller; ``chat()``, which hands nothing on until the end, also replays a call whose
+  stream broke (on another upstream). Each call carries its own request id, ``<request id>-<n>``.
 - Accounting: usage, cost, latency, queue time, TTFT, tokens/s per call, in Prometheus and one
   ``upstream_call`` log line — for a call cut short too, with estimated tokens.
 """
@@ -21,13 +23,12 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import structlog
-from httpx_aiohttp import AiohttpTransport
 
-from app.context import request_context, upstream_request_id
+from app.context import request_context
 from app.errors import (
     InvalidRequestError,
     UpstreamError,
@@ -35,16 +36,16 @@ from app.errors import (
     VGateError,
 )
 from app.metrics import Metrics
-from app.services.lm.admission import Admission, Overloaded
 from app.services.lm.calls import Call, CallBooks, UsageCallback
+from app.services.lm.dispatch import Dispatcher
 from app.services.lm.errors import AttemptFailed, parse_retry_after, status_failure, transport_failure
-from app.services.lm.models import ModelCatalog
-from app.services.lm.retry import RetryPolicy, with_retries
 from app.services.lm.stream import Chunk, EndOfStream, next_chunk
 from app.services.lm.types import Done, LMResult, StreamEvent, UpstreamModel
+from app.services.upstreams import Upstream, UpstreamPool
 from app.settings import Settings
 
 log = structlog.get_logger("vgate.lm")
+T = TypeVar("T")
 
 
 
@@ -64,8 +65,19 @@ def _encode(body: dict[str, Any]) -> bytes:
                                   type="invalid_request") from None
 
 
+class StreamBroke(UpstreamError):
+    """The upstream's stream broke after it began: nothing may be retried once it reached the client,
+    but a caller that passed nothing on (``chat()``) may replay the call elsewhere."""
+
+    type = "upstream_stream_error"
+
+    def __init__(self, message: str, upstream: Upstream | None) -> None:
+        super().__init__(message)
+        self.upstream = upstream
+
+
 class LMClient:
-    """Client of one vLLM (OpenAI-compatible) upstream. Owned by the app's lifespan."""
+    """Client of the gateway's vLLM (OpenAI-compatible) upstreams. Owned by the app's lifespan."""
 
     def __init__(
         self,
@@ -76,55 +88,35 @@ class LMClient:
     ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.upstream = settings.upstream_url
-        limits = httpx.Limits(
-            max_connections=settings.max_connections,
-            max_keepalive_connections=settings.max_connections,
-            keepalive_expiry=30,
-        )
-        headers = {"accept": "application/json"}
-        if settings.upstream_api_key is not None:
-            headers["authorization"] = f"Bearer {settings.upstream_api_key.get_secret_value()}"
-        self._http = httpx.AsyncClient(
-            base_url=settings.upstream_url,
-            transport=transport or AiohttpTransport(limits=limits),
-            timeout=httpx.Timeout(
-                connect=settings.connect_timeout_s,
-                read=settings.read_timeout_s,
-                write=settings.read_timeout_s,
-                pool=settings.request_timeout_s,
-            ),
-            headers=headers,
-        )
-        assert settings.max_queued_per_upstream is not None  # Settings fills in its default
-        self._admission = Admission(settings.max_inflight_per_upstream, settings.max_queued_per_upstream)
-        # Gauges read at scrape time: nothing to update on the hot path.
-        metrics.upstream_in_flight.labels(upstream=self.upstream).set_function(lambda: self._admission.in_use)
-        metrics.upstream_queued.labels(upstream=self.upstream).set_function(lambda: self._admission.queued)
-        self._books = CallBooks(metrics, settings, metrics.upstream_queue.labels(upstream=self.upstream))
-        self._retry = RetryPolicy(settings.max_retries, settings.retry_backoff_initial_s, settings.retry_backoff_max_s)
-        self.models = ModelCatalog(self._http, settings)
+        self.pool = UpstreamPool(settings, metrics, transport=transport)
+        self.dispatch = Dispatcher(self.pool, settings, metrics)
+        self.books = CallBooks(metrics, settings)
+
+    def start(self) -> None:
+        """Background health, load and model checks of the upstreams."""
+        self.pool.start()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self.pool.aclose()
 
     # ------------------------------------------------------------------ models & health
 
     async def list_models(self, *, refresh: bool = False) -> list[UpstreamModel]:
-        return await self.models.list(refresh=refresh)
+        return await self.pool.list_models(refresh=refresh)
 
     async def resolve_model(self, model: str | None) -> str:
-        return await self.models.resolve(model)
+        return await self.pool.resolve(model)
+
+    async def admit_batch(self, model: str | None, size: int, priority_route: str) -> str:
+        return await self.dispatch.admit_batch(model, size, priority_route)
 
     async def health(self) -> bool:
-        try:
-            r = await self._http.get("/health", timeout=self.settings.connect_timeout_s)
-        except httpx.HTTPError:
-            return False
-        return r.status_code == 200
+        """Whether any upstream answers its /health."""
+        results = await asyncio.gather(*(self.pool.monitor.check_health(u) for u in self.pool.upstreams))
+        return any(results)
 
     def model_label(self, model: str) -> str:
-        return self.models.label(model)
+        return self.pool.label(model)
 
     # ------------------------------------------------------------------ calls
 
@@ -134,19 +126,39 @@ class LMClient:
         *,
         model: str | None = None,
         route: str = "predict",
+        priority_route: str | None = None,
         request_id: str | None = None,
         headers: dict[str, str] | None = None,
         on_usage: UsageCallback | None = None,
         **params: Any,
     ) -> LMResult:
-        """One chat completion, aggregated. Raises a ``VGateError`` subclass on failure."""
-        stream = self.stream_chat(messages, model=model, route=route, request_id=request_id, headers=headers,
-                                  on_usage=on_usage, **params)
-        async with aclosing(stream):
-            async for event in stream:
-                if isinstance(event, Done):
-                    return event.result
-        raise UpstreamError("upstream stream ended without a result")  # unreachable in practice
+        """One chat completion, aggregated. Raises a ``VGateError`` subclass on failure.
+
+        Nothing reaches the caller before the end, so a call whose stream broke midway is replayed
+        (on another upstream when there is one), within the retry budget and the deadline; the
+        broken attempt keeps its own books (the work it cost is counted once, as estimated)."""
+        deadline = time.perf_counter() + self.settings.request_timeout_s
+        exclude: set[Upstream] = set()
+        replays = 0
+        while True:
+            stream = self.stream_chat(messages, model=model, route=route, priority_route=priority_route,
+                                      request_id=request_id, headers=headers, on_usage=on_usage,
+                                      _deadline=deadline, _exclude=exclude, **params)
+            try:
+                async with aclosing(stream):
+                    async for event in stream:
+                        if isinstance(event, Done):
+                            return event.result
+            except StreamBroke as exc:
+                replays += 1
+                if replays > self.settings.max_retries or time.perf_counter() >= deadline:
+                    raise
+                if exc.upstream is not None:
+                    exclude.add(exc.upstream)
+                self.metrics.upstream_retries.labels(model=self.model_label(model or ""), reason="replay").inc()
+                log.info("upstream_replay", replay=replays, reason=exc.message)
+                continue
+            raise UpstreamError("upstream stream ended without a result")  # unreachable in practice
 
     async def stream_chat(
         self,
@@ -154,16 +166,20 @@ class LMClient:
         *,
         model: str | None = None,
         route: str = "predict",
+        priority_route: str | None = None,
         request_id: str | None = None,
         headers: dict[str, str] | None = None,
         on_usage: UsageCallback | None = None,
+        _deadline: float | None = None,
+        _exclude: set[Upstream] | None = None,
         **params: Any,
     ) -> AsyncIterator[StreamEvent]:
         """Stream one chat completion: deltas as they come, then ``Done`` with the accounting.
 
         Closing the iterator early (client gone, task cancelled) closes the upstream
         connection, which makes vLLM abort the sequence and free its KV cache. ``on_usage`` gets
-        the call's tokens and cost once, whether it completed or was cut short.
+        the call's tokens and cost once, whether it completed or was cut short. ``priority_route``
+        names the route whose priority class applies (default: ``route``).
         """
         model = await self.resolve_model(model)
         body: dict[str, Any] = {
@@ -174,28 +190,21 @@ class LMClient:
             "stream_options": {"include_usage": True},
         }
         content = _encode(body)
+        tools = params.get("tools")
         call = Call(model=model, label=self.model_label(model), route=route, messages=messages,
-                     tools=params.get("tools"), on_usage=on_usage)
-        deadline = call.entered + self.settings.request_timeout_s  # the queue's wait counts against it
+                    tools=tools, on_usage=on_usage, priority=self.dispatch.priority(priority_route or route),
+                    affinity=self.dispatch.affinity(model, messages, tools))
+        if _exclude:
+            call.tried.update(_exclude)
+        deadline = _deadline if _deadline is not None else call.entered + self.settings.request_timeout_s
         acc = call.acc
+        ctx = request_context.get()
+        timer = ctx.timer if ctx is not None else None
         try:
             try:
-                await self._admission.acquire(deadline)
-            except Overloaded as exc:
-                call.outcome = "shed"
-                self.metrics.upstream_shed.labels(upstream=self.upstream, reason=exc.reason).inc()
-                raise
-            finally:
-                call.started = time.perf_counter()  # what it waited until now is queue time
-            call.admitted = True
-            ctx = request_context.get()
-            timer = ctx.timer if ctx is not None else None
-            if timer is not None:
-                timer.enter()
-            try:
-                call.opened, call.attempts = await with_retries(
-                    lambda: self._open_once(call, content, request_id, headers, deadline),
-                    self._retry, deadline, lambda n, failed, sleep: self._on_retry(call.label, n, failed, sleep))
+                call.opened = await self.dispatch.open_call(
+                    call, lambda u: self._open_once(call, u, "/v1/chat/completions", content, request_id, headers,
+                                                    deadline), deadline, timer)
                 try:
                     chunk = call.opened.first
                     while chunk is not None:
@@ -209,22 +218,23 @@ class LMClient:
                         chunk = await next_chunk(call.opened.lines)
                 except EndOfStream:
                     if acc.finish_reason is None:  # cut off: never pass half an answer as whole
-                        raise UpstreamError("upstream closed the stream before finishing",
-                                            type="upstream_stream_error") from None
+                        self.dispatch.broke(call)
+                        raise StreamBroke("upstream closed the stream before finishing", call.upstream) from None
                 except httpx.TimeoutException as exc:
                     raise UpstreamTimeoutError("upstream stalled mid-stream") from exc
                 except httpx.HTTPError as exc:
-                    raise UpstreamError(f"upstream connection broke mid-stream ({type(exc).__name__})",
-                                        type="upstream_stream_error") from exc
+                    self.dispatch.broke(call)
+                    raise StreamBroke(f"upstream connection broke mid-stream ({type(exc).__name__})",
+                                      call.upstream) from exc
                 finally:
                     await call.opened.response.aclose()
             finally:
-                if timer is not None:
+                if call.timing and timer is not None:
                     timer.exit()
-                self._admission.release(time.perf_counter() - call.started)
+                self.dispatch.release(call)
             result = self._result(call)
             call.outcome = "ok"
-            self._books.close(call, result.usage, estimated=acc.usage is None)
+            self.books.close(call, result.usage, estimated=acc.usage is None)
             yield Done(result)
         except VGateError as exc:
             call.error_type = exc.type
@@ -236,19 +246,9 @@ class LMClient:
             raise
         finally:
             if call.outcome != "ok":
-                self._books.cut_short(call)
+                self.books.cut_short(call)
 
-    # ------------------------------------------------------------------ internals
-
-    def _upstream_request_id(self, request_id: str | None) -> str | None:
-        """``<request id>-<n>``: unique per upstream call, a retry included (vLLM refuses an id that is
-        already running, and an attempt it is still aborting may be)."""
-        if request_id is not None:
-            return upstream_request_id(request_id)
-        ctx = request_context.get()
-        return ctx.next_upstream_id() if ctx is not None else None
-
-    async def _open_once(self, call: Call, content: bytes, request_id: str | None,
+    async def _open_once(self, call: Call, upstream: Upstream, path: str, content: bytes, request_id: str | None,
                          extra_headers: dict[str, str] | None, deadline: float) -> _Opened:
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
@@ -261,20 +261,20 @@ class LMClient:
             pool=remaining,
         )
         headers = {"content-type": "application/json", **(extra_headers or {})}
-        call.upstream_request_id = upstream_id = self._upstream_request_id(request_id)
+        call.upstream_request_id = upstream_id = self.dispatch.next_request_id(request_id)
         if upstream_id:
             headers["x-request-id"] = upstream_id
+        http = upstream.http
         try:
-            request = self._http.build_request("POST", "/v1/chat/completions", content=content, headers=headers,
-                                               timeout=timeout)
-            response = await self._http.send(request, stream=True)
+            request = http.build_request("POST", path, content=content, headers=headers, timeout=timeout)
+            response = await http.send(request, stream=True)
         except httpx.HTTPError as exc:
-            raise transport_failure(exc, self.upstream) from exc
+            raise transport_failure(exc, upstream.name) from exc
         try:
             if response.status_code != 200:
                 body = await response.aread()
                 if response.status_code == 404:
-                    self.models.invalidate()  # the served list changed: fetch it again next time
+                    upstream.models.invalidate()  # the served list changed: fetch it again next time
                 raise status_failure(response.status_code, body,
                                      parse_retry_after(response.headers.get("retry-after")), model=call.model)
             call.taken = True  # vLLM admitted it: prefill is under way, whatever happens next
@@ -290,7 +290,7 @@ class LMClient:
         except httpx.HTTPError as exc:
             # Nothing reached our caller yet: a timeout or drop before the first chunk is retryable.
             await response.aclose()
-            raise transport_failure(exc, self.upstream) from exc
+            raise transport_failure(exc, upstream.name) from exc
         except VGateError as exc:  # malformed first chunk
             await response.aclose()
             raise AttemptFailed(exc, retry=False, reason=exc.type) from exc
@@ -299,14 +299,10 @@ class LMClient:
             raise
         return _Opened(response=response, lines=lines, first=first)
 
-    def _on_retry(self, label: str, attempt: int, failed: AttemptFailed, sleep_s: float) -> None:
-        self.metrics.upstream_retries.labels(model=label, reason=failed.reason).inc()
-        log.info("upstream_retry", attempt=attempt, reason=failed.reason, sleep_s=round(sleep_s, 3))
-
     def _result(self, call: Call) -> LMResult:
         acc = call.acc
         latency = time.perf_counter() - call.started
-        usage = self._books.usage(call)
+        usage = self.books.usage(call)
         decode_s = latency - (call.ttft or 0.0)
         tps = usage.completion_tokens / decode_s if decode_s > 0 and usage.completion_tokens else None
         call.tokens_per_s = tps
@@ -317,7 +313,7 @@ class LMClient:
             finish_reason=acc.finish_reason,
             usage=usage,
             model=acc.model or call.model,
-            cost_usd=self._books.cost(call, usage),
+            cost_usd=self.books.cost(call, usage),
             latency_ms=latency * 1000,
             ttft_ms=call.ttft * 1000 if call.ttft is not None else None,
             tokens_per_s=tps,

@@ -15,6 +15,7 @@ import structlog
 
 from app.errors import (
     NotFoundError,
+    OverloadedError,
     UpstreamAuthError,
     UpstreamBadRequestError,
     UpstreamError,
@@ -32,12 +33,15 @@ MAX_LOGGED_BODY_CHARS = 2000
 class AttemptFailed(Exception):
     """One failed attempt: whether to retry, why, and the error to raise if we stop."""
 
-    def __init__(self, error: VGateError, *, retry: bool, reason: str, retry_after: float | None = None):
+    def __init__(self, error: VGateError, *, retry: bool, reason: str, retry_after: float | None = None,
+                 health: bool = False):
         super().__init__(error.message)
         self.error = error
         self.retry = retry
         self.reason = reason
         self.retry_after = retry_after
+        self.health = health  # says the upstream is unwell (its breaker hears of it), not just busy
+        self.failover = False  # another upstream can take the retry: no backoff before it
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -78,18 +82,18 @@ def status_failure(status: int, body: bytes, retry_after: float | None, *, model
                                                "the gateway is misconfigured", upstream_status=status),
                              retry=False, reason=str(status))
     if status == 429:
-        return AttemptFailed(UpstreamUnavailableError("upstream is overloaded (429)", type="upstream_overloaded",
-                                                      retry_after_s=retry_after or 1.0, upstream_status=status),
+        return AttemptFailed(OverloadedError("upstream is overloaded (429)", reason="upstream",
+                                             retry_after_s=retry_after or 1.0, upstream_status=status),
                              retry=True, reason="429", retry_after=retry_after)
     if status == 503:
         return AttemptFailed(UpstreamUnavailableError("upstream unavailable (503)", retry_after_s=retry_after or 1.0,
                                                       upstream_status=status),
-                             retry=True, reason="503", retry_after=retry_after)
+                             retry=True, reason="503", retry_after=retry_after, health=True)
     if status == 504:
         return AttemptFailed(UpstreamTimeoutError("upstream timed out (504)", upstream_status=status),
-                             retry=True, reason="504", retry_after=retry_after)
+                             retry=True, reason="504", retry_after=retry_after, health=True)
     return AttemptFailed(UpstreamError(f"upstream error ({status})", upstream_status=status),
-                         retry=status == 502, reason=str(status), retry_after=retry_after)
+                         retry=status == 502, reason=str(status), retry_after=retry_after, health=status >= 500)
 
 
 def transport_failure(exc: Exception, upstream: str) -> AttemptFailed:
@@ -97,11 +101,12 @@ def transport_failure(exc: Exception, upstream: str) -> AttemptFailed:
     log.info("upstream_transport_error", upstream=upstream, error=f"{type(exc).__name__}: {exc}")
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
         return AttemptFailed(UpstreamUnavailableError("cannot reach the upstream model server"),
-                             retry=True, reason="connect")
+                             retry=True, reason="connect", health=True)
     if isinstance(exc, httpx.TimeoutException):
-        return AttemptFailed(UpstreamTimeoutError("upstream did not answer in time"), retry=True, reason="timeout")
+        return AttemptFailed(UpstreamTimeoutError("upstream did not answer in time"), retry=True, reason="timeout",
+                             health=True)
     return AttemptFailed(UpstreamError(f"upstream connection failed ({type(exc).__name__})"),
-                         retry=True, reason="disconnect")
+                         retry=True, reason="disconnect", health=True)
 
 
 def malformed(what: str, excerpt: str | None = None) -> UpstreamError:

@@ -1,8 +1,8 @@
-"""The upstream's served models: listed from ``/v1/models``, trusted for ``models_refresh_s``.
+"""One upstream's served models: listed from ``/v1/models``, trusted for ``models_refresh_s``.
 
-The default model (the upstream's first, when none is configured) follows the list as it
-changes, and a requested name the upstream does not serve is a 404 ``model_not_found`` before any
-call is made: llama.cpp, for one, silently answers any name with its own model.
+The pool (``app.services.upstreams.pool``) joins every upstream's list: the default model and the
+check that a requested name is served anywhere (llama.cpp, for one, silently answers any name with
+its own model) follow the lists as they change.
 """
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ import time
 import httpx
 import pydantic
 
-from app.errors import NotFoundError, UpstreamError, VGateError
-from app.services.lm.errors import log, malformed, status_failure, transport_failure
+from app.errors import UpstreamError, VGateError
+from app.services.lm.errors import malformed, status_failure, transport_failure
 from app.services.lm.types import UpstreamModel
 from app.settings import Settings
 
-MISS_REFRESH_INTERVAL_S = 1.0  # an unknown name refetches the list at most this often
 ERROR_TTL_S = 1.0  # a failed listing is answered from memory this long, not for models_refresh_s
 
 
@@ -35,17 +34,20 @@ class _ModelList(pydantic.BaseModel):
 
 
 class ModelCatalog:
-    def __init__(self, http: httpx.AsyncClient, settings: Settings) -> None:
+    def __init__(self, http: httpx.AsyncClient, settings: Settings, upstream: str) -> None:
         self._http = http
         self.settings = settings
+        self.upstream = upstream  # for log lines
         self._models: list[UpstreamModel] | None = None
         self._error: VGateError | None = None  # the last listing's failure, remembered ERROR_TTL_S
-        self._served: frozenset[str] = frozenset()
+        self.served: frozenset[str] = frozenset()
         self._listed_at = float("-inf")  # time.monotonic() of the last listing attempt
         self._lock = asyncio.Lock()
-        self._known: set[str] = set(settings.prices)  # label values: configured or served names
-        if settings.default_model:
-            self._known.add(settings.default_model)
+
+    @property
+    def known(self) -> bool:
+        """Whether the last listing succeeded (else the upstream may serve any name)."""
+        return self._models is not None and self._error is None
 
     async def list(self, *, refresh: bool = False, max_age_s: float | None = None) -> list[UpstreamModel]:
         """The served models, fetched again if ``refresh``, or if older than ``max_age_s`` (default:
@@ -65,39 +67,11 @@ class ModelCatalog:
                 self._error, self._listed_at = exc, time.monotonic()
                 raise
             self._models, self._error, self._listed_at = models, None, time.monotonic()
-            self._served = frozenset(m.id for m in self._models)
-            self._known.update(self._served)
+            self.served = frozenset(m.id for m in self._models)
             return self._models
 
     def invalidate(self) -> None:
         self._listed_at = float("-inf")
-
-    async def resolve(self, model: str | None) -> str:
-        """The model to call: the named one, else the configured default, else the upstream's first."""
-        name = model or self.settings.default_model
-        if name is None:
-            models = await self.list()
-            if not models:
-                raise UpstreamError("the upstream serves no model")
-            return models[0].id
-        try:
-            await self.list()
-            if name in self._served:
-                return name
-            # It may have just been loaded: look again, at most once a second however many ask.
-            await self.list(max_age_s=MISS_REFRESH_INTERVAL_S)
-            if name in self._served:
-                return name
-        except VGateError as exc:
-            # The list is unavailable (an old or odd server): let the upstream judge the name.
-            log.info("model_list_unavailable", model=name, error_type=exc.type)
-            return name
-        raise NotFoundError(f"model {name!r} is not served by the upstream", type="model_not_found",
-                            available=sorted(self._served))
-
-    def label(self, model: str) -> str:
-        """Bounded label values: configured or served names only."""
-        return model if model in self._known else "other"
 
     def _fresh(self, max_age_s: float | None = None) -> bool:
         ttl = self.settings.models_refresh_s if max_age_s is None else min(max_age_s, self.settings.models_refresh_s)
@@ -117,7 +91,7 @@ class ModelCatalog:
         try:
             r = await self._http.get("/v1/models", timeout=self.settings.connect_timeout_s * 2)
         except httpx.HTTPError as exc:
-            raise transport_failure(exc, self.settings.upstream_url).error from exc
+            raise transport_failure(exc, self.upstream).error from exc
         if r.status_code != 200:
             # The listing is the gateway's own request: whatever its status, it is not the client's fault.
             failure = status_failure(r.status_code, r.content, None, model="").error

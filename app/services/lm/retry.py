@@ -48,7 +48,8 @@ async def with_retries(
         try:
             return await attempt(), n
         except AttemptFailed as failed:
-            sleep = policy.backoff_s(n, failed.retry_after)
+            # Another upstream can take it (the failed one is set aside): no reason to wait.
+            sleep = 0.0 if failed.failover else policy.backoff_s(n, failed.retry_after)
             if not failed.retry or n > policy.max_retries or time.perf_counter() + sleep >= deadline:
                 failed.error.details["attempts"] = n
                 raise failed.error from failed

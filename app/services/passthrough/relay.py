@@ -1,0 +1,175 @@
+"""vLLM's answer, relayed: the bytes as they come, read only for the books.
+
+A stream is cut into SSE events at blank lines; each event goes on as the same bytes, except the
+usage-only chunk (stripped unless the client asked for usage) and an error event (its text, which may
+name internal hosts, goes to the log; the client gets a clean one). Events are decoded with small
+``msgspec`` structs that skip what the books do not need (``choices`` stays raw).
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+import structlog
+
+from app.services.lm.calls import Call
+from app.services.lm.errors import MAX_LOGGED_BODY_CHARS
+from app.services.lm.stream import ChunkUsage
+
+log = structlog.get_logger("vgate.passthrough")
+
+
+class _Piece(msgspec.Struct):
+    """A chat/completions chunk or body, or an embeddings body."""
+
+    model: str | None = None
+    choices: list[msgspec.Raw] | None = None
+    usage: ChunkUsage | None = None
+    error: msgspec.Raw | None = None
+
+
+class _ResponsesUsage(msgspec.Struct):
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class _ResponsesBody(msgspec.Struct):
+    model: str | None = None
+    usage: _ResponsesUsage | None = None
+
+
+class _ResponsesEvent(msgspec.Struct):
+    type: str = ""
+    response: _ResponsesBody | None = None
+
+
+_piece = msgspec.json.Decoder(_Piece)
+_responses_body = msgspec.json.Decoder(_ResponsesBody)
+_responses_event = msgspec.json.Decoder(_ResponsesEvent)
+
+_DONE = b"data: [DONE]"
+_RESPONSES_END = ("response.completed", "response.failed", "response.incomplete")
+
+
+def error_chunk(message: str, type: str, code: int, request_id: str | None) -> bytes:
+    """An error after the stream began, as vLLM sends one (it follows with ``[DONE]``)."""
+    body = {"error": {"message": message, "type": type, "param": None, "code": code, "request_id": request_id}}
+    return b"data: " + msgspec.json.encode(body) + b"\n\n"
+
+
+def error_event(message: str, type: str, code: int, request_id: str | None) -> bytes:
+    """The gateway's own end of a stream that broke: the error chunk and ``[DONE]``."""
+    return error_chunk(message, type, code, request_id) + _DONE + b"\n\n"
+
+
+def read_usage(call: Call, body: bytes, responses_api: bool) -> None:
+    """The usage of a whole (non-stream) answer into the call's books."""
+    try:
+        if responses_api:
+            r = _responses_body.decode(body)
+            if r.usage is not None:
+                call.acc.usage = ChunkUsage(r.usage.input_tokens, r.usage.output_tokens)
+            call.acc.model = r.model
+        else:
+            p = _piece.decode(body)
+            call.acc.usage = p.usage
+            call.acc.model = p.model
+    except msgspec.DecodeError:
+        log.warning("upstream_malformed", what="an answer without a readable usage", excerpt=body[:200])
+
+
+class StreamReader:
+    """Cuts a stream into events, notes what the books need, returns the bytes to pass on."""
+
+    __slots__ = ("call", "keep_usage", "responses_api", "done", "failed", "_pending", "_request_id")
+
+    def __init__(self, call: Call, *, keep_usage: bool, responses_api: bool, request_id: str | None) -> None:
+        self.call = call
+        self.keep_usage = keep_usage
+        self.responses_api = responses_api
+        self.done = False  # [DONE], or the Responses API's last event
+        self.failed = False  # the upstream sent an error event
+        self._pending = b""
+        self._request_id = request_id
+
+    def feed(self, data: bytes) -> bytes:
+        """The complete events in ``data`` (and what was left over before it), ready to send."""
+        buf = self._pending + data if self._pending else data
+        out: list[bytes] = []
+        start = 0
+        while True:
+            end = buf.find(b"\n\n", start)
+            if end == -1:
+                break
+            event = buf[start:end + 2]
+            start = end + 2
+            kept = self._event(event)
+            if kept is not None:
+                out.append(kept)
+        self._pending = buf[start:]
+        return b"".join(out)
+
+    @property
+    def has_partial(self) -> bool:
+        return bool(self._pending.strip())
+
+    def _event(self, event: bytes) -> bytes | None:
+        if self.responses_api:
+            return self._responses(event)
+        if not event.startswith(b"data:"):
+            return event  # a comment (": keep-alive") or another field: passed on
+        data = event[5:].strip()
+        if data == b"[DONE]":
+            self.done = True
+            return event
+        try:
+            piece = _piece.decode(data)
+        except msgspec.DecodeError:
+            log.warning("upstream_malformed", what="a chunk of an unexpected shape", excerpt=data[:200])
+            self.failed = True
+            return error_chunk("upstream sent a chunk of an unexpected shape", "upstream_malformed", 502,
+                               self._request_id)
+        call = self.call
+        if piece.error is not None:
+            log.warning("upstream_stream_error", upstream_message=bytes(piece.error)[:MAX_LOGGED_BODY_CHARS]
+                        .decode("utf-8", "replace"))
+            self.failed = True
+            return error_chunk("upstream failed mid-stream", "upstream_stream_error", 502, self._request_id)
+        if piece.model and call.acc.model is None:
+            call.acc.model = piece.model
+        if piece.usage is not None:
+            call.acc.usage = piece.usage
+            if not piece.choices and not self.keep_usage:
+                return None  # the usage-only chunk the gateway asked for, not the client
+        if piece.choices:
+            if call.ttft is None:
+                call.ttft = time.perf_counter() - call.started
+            call.acc.token_chunks += 1
+        return event
+
+    def _responses(self, event: bytes) -> bytes | None:
+        data_at = event.find(b"data:")
+        if data_at == -1:
+            return event
+        data = event[data_at + 5:].strip()
+        try:
+            ev = _responses_event.decode(data)
+        except msgspec.DecodeError:
+            return event
+        call = self.call
+        if ev.type.endswith(".delta"):
+            if call.ttft is None:
+                call.ttft = time.perf_counter() - call.started
+            call.acc.token_chunks += 1
+        elif ev.type in _RESPONSES_END:
+            self.done = True
+            body = ev.response
+            if body is not None and body.usage is not None:
+                call.acc.usage = ChunkUsage(body.usage.input_tokens, body.usage.output_tokens)
+                call.acc.model = body.model
+        elif ev.type == "error":
+            self.failed = True
+        return event
+
+

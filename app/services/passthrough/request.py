@@ -1,0 +1,122 @@
+"""An OpenAI-compatible request on its way to vLLM: read, guarded, and changed only where needed.
+
+The body is forwarded as the client sent it (the same bytes) unless the gateway must change it: the
+model filled in when the client named none (the upstream chosen may serve several), usage asked for
+on a stream (for the books; the usage chunk is then stripped unless the client asked too), or
+(``translate_guided_params``) guided_* rewritten into ``structured_outputs``. vLLM >= 0.12 silently
+ignores ``guided_json``/``guided_regex``/``guided_choice``/``guided_grammar`` and answers 200 with
+unconstrained output, so by default they are a 400 that names the replacement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from app.errors import InvalidRequestError
+
+GUIDED = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice", "guided_grammar": "grammar"}
+GUIDED_OPTIONS = ("guided_decoding_backend", "guided_whitespace_pattern", "guided_options_request")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    path: str  # on the upstream, and on the gateway
+    route: str  # the metrics' route label
+    streams: bool  # the API has a stream form
+    usage_chunk: bool  # a stream ends with a usage chunk when stream_options.include_usage
+
+
+CHAT = Endpoint("/v1/chat/completions", "openai_chat", True, True)
+COMPLETIONS = Endpoint("/v1/completions", "openai_completions", True, True)
+EMBEDDINGS = Endpoint("/v1/embeddings", "openai_embeddings", False, False)
+RESPONSES = Endpoint("/v1/responses", "openai_responses", True, False)
+
+
+@dataclass(slots=True)
+class Prepared:
+    body: dict[str, Any]
+    content: bytes  # what goes upstream
+    model: str | None
+    stream: bool
+    client_wants_usage: bool
+    messages: list[dict[str, Any]] = field(default_factory=list)  # for the prefix key
+    tools: Any = None
+    prompt_chars: int = 0  # for an estimate of a call cut short
+    headers: dict[str, str] = field(default_factory=dict)  # the client's, forwarded
+
+
+def read(endpoint: Endpoint, raw: bytes, *, translate_guided: bool) -> Prepared:
+    """The request, or a 400 in the error shape OpenAI clients parse."""
+    try:
+        body = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, UnicodeError):
+        raise InvalidRequestError("request body is not valid JSON", status_code=400, type="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("request body must be a JSON object", status_code=400)
+    changed = _guided(body, translate_guided)
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequestError("'model' must be a string", status_code=400, param="model")
+    stream = body.get("stream") is True and endpoint.streams
+    wants_usage = False
+    if stream and endpoint.usage_chunk:
+        options = body.get("stream_options")
+        wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+        if not wants_usage:
+            body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+            changed = True
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    messages = [m for m in messages if isinstance(m, dict)]
+    prep = Prepared(body=body, content=raw, model=model or None, stream=stream, client_wants_usage=wants_usage,
+                    messages=messages, tools=body.get("tools"), prompt_chars=_prompt_chars(body, messages))
+    if changed:
+        prep.content = encode(body)
+    return prep
+
+
+def with_model(prep: Prepared, model: str) -> None:
+    """Name the model the gateway chose when the client named none."""
+    if prep.model is None:
+        prep.body["model"] = prep.model = model
+        prep.content = encode(prep.body)
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    return msgspec.json.encode(body)
+
+
+def _guided(body: dict[str, Any], translate: bool) -> bool:
+    found = [k for k in GUIDED if k in body]
+    if not found:
+        return False
+    kind = GUIDED[found[0]]
+    if not translate:
+        raise InvalidRequestError(
+            f"'{found[0]}' was removed in vLLM 0.12 and current servers silently ignore it (the output would not "
+            f"be constrained); use \"response_format\": {{\"type\": \"json_schema\", \"json_schema\": {{...}}}} "
+            f"or \"structured_outputs\": {{\"{kind}\": ...}} instead",
+            status_code=400, type="unsupported_parameter", param=found[0])
+    if len(found) > 1 or "structured_outputs" in body:
+        raise InvalidRequestError(f"only one structured-output constraint per request, got {found}"
+                                  + (" and 'structured_outputs'" if "structured_outputs" in body else ""),
+                                  status_code=400, type="invalid_request", param=found[0])
+    body["structured_outputs"] = {kind: body.pop(found[0])}
+    for option in GUIDED_OPTIONS:
+        body.pop(option, None)
+    return True
+
+
+def _prompt_chars(body: dict[str, Any], messages: list[dict[str, Any]]) -> int:
+    if messages:
+        return sum(len(str(m.get("content") or "")) for m in messages)
+    total = 0
+    for key in ("prompt", "input", "instructions"):
+        value = body.get(key)
+        if isinstance(value, str):
+            total += len(value)
+        elif value is not None:
+            total += len(str(value))
+    return total

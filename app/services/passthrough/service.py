@@ -1,0 +1,232 @@
+"""The OpenAI-compatible passthrough: vLLM's own API through the gateway's routing and books.
+
+Each call goes through the same machinery as /predict and /agent (``LMClient.open_call``): a slot
+on the upstream the pool picks (load, prefix affinity, health, priority), retries and failover while
+nothing has reached the client, the same token/cost/latency/TTFT metrics and ``upstream_call`` line.
+
+- Non-stream: vLLM answers all at once, so the answer is read whole (a connection that breaks while
+  it is read is retried elsewhere) and relayed as the same bytes. A client that leaves cancels the
+  upstream request: its connection closes and vLLM aborts the sequence.
+- Stream: relayed event by event as it arrives (``relay.StreamReader``). Once bytes have reached the
+  client nothing is retried: a stream that breaks ends with an error event and ``[DONE]``.
+- Errors: vLLM's 4xx about the request (400, 404, 413, 422) are relayed as vLLM wrote them; anything
+  else is the gateway's error in the same ``{"error": {"message", "type", "param", "code"}}`` shape,
+  with no upstream text in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import httpx
+import structlog
+
+from app.context import request_context
+from app.errors import UpstreamTimeoutError, VGateError
+from app.metrics import Metrics
+from app.services.lm import LMClient
+from app.services.lm.calls import Call
+from app.services.lm.errors import AttemptFailed, parse_retry_after, status_failure, transport_failure, upstream_message
+from app.services.passthrough.relay import StreamReader, error_event, read_usage
+from app.services.passthrough.request import RESPONSES, Endpoint, Prepared, read, with_model
+from app.services.upstreams import Upstream, prefix_key
+from app.settings import Settings
+
+log = structlog.get_logger("vgate.passthrough")
+
+RELAYED_STATUSES = frozenset({400, 404, 413, 422})  # vLLM's word on the client's own request
+
+
+@dataclass(slots=True)
+class Answer:
+    """A whole answer (``body``), or a stream to relay (``chunks``)."""
+
+    status: int
+    media_type: str
+    body: bytes = b""
+    chunks: AsyncIterator[bytes] | None = None
+
+
+@dataclass(slots=True)
+class _Opened:
+    status: int
+    response: httpx.Response
+    body: bytes = b""  # non-stream, or a relayed error
+    first: bytes = b""  # stream: what came before the first complete event, read inside the attempt
+
+
+class PassthroughService:
+    def __init__(self, lm: LMClient, settings: Settings, metrics: Metrics) -> None:
+        self.lm = lm
+        self.settings = settings
+        self.metrics = metrics
+
+    async def models(self) -> dict:
+        listed = await self.lm.list_models(refresh=True)
+        return {"object": "list", "data": [m.raw for m in listed]}
+
+    async def call(self, endpoint: Endpoint, raw: bytes, headers: Mapping[str, str] | None = None) -> Answer:
+        """``headers``: the client's request headers (those in ``passthrough_forward_headers`` go on)."""
+        prep = read(endpoint, raw, translate_guided=self.settings.translate_guided_params)
+        if headers is not None:
+            prep.headers = {k: v for k in self.settings.passthrough_forward_headers if (v := headers.get(k))}
+        model = await self.lm.resolve_model(prep.model)
+        with_model(prep, model)
+        ctx = request_context.get()
+        session = ctx.session if ctx is not None else None
+        call = Call(model=model, label=self.lm.model_label(model), route=endpoint.route, messages=prep.messages,
+                    tools=prep.tools, on_usage=None, priority=self.lm.dispatch.priority("openai"),
+                    affinity=self._affinity(model, prep, session), prompt_chars=prep.prompt_chars)
+        deadline = call.entered + self.settings.request_timeout_s
+        timer = ctx.timer if ctx is not None else None
+        request_id = ctx.request_id if ctx is not None else None
+        try:
+            opened = await self.lm.dispatch.open_call(call, lambda u: self._open(call, u, endpoint, prep, deadline),
+                                             deadline, timer)
+        except BaseException as exc:
+            self._end(call, timer, exc)
+            raise
+        if opened.status != 200 or not prep.stream:
+            self._end(call, timer, None if opened.status == 200 else _relayed(opened.status))
+            if opened.status == 200:
+                read_usage(call, opened.body, endpoint is RESPONSES)
+                call.outcome = "ok"
+                self.lm.books.close(call, self.lm.books.usage(call), estimated=call.acc.usage is None)
+            return Answer(opened.status, opened.response.headers.get("content-type", "application/json"),
+                          body=opened.body)
+        reader = StreamReader(call, keep_usage=prep.client_wants_usage, responses_api=endpoint is RESPONSES,
+                              request_id=request_id)
+        return Answer(200, "text/event-stream",
+                      chunks=self._relay(call, opened, reader, deadline, timer, request_id))
+
+    # ------------------------------------------------------------------ internals
+
+    def _affinity(self, model: str, prep: Prepared, session: str | None) -> int | None:
+        if prep.messages or session is not None:
+            return prefix_key(model, prep.messages, prep.tools, session)
+        lead = prep.body.get("instructions") or prep.body.get("prompt")
+        return hash((model, lead[:512])) if isinstance(lead, str) and len(lead) >= 512 else None
+
+    async def _open(self, call: Call, upstream: Upstream, endpoint: Endpoint, prep: Prepared,
+                    deadline: float) -> _Opened:
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            raise AttemptFailed(UpstreamTimeoutError("upstream call exceeded its deadline"),
+                                retry=False, reason="deadline")
+        s = self.settings
+        timeout = httpx.Timeout(connect=min(s.connect_timeout_s, remaining), read=min(s.read_timeout_s, remaining),
+                                write=min(s.read_timeout_s, remaining), pool=remaining)
+        headers = {**prep.headers, "content-type": "application/json"}
+        call.upstream_request_id = upstream_id = self.lm.dispatch.next_request_id(None)
+        if upstream_id:
+            headers["x-request-id"] = upstream_id
+        http = upstream.http
+        request = http.build_request("POST", endpoint.path, content=prep.content, headers=headers, timeout=timeout)
+        try:
+            response = await http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise transport_failure(exc, upstream.name) from exc
+        try:
+            status = response.status_code
+            if status != 200:
+                body = await response.aread()
+                if status == 404:
+                    upstream.models.invalidate()
+                if status in RELAYED_STATUSES:
+                    log.info("upstream_refused_request", upstream_status=status,
+                             upstream_message=upstream_message(body)[:500])
+                    return _Opened(status, response, body=body)
+                raise status_failure(status, body, parse_retry_after(response.headers.get("retry-after")),
+                                     model=call.model)
+            call.taken = True  # vLLM admitted it: from here on it does work to account for
+            if not prep.stream:
+                return _Opened(200, response, body=await response.aread())
+            raw = response.aiter_raw()
+            first = b""
+            while b"\n\n" not in first:  # the first event, inside the attempt: a drop before it is retried
+                try:
+                    first += await anext(raw)
+                except StopAsyncIteration:
+                    raise AttemptFailed(VGateError("upstream closed the stream before it began",
+                                                   status_code=502, type="upstream_stream_error"),
+                                        retry=True, reason="disconnect", health=True) from None
+            return _Opened(200, response, first=first)
+        except AttemptFailed:
+            await response.aclose()
+            raise
+        except httpx.HTTPError as exc:
+            await response.aclose()
+            raise transport_failure(exc, upstream.name) from exc
+        except BaseException:
+            await response.aclose()
+            raise
+        finally:
+            if response.is_closed is False and (response.status_code != 200 or not prep.stream):
+                await response.aclose()
+
+    async def _relay(self, call: Call, opened: _Opened, reader: StreamReader, deadline: float, timer,
+                     request_id: str | None) -> AsyncIterator[bytes]:
+        response = opened.response
+        error: BaseException | None = None
+        try:
+            out = reader.feed(opened.first)
+            if out:
+                yield out
+            raw = response.aiter_raw()
+            while not reader.done:
+                if time.perf_counter() > deadline:
+                    raise UpstreamTimeoutError("upstream call exceeded its deadline")
+                try:
+                    piece = await anext(raw)
+                except StopAsyncIteration:
+                    if reader.responses_api and not reader.has_partial:
+                        break
+                    raise httpx.RemoteProtocolError("the stream ended without [DONE]") from None
+                out = reader.feed(piece)
+                if out:
+                    yield out
+        except (httpx.HTTPError, UpstreamTimeoutError) as exc:
+            # Bytes have reached the client: no retry. End the stream as vLLM ends a failed one.
+            timed_out = isinstance(exc, (httpx.TimeoutException, UpstreamTimeoutError))
+            error = exc
+            log.warning("upstream_stream_broke", error=f"{type(exc).__name__}: {exc}", upstream=call.upstream.name)
+            if not timed_out:
+                self.lm.pool.failed(call.upstream, at_once=False)
+            yield error_event("upstream timed out mid-stream" if timed_out else "upstream connection broke mid-stream",
+                              "upstream_timeout" if timed_out else "upstream_stream_error", 504 if timed_out else 502,
+                              request_id)
+        except BaseException as exc:  # the client left (cancelled) or the generator was closed
+            error = exc
+            raise
+        finally:
+            await response.aclose()
+            if error is None and reader.failed:
+                error = _relayed(502, "upstream_stream_error")
+            elif isinstance(error, httpx.HTTPError):
+                error = _relayed(502, "upstream_stream_error")
+            self._end(call, timer, error)
+            if error is None:
+                call.outcome = "ok"
+                self.lm.books.close(call, self.lm.books.usage(call), estimated=call.acc.usage is None)
+
+    def _end(self, call: Call, timer, error: BaseException | None) -> None:
+        """Free the slot, stop the timer; a call that did not succeed gets its books here."""
+        if call.timing and timer is not None:
+            timer.exit()
+            call.timing = False
+        self.lm.dispatch.release(call)
+        if error is None:
+            return
+        if isinstance(error, VGateError):
+            call.error_type = error.type
+            call.attempts = call.attempts or error.details.get("attempts", 0)
+        elif isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+            call.outcome = "cancelled"
+        self.lm.books.cut_short(call)
+
+
+def _relayed(status: int, type: str = "upstream_bad_request") -> VGateError:
+    return VGateError("relayed", status_code=status, type=type)
