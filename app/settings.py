@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     breaker_cooldown_s: float = Field(5.0, gt=0)
     # Share of the slots that waiting batch calls get even while interactive calls wait.
     batch_min_share: float = Field(0.1, ge=0, le=1)
+    # Most of the slots batch calls may hold at once (1: all). Lower keeps vLLM's batch, and its prefill
+    # queue, short for interactive calls, at the price of the batch's speed (benchmarks/RESULTS.md).
+    batch_max_share: float = Field(1.0, gt=0, le=1)
     # Priority class per route; a request's X-Vgate-Priority header may lower it, and raise it only
     # if allow_priority_raise (API keys will scope this).
     priorities: dict[str, Priority] = Field(default_factory=lambda: {
@@ -210,6 +213,7 @@ class Settings(BaseSettings):
              self.retry_backoff_max_s),
             ("max_inflight_per_upstream", self.max_inflight_per_upstream, "<=", "max_connections",
              self.max_connections),
+            ("batch_min_share", self.batch_min_share, "<=", "batch_max_share", self.batch_max_share),
         ]
         problems = [f"{a}={va} must be {op} {b}={vb}" for a, va, op, b, vb in pairs if va > vb]
         if problems:

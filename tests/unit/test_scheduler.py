@@ -246,3 +246,16 @@ async def test_stale_metrics_count_as_saturated_but_a_server_without_them_does_n
     assert u.saturation() == 0
     u.report_at -= u.settings.metrics_stale_s + 1
     assert math.isinf(u.saturation())
+
+
+async def test_batch_calls_take_at_most_their_share_of_the_slots():
+    sched, (u,) = make(10, max_queued=100)
+    sched.batch_max_share = 0.3
+    held = [await sched.acquire(MODEL, "batch", _deadline(5)) for _ in range(3)]
+    fourth = asyncio.create_task(sched.acquire(MODEL, "batch", _deadline(5)))
+    await asyncio.sleep(0.01)
+    assert not fourth.done() and u.in_use == 3  # 3 of 10: the rest stay for interactive calls
+    inter = [await sched.acquire(MODEL, "interactive", _deadline(5)) for _ in range(7)]
+    assert u.in_use == 10 and all(lease.upstream is u for lease in inter)
+    sched.release(held[0])
+    assert (await fourth).priority == "batch"

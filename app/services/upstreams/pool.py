@@ -43,7 +43,8 @@ class UpstreamPool:
                                rng=rng)
         assert settings.max_queued_per_model is not None  # Settings fills in its default
         self.scheduler = Scheduler(self.candidates, self.chooser, max_queued=settings.max_queued_per_model,
-                                   batch_min_share=settings.batch_min_share, metrics=metrics, label=self.label)
+                                   batch_min_share=settings.batch_min_share, batch_max_share=settings.batch_max_share,
+                                   metrics=metrics, label=self.label)
         self.monitor = Monitor(self.upstreams, settings, self.scheduler.dispatch)
         for u in self.upstreams:
             metrics.upstream_in_flight.labels(upstream=u.name).set_function(lambda u=u: u.in_use)

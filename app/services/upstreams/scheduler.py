@@ -6,7 +6,8 @@
   in one upstream's — and is handed the first slot that frees up on any upstream serving the model.
 - **Priorities.** ``interactive`` (chat, /agent, a single /predict) before ``batch`` (a /predict
   batch): a freed slot goes to the oldest interactive call, except that batch calls keep a floor of
-  ``batch_min_share`` of the model's slots while they wait, so a batch is never starved. Batch calls
+  ``batch_min_share`` of the model's slots while they wait, so a batch is never starved, and take at
+  most ``batch_max_share`` of them (vLLM's steps slow down with every sequence). Batch calls
   also stop at half of vLLM's saturation thresholds: the headroom left is what lets interactive
   calls in at once, instead of behind the batch in vLLM's own queue.
 - **Backpressure.** An interactive call when every upstream serving its model is saturated (see
@@ -54,11 +55,13 @@ class _Waiter:
 
 class Scheduler:
     def __init__(self, candidates: Callable[[str], Sequence[Upstream]], chooser: Chooser, *, max_queued: int,
-                 batch_min_share: float, metrics: Metrics, label: Callable[[str], str]) -> None:
+                 batch_min_share: float, metrics: Metrics, label: Callable[[str], str],
+                 batch_max_share: float = 1.0) -> None:
         self._candidates = candidates  # model → the upstreams that serve it and are up
         self.chooser = chooser
         self.max_queued = max_queued
         self.batch_min_share = batch_min_share
+        self.batch_max_share = batch_max_share
         self.metrics = metrics
         self._label = label
         self._queues: dict[str, dict[str, deque[_Waiter]]] = {}
@@ -167,6 +170,9 @@ class Scheduler:
     def _try(self, serving: Sequence[Upstream], priority: str, affinity: int | None,
              exclude: Collection[Upstream]) -> Lease | None:
         limit = 1.0 if priority == "interactive" else BATCH_HEADROOM
+        if priority == "batch" and self.batch_max_share < 1.0 and \
+                self.running["batch"] >= max(1.0, self.batch_max_share * sum(u.slots for u in serving)):
+            return None  # the rest of the slots (and of vLLM's batch) stay free for interactive calls
         now = time.monotonic()
         eligible = [u for u in serving if u.in_use < u.slots and u.saturation(now) < limit]
         if exclude:
