@@ -17,7 +17,9 @@ from starlette.types import Receive, Scope, Send
 
 from app.routers.deps import PassthroughDep, cancel_on_disconnect, routing_hints
 from app.routers.schemas import ModelList, OpenAIErrorResponse, error_responses
-from app.services.passthrough import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Answer, Endpoint
+from app.services.passthrough import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Endpoint, PassthroughService
+from app.services.passthrough.relay import error_event
+from app.shutdown import stopping
 
 router = APIRouter(tags=["openai"], dependencies=[Depends(routing_hints)])
 
@@ -37,21 +39,31 @@ _ERRORS = error_responses(
 class RelayResponse(Response):
     """A stream relayed as it comes, stopped the moment the client goes away: the relay (and with it
     the upstream request, which makes vLLM abort the sequence) is cancelled on ``http.disconnect``,
-    not only at the next failed write."""
+    not only at the next failed write. When the server shuts down, a stream still going after
+    ``shutdown_grace_s`` ends with a ``shutting_down`` error event and ``[DONE]``."""
 
     media_type = "text/event-stream"
     _HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
 
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:  # no Content-Length: it is a stream
-        self.status_code = 200
+    def __init__(self, chunks: AsyncIterator[bytes], grace_s: float, request_id: str | None) -> None:
+        self.status_code = 200  # no Content-Length: it is a stream
         self.background = None
         self.raw_headers = list(self._HEADERS)
         self.chunks = chunks
+        self.grace_s = grace_s
+        self.request_id = request_id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def pump() -> None:
+        started = False
+
+        async def start() -> None:
+            nonlocal started
+            started = True
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+
+        async def pump() -> None:
+            await start()
             async for chunk in self.chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -60,28 +72,36 @@ class RelayResponse(Response):
             while (await receive())["type"] != "http.disconnect":
                 pass
 
-        relay, watcher = asyncio.ensure_future(pump()), asyncio.ensure_future(watch())
+        async def grace() -> None:
+            await stopping().wait()
+            await asyncio.sleep(self.grace_s)
+
+        relay, watcher, stopper = (asyncio.ensure_future(pump()), asyncio.ensure_future(watch()),
+                                   asyncio.ensure_future(grace()))
         try:
-            await asyncio.wait({relay, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({relay, watcher, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (relay, watcher):
+            for task in (relay, watcher, stopper):
                 task.cancel()
-            await asyncio.gather(relay, watcher, return_exceptions=True)
+            await asyncio.gather(relay, watcher, stopper, return_exceptions=True)
             await self.chunks.aclose()  # never started, or cut short: the upstream is closed either way
+        if stopper.done() and not stopper.cancelled():
+            if not started:
+                await start()
+            await send({"type": "http.response.body", "more_body": False, "body": error_event(
+                "the gateway is shutting down; retry the request", "shutting_down", 503, self.request_id)})
+            return
         if relay.done() and not relay.cancelled() and relay.exception() is not None:
             raise relay.exception()
 
 
-def _response(answer: Answer) -> Response:
-    if answer.chunks is not None:
-        return RelayResponse(answer.chunks)
-    return Response(answer.body, status_code=answer.status, media_type=answer.media_type)
-
-
-async def _relay(endpoint: Endpoint, request: Request, service: Any) -> Response:
+async def _relay(endpoint: Endpoint, request: Request, service: PassthroughService) -> Response:
     raw = await request.body()
     answer = await cancel_on_disconnect(request, service.call(endpoint, raw, request.headers))
-    return _response(answer)
+    if answer.chunks is not None:
+        return RelayResponse(answer.chunks, service.settings.shutdown_grace_s,
+                             request.scope.get("state", {}).get("request_id"))
+    return Response(answer.body, status_code=answer.status, media_type=answer.media_type)
 
 
 def _route(endpoint: Endpoint, summary: str):

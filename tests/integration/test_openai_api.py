@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 
 import httpx
 import openai
@@ -178,3 +179,31 @@ async def test_client_headers_reach_the_upstream_only_when_the_operator_lists_th
         forwarded = await fwd.client.post("/v1/chat/completions", json=body, headers=fault)
     assert ignored.status_code == 200
     assert forwarded.status_code == 502 and forwarded.json()["error"]["message"] == "upstream error (500)"
+
+
+def _data_lines(text: str) -> list[str]:
+    return [line for line in text.split("\n") if line.startswith("data:")]
+
+
+async def test_a_stream_is_relayed_as_the_upstreams_own_bytes_as_they_come(sim_latency_url):
+    """A stream whose tokens come one engine step apart (not all in one read): every chunk arrives,
+    byte for byte as vLLM wrote it (no re-serialising), the gateway's usage chunk left out."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me a story"}], "max_tokens": 30,
+            "min_tokens": 30, "seed": 7, "stream": True}
+    headers = {"x-request-id": "same-id"}
+    async with httpx.AsyncClient(timeout=30) as c:
+        direct = await c.post(f"{sim_latency_url}/v1/chat/completions", json=body, headers=headers)
+        with live_gateway(sim_latency_url) as (base, _):
+            arrivals: list[float] = []
+            relayed = ""
+            async with c.stream("POST", f"{base}/v1/chat/completions", json=body, headers=headers) as r:
+                async for piece in r.aiter_text():
+                    arrivals.append(asyncio.get_running_loop().time())
+                    relayed += piece
+    def strip(line: str) -> str:  # each call has its own id and timestamp
+        return re.sub(r'"id":"[^"]*",|"created":\d+,', "", line)
+
+    want, got = _data_lines(direct.text), _data_lines(relayed)
+    assert len(got) == len(want) == 30 + 3  # role chunk, 30 tokens, finish chunk, [DONE]: no usage chunk either
+    assert [strip(x) for x in got] == [strip(x) for x in want]  # the same bytes
+    assert arrivals[-1] - arrivals[0] > 0.1  # it came as it was made, not in one piece at the end

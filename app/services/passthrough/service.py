@@ -56,6 +56,7 @@ class _Opened:
     response: httpx.Response
     body: bytes = b""  # non-stream, or a relayed error
     first: bytes = b""  # stream: what came before the first complete event, read inside the attempt
+    raw: AsyncIterator[bytes] | None = None  # stream: the rest (one iterator: a response streams once)
 
 
 class PassthroughService:
@@ -153,7 +154,7 @@ class PassthroughService:
                     raise AttemptFailed(VGateError("upstream closed the stream before it began",
                                                    status_code=502, type="upstream_stream_error"),
                                         retry=True, reason="disconnect", health=True) from None
-            return _Opened(200, response, first=first)
+            return _Opened(200, response, first=first, raw=raw)
         except AttemptFailed:
             await response.aclose()
             raise
@@ -175,7 +176,8 @@ class PassthroughService:
             out = reader.feed(opened.first)
             if out:
                 yield out
-            raw = response.aiter_raw()
+            raw = opened.raw
+            assert raw is not None
             while not reader.done:
                 if time.perf_counter() > deadline:
                     raise UpstreamTimeoutError("upstream call exceeded its deadline")
