@@ -259,3 +259,21 @@ async def test_batch_calls_take_at_most_their_share_of_the_slots():
     assert u.in_use == 10 and all(lease.upstream is u for lease in inter)
     sched.release(held[0])
     assert (await fourth).priority == "batch"
+
+
+async def test_saturation_by_the_gateways_own_batch_queues_interactive_calls_instead_of_refusing_them():
+    sched, (u,) = make(4)
+    batch = [await sched.acquire(MODEL, "batch", _deadline(5)) for _ in range(4)]
+    saturate(u, 10)  # vLLM's queue is long, and this gateway's batch is in it
+    waiting = asyncio.create_task(sched.acquire(MODEL, "interactive", _deadline(5)))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # not a 429: it can overtake the batch
+    saturate(u, 2)
+    sched.release(batch[0])
+    assert (await waiting).priority == "interactive"
+    for lease in batch[1:]:
+        sched.release(lease)
+    assert u.batch_in_use == 0
+    saturate(u, 10)  # saturated by others alone: a 429 at once
+    with pytest.raises(OverloadedError):
+        await sched.acquire(MODEL, "interactive", _deadline(5))

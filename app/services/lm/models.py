@@ -53,10 +53,10 @@ class ModelCatalog:
         """The served models, fetched again if ``refresh``, or if older than ``max_age_s`` (default:
         ``models_refresh_s``). Raises a 502/503/504 ``VGateError`` when the upstream cannot list them
         (an answer that is not a model list is ``upstream_malformed``)."""
-        if not refresh and self._fresh(max_age_s):
+        if not refresh and self.fresh(max_age_s):
             return self._cached()
         async with self._lock:
-            if not refresh and self._fresh(max_age_s):  # another call refreshed it while this one waited
+            if not refresh and self.fresh(max_age_s):  # another call refreshed it while this one waited
                 return self._cached()
             try:
                 models = await self._fetch()
@@ -73,7 +73,7 @@ class ModelCatalog:
     def invalidate(self) -> None:
         self._listed_at = float("-inf")
 
-    def _fresh(self, max_age_s: float | None = None) -> bool:
+    def fresh(self, max_age_s: float | None = None) -> bool:
         ttl = self.settings.models_refresh_s if max_age_s is None else min(max_age_s, self.settings.models_refresh_s)
         if self._error is not None:
             ttl = ERROR_TTL_S

@@ -17,7 +17,7 @@ import structlog
 from app.errors import NotFoundError, UpstreamError, VGateError
 from app.metrics import Metrics
 from app.services.lm.types import UpstreamModel
-from app.services.upstreams.breaker import CLOSED
+from app.services.upstreams.breaker import CLOSED, OPEN
 from app.services.upstreams.choice import Chooser
 from app.services.upstreams.monitor import Monitor
 from app.services.upstreams.scheduler import Scheduler
@@ -108,6 +108,8 @@ class UpstreamPool:
     async def resolve(self, model: str | None) -> str:
         """The model to call: the named one, else the configured default, else the first upstream's first."""
         name = model or self.settings.default_model
+        if name is not None and any(name in u.models.served and u.models.fresh() for u in self.upstreams):
+            return name  # the hot path: a listed name, the list not yet due for a refresh
         if name is None:
             models = await self.list_models()
             if not models:
@@ -125,8 +127,8 @@ class UpstreamPool:
             # No list is available (an old or odd server): let the upstream judge the name.
             log.info("model_list_unavailable", model=name, error_type=exc.type)
             return name
-        if any(not u.models.known for u in self.upstreams):
-            return name  # an upstream that cannot list may serve it
+        if any(not u.models.known and u.breaker.state != OPEN for u in self.upstreams):
+            return name  # an upstream that is up but cannot list may serve it
         raise NotFoundError(f"model {name!r} is not served by the upstream", type="model_not_found",
                             available=sorted({m for u in self.upstreams for m in u.models.served}))
 

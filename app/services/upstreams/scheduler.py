@@ -11,7 +11,8 @@
   also stop at half of vLLM's saturation thresholds: the headroom left is what lets interactive
   calls in at once, instead of behind the batch in vLLM's own queue.
 - **Backpressure.** An interactive call when every upstream serving its model is saturated (see
-  ``load``), any call when its model's queue holds ``max_queued_per_model`` calls, or when the
+  ``load``) by traffic it cannot overtake (no batch call of this gateway's there), any call when its
+  model's queue holds ``max_queued_per_model`` calls, or when the
   expected wait (from how long calls hold their slots) passes its deadline: a 429 at once with
   ``Retry-After``. A batch call waits out a saturation instead (the batch as a whole was checked on
   arrival). Time in the queue counts against the call's deadline.
@@ -77,7 +78,7 @@ class Scheduler:
         message, retry after) — for a batch, checked once on arrival."""
         serving = self._candidates(model)
         queued = self.queued(model)
-        if serving and all(u.saturation() >= 1 for u in serving):
+        if serving and all(u.saturation() >= 1 and not u.batch_in_use for u in serving):
             return "saturated", "every upstream serving the model is saturated", self._retry_after(serving, queued)
         free = sum(max(0, u.slots - u.in_use) for u in serving)
         if queued + size > self.max_queued + free:
@@ -97,7 +98,11 @@ class Scheduler:
             lease = self._try(serving, priority, affinity, exclude)
             if lease is not None:
                 return lease
-        if priority == "interactive" and serving and all(u.saturation() >= 1 for u in serving):
+        if priority == "interactive" and serving and all(
+                u.saturation() >= 1 and not u.batch_in_use for u in serving):
+            # Saturated by traffic this call cannot overtake. When the gateway's own batch calls are
+            # part of it, the call waits instead: no batch call is dispatched while vLLM is this busy,
+            # and the first slot that frees up is this call's.
             raise OverloadedError("every upstream serving the model is saturated", reason="saturated",
                                   retry_after_s=self._retry_after(serving, self.queued(model)))
         queued = len(queues["interactive"]) + len(queues["batch"])
@@ -134,6 +139,8 @@ class Scheduler:
     def release(self, lease: Lease, held_s: float | None = None) -> None:
         lease.upstream.released(held_s)
         self.running[lease.priority] -= 1
+        if lease.priority == "batch":
+            lease.upstream.batch_in_use -= 1
         self.dispatch()
 
     def dispatch(self) -> None:
@@ -189,6 +196,8 @@ class Scheduler:
         upstream.took()
         upstream.breaker.probe_started()
         self.running[priority] += 1
+        if priority == "batch":
+            upstream.batch_in_use += 1
         return Lease(upstream, priority, how)
 
     @staticmethod

@@ -40,6 +40,7 @@ class Upstream:
                                on_change=(lambda state: on_breaker(self, state)) if on_breaker else None)
         self.slots = settings.max_inflight_per_upstream
         self.in_use = 0  # the gateway's calls in flight here
+        self.batch_in_use = 0  # of which batch calls
         self.hold_s: float | None = None  # moving average of how long a call holds its slot
         self.report: LoadReport | None = None  # its load, from the last two scrapes of its /metrics
         self.report_at = float("-inf")  # time.monotonic() of the last one
