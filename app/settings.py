@@ -135,9 +135,10 @@ class Settings(BaseSettings):
     breaker_cooldown_s: float = Field(5.0, gt=0)
     # Share of the slots that waiting batch calls get even while interactive calls wait.
     batch_min_share: float = Field(0.1, ge=0, le=1)
-    # Most of the slots batch calls may hold at once (1: all). Lower keeps vLLM's batch, and its prefill
-    # queue, short for interactive calls, at the price of the batch's speed (benchmarks/RESULTS.md).
-    batch_max_share: float = Field(1.0, gt=0, le=1)
+    # While interactive calls are arriving, the most of the slots batch calls may hold (1: all): vLLM's
+    # batch and prefill queue stay short for the interactive calls, at some of the batch's speed
+    # (benchmarks/RESULTS.md). A batch alone uses every slot.
+    batch_max_share: float = Field(0.5, gt=0, le=1)
     # Priority class per route; a request's X-Vgate-Priority header may lower it, and raise it only
     # if allow_priority_raise (API keys will scope this).
     priorities: dict[str, Priority] = Field(default_factory=lambda: {

@@ -248,9 +248,14 @@ async def test_stale_metrics_count_as_saturated_but_a_server_without_them_does_n
     assert math.isinf(u.saturation())
 
 
-async def test_batch_calls_take_at_most_their_share_of_the_slots():
+async def test_batch_calls_take_at_most_their_share_of_the_slots_while_interactive_calls_come():
     sched, (u,) = make(10, max_queued=100)
     sched.batch_max_share = 0.3
+    alone = [await sched.acquire(MODEL, "batch", _deadline(5)) for _ in range(10)]
+    assert u.in_use == 10  # a batch alone takes every slot
+    for lease in alone:
+        sched.release(lease)
+    sched.release(await sched.acquire(MODEL, "interactive", _deadline(5)))  # an interactive call came
     held = [await sched.acquire(MODEL, "batch", _deadline(5)) for _ in range(3)]
     fourth = asyncio.create_task(sched.acquire(MODEL, "batch", _deadline(5)))
     await asyncio.sleep(0.01)

@@ -6,8 +6,10 @@
   in one upstream's — and is handed the first slot that frees up on any upstream serving the model.
 - **Priorities.** ``interactive`` (chat, /agent, a single /predict) before ``batch`` (a /predict
   batch): a freed slot goes to the oldest interactive call, except that batch calls keep a floor of
-  ``batch_min_share`` of the model's slots while they wait, so a batch is never starved, and take at
-  most ``batch_max_share`` of them (vLLM's steps slow down with every sequence). Batch calls
+  ``batch_min_share`` of the model's slots while they wait, so a batch is never starved, and, while
+  interactive calls are arriving (in the last ``INTERACTIVE_WINDOW_S``), take at most
+  ``batch_max_share`` of them: vLLM's steps slow down with every sequence, and a batch's prefills
+  queue ahead of a later call's. A batch alone runs on every slot. Batch calls
   also stop at half of vLLM's saturation thresholds: the headroom left is what lets interactive
   calls in at once, instead of behind the batch in vLLM's own queue.
 - **Backpressure.** An interactive call when every upstream serving its model is saturated (see
@@ -34,6 +36,7 @@ from app.services.upstreams.upstream import Upstream
 
 PRIORITIES = ("interactive", "batch")
 BATCH_HEADROOM = 0.5  # batch calls are dispatched only below this share of the saturation thresholds
+INTERACTIVE_WINDOW_S = 10.0  # batch_max_share applies while interactive calls came this recently
 
 
 @dataclass(eq=False, slots=True)
@@ -67,6 +70,7 @@ class Scheduler:
         self._label = label
         self._queues: dict[str, dict[str, deque[_Waiter]]] = {}
         self.running = dict.fromkeys(PRIORITIES, 0)
+        self.last_interactive = float("-inf")  # time.monotonic() of the last interactive call
 
     def queued(self, model: str | None = None) -> int:
         queues = [self._queues[model]] if model is not None and model in self._queues else (
@@ -93,6 +97,8 @@ class Scheduler:
         """A slot, or ``OverloadedError``. ``deadline`` is on ``time.perf_counter``'s clock."""
         serving = self._candidates(model)
         queues = self._queues.setdefault(model, {p: deque() for p in PRIORITIES})
+        if priority == "interactive":
+            self.last_interactive = time.monotonic()
         ahead = len(queues["interactive"]) + (len(queues["batch"]) if priority == "batch" else 0)
         if not ahead:
             lease = self._try(serving, priority, affinity, exclude)
@@ -177,10 +183,10 @@ class Scheduler:
     def _try(self, serving: Sequence[Upstream], priority: str, affinity: int | None,
              exclude: Collection[Upstream]) -> Lease | None:
         limit = 1.0 if priority == "interactive" else BATCH_HEADROOM
-        if priority == "batch" and self.batch_max_share < 1.0 and \
-                self.running["batch"] >= max(1.0, self.batch_max_share * sum(u.slots for u in serving)):
-            return None  # the rest of the slots (and of vLLM's batch) stay free for interactive calls
         now = time.monotonic()
+        if priority == "batch" and self.batch_max_share < 1.0 and now - self.last_interactive < INTERACTIVE_WINDOW_S \
+                and self.running["batch"] >= max(1.0, self.batch_max_share * sum(u.slots for u in serving)):
+            return None  # interactive calls are about: the rest of the slots (and of vLLM's batch) stay theirs
         eligible = [u for u in serving if u.in_use < u.slots and u.saturation(now) < limit]
         if exclude:
             others = [u for u in eligible if u not in exclude]
