@@ -109,3 +109,23 @@ def test_the_prefix_key_is_what_calls_share():
                                                            None, None)  # a conversation: its first turn
     assert prefix_key("m", [{"role": "user", "content": "once"}], None, None) is None  # nothing shared
     assert prefix_key("m", [system], None, "s1") == prefix_key("m", chat, None, "s1") != a  # the session wins
+
+
+def test_a_dropped_connection_is_told_from_a_timeout_and_from_a_refusal():
+    import aiohttp
+    import httpx
+
+    from app.services.lm.errors import dropped, transport_failure
+
+    def mapped(cause: BaseException, as_: type[httpx.HTTPError]) -> httpx.HTTPError:
+        exc = as_(str(cause))
+        exc.__cause__ = cause  # as httpx-aiohttp raises it
+        return exc
+
+    disconnect = mapped(aiohttp.ServerDisconnectedError(), httpx.ConnectTimeout)
+    assert dropped(disconnect)
+    assert transport_failure(disconnect, "u").reason == "disconnect"  # not a server that is down
+    assert not dropped(httpx.ConnectTimeout("a real one"))  # another transport's connect timeout
+    assert not dropped(mapped(aiohttp.ConnectionTimeoutError(), httpx.TimeoutException))
+    refused = transport_failure(httpx.ConnectError("refused"), "u")
+    assert refused.reason == "connect" and refused.health

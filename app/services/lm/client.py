@@ -38,7 +38,7 @@ from app.errors import (
 from app.metrics import Metrics
 from app.services.lm.calls import Call, CallBooks, UsageCallback
 from app.services.lm.dispatch import Dispatcher
-from app.services.lm.errors import AttemptFailed, parse_retry_after, status_failure, transport_failure
+from app.services.lm.errors import AttemptFailed, dropped, parse_retry_after, status_failure, transport_failure
 from app.services.lm.stream import Chunk, EndOfStream, next_chunk
 from app.services.lm.types import Done, LMResult, StreamEvent, UpstreamModel
 from app.services.upstreams import Upstream, UpstreamPool
@@ -71,9 +71,10 @@ class StreamBroke(UpstreamError):
 
     type = "upstream_stream_error"
 
-    def __init__(self, message: str, upstream: Upstream | None) -> None:
+    def __init__(self, message: str, upstream: Upstream | None, label: str) -> None:
         super().__init__(message)
         self.upstream = upstream
+        self.label = label  # the model's, for the replay's metric
 
 
 class LMClient:
@@ -155,7 +156,7 @@ class LMClient:
                     raise
                 if exc.upstream is not None:
                     exclude.add(exc.upstream)
-                self.metrics.upstream_retries.labels(model=self.model_label(model or ""), reason="replay").inc()
+                self.metrics.upstream_retries.labels(model=exc.label, reason="replay").inc()
                 log.info("upstream_replay", replay=replays, reason=exc.message)
                 continue
             raise UpstreamError("upstream stream ended without a result")  # unreachable in practice
@@ -219,13 +220,13 @@ class LMClient:
                 except EndOfStream:
                     if acc.finish_reason is None:  # cut off: never pass half an answer as whole
                         self.dispatch.broke(call)
-                        raise StreamBroke("upstream closed the stream before finishing", call.upstream) from None
-                except httpx.TimeoutException as exc:
-                    raise UpstreamTimeoutError("upstream stalled mid-stream") from exc
+                        raise StreamBroke("upstream closed the stream before finishing", call.upstream,
+                                          call.label) from None
                 except httpx.HTTPError as exc:
+                    if isinstance(exc, httpx.TimeoutException) and not dropped(exc):
+                        raise UpstreamTimeoutError("upstream stalled mid-stream") from exc
                     self.dispatch.broke(call)
-                    raise StreamBroke(f"upstream connection broke mid-stream ({type(exc).__name__})",
-                                      call.upstream) from exc
+                    raise StreamBroke("upstream connection broke mid-stream", call.upstream, call.label) from exc
                 finally:
                     await call.opened.response.aclose()
             finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import aiohttp
 import httpx
 import structlog
 
@@ -96,9 +97,22 @@ def status_failure(status: int, body: bytes, retry_after: float | None, *, model
                          retry=status == 502, reason=str(status), retry_after=retry_after, health=status >= 500)
 
 
+def dropped(exc: BaseException) -> bool:
+    """A connection the server dropped or reset. httpx-aiohttp maps aiohttp's ServerDisconnectedError,
+    ClientOSError and resets to ``httpx.ConnectTimeout`` (its map's entry for ClientConnectionError):
+    not a timeout, and not a server that is down (a stale keep-alive connection, a server killed
+    mid-answer). A real connect timeout comes as ``httpx.TimeoutException``, a refusal as ConnectError."""
+    cause = exc.__cause__
+    return isinstance(exc, httpx.ConnectTimeout) and isinstance(cause, aiohttp.ClientConnectionError) and \
+        not isinstance(cause, (aiohttp.ServerTimeoutError, aiohttp.ClientConnectorError))
+
+
 def transport_failure(exc: Exception, upstream: str) -> AttemptFailed:
     # Messages go to API clients: no internal addresses in them (the log line has the upstream).
     log.info("upstream_transport_error", upstream=upstream, error=f"{type(exc).__name__}: {exc}")
+    if dropped(exc):
+        return AttemptFailed(UpstreamError("upstream connection dropped", type="upstream_disconnected"),
+                             retry=True, reason="disconnect", health=True)
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
         return AttemptFailed(UpstreamUnavailableError("cannot reach the upstream model server"),
                              retry=True, reason="connect", health=True)

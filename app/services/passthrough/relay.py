@@ -9,6 +9,7 @@ name internal hosts, goes to the log; the client gets a clean one). Events are d
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import msgspec
 import structlog
@@ -26,7 +27,7 @@ class _Piece(msgspec.Struct):
     model: str | None = None
     choices: list[msgspec.Raw] | None = None
     usage: ChunkUsage | None = None
-    error: msgspec.Raw | None = None
+    error: Any = None  # an error after the stream began: {"message", ...} (msgspec.Raw cannot be optional)
 
 
 class _ResponsesUsage(msgspec.Struct):
@@ -63,8 +64,9 @@ def error_event(message: str, type: str, code: int, request_id: str | None) -> b
     return error_chunk(message, type, code, request_id) + _DONE + b"\n\n"
 
 
-def read_usage(call: Call, body: bytes, responses_api: bool) -> None:
-    """The usage of a whole (non-stream) answer into the call's books."""
+def read_usage(call: Call, body: bytes, responses_api: bool) -> bool:
+    """The usage of a whole (non-stream) answer into the call's books; False when the body is not
+    the JSON object it should be (then it must not reach the client as a 200)."""
     try:
         if responses_api:
             r = _responses_body.decode(body)
@@ -76,29 +78,34 @@ def read_usage(call: Call, body: bytes, responses_api: bool) -> None:
             call.acc.usage = p.usage
             call.acc.model = p.model
     except msgspec.DecodeError:
-        log.warning("upstream_malformed", what="an answer without a readable usage", excerpt=body[:200])
+        log.warning("upstream_malformed", what="an answer of an unexpected shape", excerpt=body[:200])
+        return False
+    return True
 
 
 class StreamReader:
     """Cuts a stream into events, notes what the books need, returns the bytes to pass on."""
 
-    __slots__ = ("call", "keep_usage", "responses_api", "done", "failed", "_pending", "_request_id")
+    __slots__ = ("call", "keep_usage", "responses_api", "done", "failed", "_pending", "_request_id", "_stopped")
 
     def __init__(self, call: Call, *, keep_usage: bool, responses_api: bool, request_id: str | None) -> None:
         self.call = call
         self.keep_usage = keep_usage
         self.responses_api = responses_api
         self.done = False  # [DONE], or the Responses API's last event
-        self.failed = False  # the upstream sent an error event
+        self.failed: str | None = None  # the error type, when the upstream's stream failed
         self._pending = b""
         self._request_id = request_id
+        self._stopped = False  # ended by the gateway: nothing more is passed on
 
     def feed(self, data: bytes) -> bytes:
         """The complete events in ``data`` (and what was left over before it), ready to send."""
+        if self._stopped:
+            return b""
         buf = self._pending + data if self._pending else data
         out: list[bytes] = []
         start = 0
-        while True:
+        while not self._stopped:
             end = buf.find(b"\n\n", start)
             if end == -1:
                 break
@@ -127,15 +134,13 @@ class StreamReader:
             piece = _piece.decode(data)
         except msgspec.DecodeError:
             log.warning("upstream_malformed", what="a chunk of an unexpected shape", excerpt=data[:200])
-            self.failed = True
-            return error_chunk("upstream sent a chunk of an unexpected shape", "upstream_malformed", 502,
-                               self._request_id)
+            return self._end_with("upstream sent a chunk of an unexpected shape", "upstream_malformed")
         call = self.call
         if piece.error is not None:
-            log.warning("upstream_stream_error", upstream_message=bytes(piece.error)[:MAX_LOGGED_BODY_CHARS]
-                        .decode("utf-8", "replace"))
-            self.failed = True
-            return error_chunk("upstream failed mid-stream", "upstream_stream_error", 502, self._request_id)
+            err = piece.error
+            message = err.get("message") if isinstance(err, dict) else err
+            log.warning("upstream_stream_error", upstream_message=str(message)[:MAX_LOGGED_BODY_CHARS])
+            return self._end_with("upstream failed mid-stream", "upstream_stream_error")
         if piece.model and call.acc.model is None:
             call.acc.model = piece.model
         if piece.usage is not None:
@@ -147,6 +152,11 @@ class StreamReader:
                 call.ttft = time.perf_counter() - call.started
             call.acc.token_chunks += 1
         return event
+
+    def _end_with(self, message: str, type: str) -> bytes:
+        """The stream ends here, whatever the upstream sends after: the gateway's error and [DONE]."""
+        self.failed, self.done, self._stopped = type, True, True
+        return error_event(message, type, 502, self._request_id)
 
     def _responses(self, event: bytes) -> bytes | None:
         data_at = event.find(b"data:")
@@ -169,7 +179,7 @@ class StreamReader:
                 call.acc.usage = ChunkUsage(body.usage.input_tokens, body.usage.output_tokens)
                 call.acc.model = body.model
         elif ev.type == "error":
-            self.failed = True
+            self.failed = "upstream_stream_error"
         return event
 
 

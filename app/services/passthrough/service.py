@@ -29,7 +29,15 @@ from app.errors import UpstreamTimeoutError, VGateError
 from app.metrics import Metrics
 from app.services.lm import LMClient
 from app.services.lm.calls import Call
-from app.services.lm.errors import AttemptFailed, parse_retry_after, status_failure, transport_failure, upstream_message
+from app.services.lm.errors import (
+    AttemptFailed,
+    dropped,
+    malformed,
+    parse_retry_after,
+    status_failure,
+    transport_failure,
+    upstream_message,
+)
 from app.services.passthrough.relay import StreamReader, error_event, read_usage
 from app.services.passthrough.request import RESPONSES, Endpoint, Prepared, read, with_model
 from app.services.upstreams import Upstream, prefix_key
@@ -91,9 +99,12 @@ class PassthroughService:
             self._end(call, timer, exc)
             raise
         if opened.status != 200 or not prep.stream:
+            if opened.status == 200 and not read_usage(call, opened.body, endpoint is RESPONSES):
+                error = malformed("an answer of an unexpected shape")
+                self._end(call, timer, error)
+                raise error
             self._end(call, timer, None if opened.status == 200 else _relayed(opened.status))
             if opened.status == 200:
-                read_usage(call, opened.body, endpoint is RESPONSES)
                 call.outcome = "ok"
                 self.lm.books.close(call, self.lm.books.usage(call), estimated=call.acc.usage is None)
             return Answer(opened.status, opened.response.headers.get("content-type", "application/json"),
@@ -192,7 +203,7 @@ class PassthroughService:
                     yield out
         except (httpx.HTTPError, UpstreamTimeoutError) as exc:
             # Bytes have reached the client: no retry. End the stream as vLLM ends a failed one.
-            timed_out = isinstance(exc, (httpx.TimeoutException, UpstreamTimeoutError))
+            timed_out = isinstance(exc, (httpx.TimeoutException, UpstreamTimeoutError)) and not dropped(exc)
             error = exc
             log.warning("upstream_stream_broke", error=f"{type(exc).__name__}: {exc}", upstream=call.upstream.name)
             if not timed_out:
@@ -206,7 +217,7 @@ class PassthroughService:
         finally:
             await response.aclose()
             if error is None and reader.failed:
-                error = _relayed(502, "upstream_stream_error")
+                error = _relayed(502, reader.failed)
             elif isinstance(error, httpx.HTTPError):
                 error = _relayed(502, "upstream_stream_error")
             self._end(call, timer, error)

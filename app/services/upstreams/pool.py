@@ -83,7 +83,12 @@ class UpstreamPool:
 
     def label(self, model: str) -> str:
         """Bounded label values: configured or served names only."""
-        return model if model in self._known else "other"
+        if model in self._known:
+            return model
+        if any(model in u.models.served for u in self.upstreams):  # listed by the monitor's refresh
+            self._known.add(model)
+            return model
+        return "other"
 
     async def list_models(self, *, refresh: bool = False, max_age_s: float | None = None) -> list[UpstreamModel]:
         """Every upstream's models, joined (the first upstream listing a name gives its card). Raises
