@@ -38,6 +38,7 @@ class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._children: dict[tuple[str, str, int], tuple] = {}  # bounded: route templates, methods, statuses
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -95,9 +96,16 @@ class RequestContextMiddleware:
                 method = "OTHER"  # bounded label values: a client may send any method
             if not response_started:
                 status = 500
-            self.metrics.requests.labels(route=route, method=method, status=str(status)).inc()
-            self.metrics.request_duration.labels(route=route).observe(elapsed)
-            self.metrics.overhead.labels(route=route).observe(overhead)
+            key = (route, method, status)
+            children = self._children.get(key)
+            if children is None:  # labels() costs a lock and a dict build per call: once per key
+                m = self.metrics
+                children = self._children[key] = (m.requests.labels(route=route, method=method, status=str(status)),
+                                                  m.request_duration.labels(route=route),
+                                                  m.overhead.labels(route=route))
+            children[0].inc()
+            children[1].observe(elapsed)
+            children[2].observe(overhead)
             log.info(
                 "request",
                 method=method,

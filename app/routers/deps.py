@@ -52,22 +52,28 @@ SESSION_HEADER = "x-vgate-session"
 MAX_SESSION_CHARS = 256
 
 
-async def routing_hints(request: Request) -> None:
+def read_routing_hints(request: Request) -> None:
     """The request's routing headers into its context: ``X-Vgate-Priority`` (interactive or batch;
     the LM client decides what the caller may have) and ``X-Vgate-Session`` (its calls stay on one
     upstream, for vLLM's prefix cache)."""
-    ctx = request_context.get()
     headers = request.headers
     priority = headers.get(PRIORITY_HEADER)
+    session = headers.get(SESSION_HEADER)
+    if priority is None and session is None:
+        return
     if priority is not None:
         priority = priority.strip().lower()
         if priority not in PRIORITIES:
             raise InvalidRequestError(f"{PRIORITY_HEADER} must be one of {list(PRIORITIES)}, got {priority!r}",
                                       status_code=400, type="invalid_header")
-    session = headers.get(SESSION_HEADER)
+    ctx = request_context.get()
     if ctx is not None:
         ctx.priority = priority
         ctx.session = session[:MAX_SESSION_CHARS] if session else None
+
+
+async def routing_hints(request: Request) -> None:
+    read_routing_hints(request)
 
 
 class ClientDisconnected(VGateError):
@@ -77,25 +83,26 @@ class ClientDisconnected(VGateError):
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     """Run ``work`` but cancel it as soon as the client goes away (as vLLM's own server does):
-    a dropped batch must not keep hundreds of sequences busy on the GPU."""
-    task = asyncio.ensure_future(work)
+    a dropped batch must not keep hundreds of sequences busy on the GPU. The work runs in this
+    task; one watcher task cancels it (one task per request, not two: a task costs ~2.5 % of the
+    passthrough's CPU)."""
+    this = asyncio.current_task()
+    assert this is not None
+    gone = False
 
     async def watch() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                return
+        nonlocal gone
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        this.cancel()
 
     watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
     except asyncio.CancelledError:
-        task.cancel()
-        watcher.cancel()
+        if gone and this.uncancel() == 0:  # our cancellation, not the server's: the client left
+            raise ClientDisconnected("client closed the connection; work cancelled") from None
         raise
-    if not task.done():
-        task.cancel()
-        await asyncio.wait({task})  # let it unwind; a cancellation of this request still propagates
-        raise ClientDisconnected("client closed the connection; work cancelled")
-    watcher.cancel()
-    return task.result()
+    finally:
+        watcher.cancel()

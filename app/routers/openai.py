@@ -2,7 +2,13 @@
 
 The official ``openai`` client and anything that talks to vLLM directly work unchanged: request and
 response bodies are vLLM's. Bodies are read raw (no pydantic model: the passthrough forwards the
-client's bytes), so the OpenAPI document describes them loosely and points at OpenAI's reference.
+client's bytes), so the OpenAPI document describes them loosely.
+
+The four POST routes are plain ASGI endpoints (``routes``), not FastAPI routes: FastAPI's request
+handling (dependency solving, query parsing, an exit stack, an exception wrapper) cost about a sixth
+of a passthrough call's CPU (py-spy, ``benchmarks/passthrough.py``) and gave them nothing. The
+gateway's error handlers still apply (Starlette's ExceptionMiddleware wraps every route), and
+``openapi_paths`` describes them in the document.
 """
 
 from __future__ import annotations
@@ -11,29 +17,53 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from app.routers.deps import PassthroughDep, cancel_on_disconnect, routing_hints
-from app.routers.schemas import ModelList, OpenAIErrorResponse, error_responses
+from app.routers.deps import PassthroughDep, cancel_on_disconnect, read_routing_hints
+from app.routers.schemas import REF, ModelList, OpenAIErrorResponse, error_responses
 from app.services.passthrough import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Endpoint, PassthroughService
 from app.services.passthrough.relay import error_event
 from app.shutdown import stopping
 
-router = APIRouter(tags=["openai"], dependencies=[Depends(routing_hints)])
+router = APIRouter(tags=["openai"])
 
 _BODY = {"content": {"application/json": {"schema": {"type": "object", "additionalProperties": True}}},
          "required": True}
 _ANSWER = {"content": {"application/json": {"schema": {"type": "object", "additionalProperties": True}},
                        "text/event-stream": {"schema": {"type": "string"}}},
            "description": "vLLM's answer, as vLLM sends it (a stream when the request says stream: true)"}
-_ERRORS = error_responses(
-    400, 404, 413, 422, 429, 502, 503, 504, model=OpenAIErrorResponse,
-    _400="invalid JSON, or a parameter vLLM would silently ignore (guided_json & co.: unsupported_parameter)",
-    _404="a model no upstream serves (model_not_found, with the served ones in available)",
-    _429="every upstream serving the model is saturated, or the gateway's queue is full (Retry-After)",
-)
+_ERRORS = {
+    400: "invalid JSON, or a parameter vLLM would silently ignore (guided_json & co.: unsupported_parameter); "
+         "or vLLM refused the request (its own error, as it wrote it)",
+    404: "a model no upstream serves (model_not_found, with the served ones in available)",
+    413: "the request body is over the gateway's limit (payload_too_large)",
+    422: "vLLM refused the request (its own error, as it wrote it)",
+    429: "every upstream serving the model is saturated, or the gateway's queue is full (upstream_overloaded)",
+    500: "a bug in the gateway (internal_error); the request id is in the logs",
+    502: "the upstream failed or sent something unusable",
+    503: "no upstream can be reached",
+    504: "the upstream did not answer in time",
+}
+
+
+def openapi_paths() -> dict[str, Any]:
+    """The POST routes' part of the OpenAPI document."""
+    error = {"application/json": {"schema": {"$ref": REF.format(model="OpenAIErrorResponse")}}}
+    retry = {"Retry-After": {"description": "seconds to wait, when the error is retryable",
+                             "schema": {"type": "integer"}}}
+    paths: dict[str, Any] = {}
+    for endpoint, summary in _SUMMARIES.items():
+        responses: dict[str, Any] = {"200": _ANSWER}
+        for status, description in _ERRORS.items():
+            responses[str(status)] = {"description": description, "content": error}
+            if status in (429, 502, 503, 504):
+                responses[str(status)]["headers"] = retry
+        paths[endpoint.path] = {"post": {"tags": ["openai"], "summary": summary, "operationId": endpoint.route,
+                                         "requestBody": _BODY, "responses": responses}}
+    return paths
 
 
 class RelayResponse(Response):
@@ -96,6 +126,7 @@ class RelayResponse(Response):
 
 
 async def _relay(endpoint: Endpoint, request: Request, service: PassthroughService) -> Response:
+    read_routing_hints(request)
     raw = await request.body()
     answer = await cancel_on_disconnect(request, service.call(endpoint, raw, request.headers))
     if answer.chunks is not None:
@@ -104,19 +135,27 @@ async def _relay(endpoint: Endpoint, request: Request, service: PassthroughServi
     return Response(answer.body, status_code=answer.status, media_type=answer.media_type)
 
 
-def _route(endpoint: Endpoint, summary: str):
-    async def handler(request: Request, service: PassthroughDep) -> Response:
-        return await _relay(endpoint, request, service)
+class _Endpoint:
+    """One POST route as a plain ASGI app (Starlette calls it with the scope as is)."""
 
-    handler.__name__ = endpoint.route
-    router.add_api_route(endpoint.path, handler, methods=["POST"], summary=summary, response_class=Response,
-                         openapi_extra={"requestBody": _BODY}, responses={200: _ANSWER, **_ERRORS})
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.path = endpoint.path  # the route label RequestContextMiddleware reads from scope["route"]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["route"] = self
+        request = Request(scope, receive)
+        response = await _relay(self.endpoint, request, request.app.state.passthrough)
+        await response(scope, receive, send)
 
 
-_route(CHAT, "Chat completions, as vLLM's (stream or not)")
-_route(COMPLETIONS, "Text completions, as vLLM's (stream or not)")
-_route(EMBEDDINGS, "Embeddings, as vLLM's")
-_route(RESPONSES, "The Responses API, relayed when an upstream serves it")
+_SUMMARIES = {
+    CHAT: "Chat completions, as vLLM's (stream or not)",
+    COMPLETIONS: "Text completions, as vLLM's (stream or not)",
+    EMBEDDINGS: "Embeddings, as vLLM's",
+    RESPONSES: "The Responses API, relayed when an upstream serves it",
+}
+routes = [Route(e.path, _Endpoint(e), methods=["POST"]) for e in _SUMMARIES]
 
 
 @router.get("/v1/models", response_model=ModelList, responses=error_responses(

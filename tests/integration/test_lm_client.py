@@ -274,7 +274,7 @@ async def test_queue_time_counts_against_the_deadline(sim_url):
     """2 slots, a 1.5 s upstream, a 2 s deadline, 20 calls: nobody waits in line past the deadline
     (the old client had the last one wait 15 s), and those that cannot start get 429 + Retry-After."""
     slow = {"x-sim-fault": "slow_first_token_ms=1500"}
-    async with client(sim_url, max_inflight_per_upstream=2, max_connections=2, request_timeout_s=2.0,
+    async with client(sim_url, max_inflight_per_upstream=2, max_connections=2, request_timeout_s=2.0, log_level="INFO",
                       read_timeout_s=5, max_retries=0) as (lm, m):
         t0 = time.perf_counter()
         with capture_logs() as logs:

@@ -54,10 +54,38 @@ class Call:
 
 
 
+@dataclass(frozen=True, slots=True)
+class _Children:
+    prompt_tokens: Any
+    completion_tokens: Any
+    cost: Any
+    requests: Any
+    queue_time: Any
+    duration: Any
+    ttft: Any
+
+
 class CallBooks:
     def __init__(self, metrics: Metrics, settings: Settings) -> None:
         self.metrics = metrics
         self.settings = settings
+        self._info = settings.log_level.upper() in ("DEBUG", "INFO") or settings.log_level.isdigit() and \
+            int(settings.log_level) <= 20
+        self._cache: dict[tuple[str, str, str, str], _Children] = {}
+
+    def _children(self, label: str, route: str, priority: str, outcome: str) -> _Children:
+        """The call's metric children: labels() costs a lock and a dict build per call, so once per
+        key (label values are bounded: configured or served models, routes, classes, outcomes)."""
+        key = (label, route, priority, outcome)
+        c = self._cache.get(key)
+        if c is None:
+            m = self.metrics
+            c = self._cache[key] = _Children(
+                m.prompt_tokens.labels(model=label, route=route), m.completion_tokens.labels(model=label, route=route),
+                m.cost.labels(model=label, route=route), m.upstream_requests.labels(model=label, outcome=outcome),
+                m.queue_time.labels(model=label, priority=priority), m.upstream_duration.labels(model=label),
+                m.upstream_ttft.labels(model=label))
+        return c
 
     def cost(self, call: Call, usage: Usage) -> float:
         return self.settings.price_for(call.model).cost(usage.prompt_tokens, usage.completion_tokens)
@@ -91,20 +119,23 @@ class CallBooks:
         now = time.perf_counter()
         if not call.started:  # it ended before it reached the queue
             call.started = now
+        c = self._children(label, call.route, call.priority, call.outcome)
         if usage.prompt_tokens or usage.completion_tokens:
-            m.prompt_tokens.labels(model=label, route=call.route).inc(usage.prompt_tokens)
-            m.completion_tokens.labels(model=label, route=call.route).inc(usage.completion_tokens)
-            m.cost.labels(model=label, route=call.route).inc(cost)
+            c.prompt_tokens.inc(usage.prompt_tokens)
+            c.completion_tokens.inc(usage.completion_tokens)
+            c.cost.inc(cost)
         if call.on_usage is not None and call.taken:
             call.on_usage(CallUsage(usage, cost, estimated))
-        m.upstream_requests.labels(model=label, outcome=call.outcome).inc()
-        m.queue_time.labels(model=label, priority=call.priority).observe(call.started - call.entered)
+        c.requests.inc()
+        c.queue_time.observe(call.started - call.entered)
         if call.admitted:  # one refused or cancelled in the queue spent no upstream time
-            m.upstream_duration.labels(model=label).observe(now - call.started)
+            c.duration.observe(now - call.started)
             if call.error_type is not None:
                 m.upstream_errors.labels(model=label, type=call.error_type).inc()
         if call.ttft is not None:
-            m.upstream_ttft.labels(model=label).observe(call.ttft)
+            c.ttft.observe(call.ttft)
+        if call.outcome in ("ok", "cancelled") and not self._info:
+            return  # the line would be dropped: do not build it
         fields: dict[str, Any] = dict(
             outcome=call.outcome,
             model=call.acc.model or call.model,

@@ -36,6 +36,7 @@ class Dispatcher:
         self.settings = settings
         self.metrics = metrics
         self._retry = RetryPolicy(settings.max_retries, settings.retry_backoff_initial_s, settings.retry_backoff_max_s)
+        self._picks: dict[tuple[str, str], Any] = {}  # metric children, once per (upstream, how)
 
     def priority(self, route: str) -> str:
         """The route's priority class, as the request's header may change it (see ``Settings``)."""
@@ -78,7 +79,11 @@ class Dispatcher:
             if not call.started:
                 call.started = time.perf_counter()  # what it waited until now is queue time
         call.lease, call.admitted = lease, True
-        self.metrics.upstream_picks.labels(upstream=lease.upstream.name, how=lease.how).inc()
+        pick = self._picks.get((lease.upstream.name, lease.how))
+        if pick is None:
+            pick = self._picks[(lease.upstream.name, lease.how)] = self.metrics.upstream_picks.labels(
+                upstream=lease.upstream.name, how=lease.how)
+        pick.inc()
         return lease
 
     def release(self, call: Call) -> None:

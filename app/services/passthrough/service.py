@@ -41,6 +41,7 @@ from app.services.lm.errors import (
 from app.services.passthrough.relay import StreamReader, error_event, read_usage
 from app.services.passthrough.request import RESPONSES, Endpoint, Prepared, read, with_model
 from app.services.upstreams import Upstream, prefix_key
+from app.services.upstreams.wire import WireResponse
 from app.settings import Settings
 
 log = structlog.get_logger("vgate.passthrough")
@@ -61,7 +62,7 @@ class Answer:
 @dataclass(slots=True)
 class _Opened:
     status: int
-    response: httpx.Response
+    response: WireResponse
     body: bytes = b""  # non-stream, or a relayed error
     first: bytes = b""  # stream: what came before the first complete event, read inside the attempt
     raw: AsyncIterator[bytes] | None = None  # stream: the rest (one iterator: a response streams once)
@@ -107,8 +108,7 @@ class PassthroughService:
             if opened.status == 200:
                 call.outcome = "ok"
                 self.lm.books.close(call, self.lm.books.usage(call), estimated=call.acc.usage is None)
-            return Answer(opened.status, opened.response.headers.get("content-type", "application/json"),
-                          body=opened.body)
+            return Answer(opened.status, opened.response.content_type, body=opened.body)
         reader = StreamReader(call, keep_usage=prep.client_wants_usage, responses_api=endpoint is RESPONSES,
                               request_id=request_id)
         return Answer(200, "text/event-stream",
@@ -135,28 +135,27 @@ class PassthroughService:
         call.upstream_request_id = upstream_id = self.lm.dispatch.next_request_id(None)
         if upstream_id:
             headers["x-request-id"] = upstream_id
-        http = upstream.http
-        request = http.build_request("POST", endpoint.path, content=prep.content, headers=headers, timeout=timeout)
         try:
-            response = await http.send(request, stream=True)
+            response = await upstream.wire.post(endpoint.path, prep.content, headers, timeout)
         except httpx.HTTPError as exc:
             raise transport_failure(exc, upstream.name) from exc
+        keep = False
+        raw: AsyncIterator[bytes] | None = None
         try:
-            status = response.status_code
+            status = response.status
             if status != 200:
-                body = await response.aread()
+                body = await response.read()
                 if status == 404:
                     upstream.models.invalidate()
                 if status in RELAYED_STATUSES:
                     log.info("upstream_refused_request", upstream_status=status,
                              upstream_message=upstream_message(body)[:500])
                     return _Opened(status, response, body=body)
-                raise status_failure(status, body, parse_retry_after(response.headers.get("retry-after")),
-                                     model=call.model)
+                raise status_failure(status, body, parse_retry_after(response.retry_after), model=call.model)
             call.taken = True  # vLLM admitted it: from here on it does work to account for
             if not prep.stream:
-                return _Opened(200, response, body=await response.aread())
-            raw = response.aiter_raw()
+                return _Opened(200, response, body=await response.read())
+            raw = response.chunks()
             first = b""
             while b"\n\n" not in first:  # the first event, inside the attempt: a drop before it is retried
                 try:
@@ -165,30 +164,25 @@ class PassthroughService:
                     raise AttemptFailed(VGateError("upstream closed the stream before it began",
                                                    status_code=502, type="upstream_stream_error"),
                                         retry=True, reason="disconnect", health=True) from None
+            keep = True
             return _Opened(200, response, first=first, raw=raw)
-        except AttemptFailed:
-            await response.aclose()
-            raise
         except httpx.HTTPError as exc:
-            await response.aclose()
             raise transport_failure(exc, upstream.name) from exc
-        except BaseException:
-            await response.aclose()
-            raise
         finally:
-            if response.is_closed is False and (response.status_code != 200 or not prep.stream):
-                await response.aclose()
+            if not keep:  # read whole, refused, or failed: the stream (if any) is the relay's to close
+                if raw is not None:
+                    await raw.aclose()
+                await response.close()
 
     async def _relay(self, call: Call, opened: _Opened, reader: StreamReader, deadline: float, timer,
                      request_id: str | None) -> AsyncIterator[bytes]:
-        response = opened.response
+        response, raw = opened.response, opened.raw
+        assert raw is not None
         error: BaseException | None = None
         try:
             out = reader.feed(opened.first)
             if out:
                 yield out
-            raw = opened.raw
-            assert raw is not None
             while not reader.done:
                 if time.perf_counter() > deadline:
                     raise UpstreamTimeoutError("upstream call exceeded its deadline")
@@ -215,7 +209,8 @@ class PassthroughService:
             error = exc
             raise
         finally:
-            await response.aclose()
+            await raw.aclose()
+            await response.close()
             if error is None and reader.failed:
                 error = _relayed(502, reader.failed)
             elif isinstance(error, httpx.HTTPError):

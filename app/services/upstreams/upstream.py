@@ -11,6 +11,7 @@ from httpx_aiohttp import AiohttpTransport
 from app.services.lm.models import ModelCatalog
 from app.services.upstreams.breaker import Breaker
 from app.services.upstreams.load import LoadReport, saturation
+from app.services.upstreams.wire import Wire
 from app.settings import Settings, UpstreamConfig
 
 _EWMA_ALPHA = 0.2
@@ -28,9 +29,11 @@ class Upstream:
         headers = {"accept": "application/json"}
         if config.api_key is not None:
             headers["authorization"] = f"Bearer {config.api_key.get_secret_value()}"
-        self.http = httpx.AsyncClient(
+        self.transport = transport or AiohttpTransport(limits=limits)
+        self.wire = Wire(config.url, headers, self.transport)  # the passthrough's calls
+        self.http = httpx.AsyncClient(  # the LM client's calls, the monitor's checks and model lists
             base_url=config.url,
-            transport=transport or AiohttpTransport(limits=limits),
+            transport=self.transport,
             timeout=httpx.Timeout(connect=settings.connect_timeout_s, read=settings.read_timeout_s,
                                   write=settings.read_timeout_s, pool=settings.request_timeout_s),
             headers=headers,
