@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import __version__
 from app.errors import VGateError, clean_errors
-from app.logging import configure_logging
+from app.logging import configure_logging, info_enabled
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.routers import agent, health, openai, predict, schemas, tools
@@ -186,5 +186,6 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
             # readable by a browser script: the run id to resume an /agent stream, the retry hint
             expose_headers=["x-request-id", "x-vgate-overhead-ms", "x-vgate-run-id", "retry-after"],
         )
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)  # outermost: the request id is bound first
+    app.add_middleware(RequestContextMiddleware, metrics=metrics,  # outermost: the request id is bound first
+                       access_log=info_enabled(settings.log_level))
     return app

@@ -35,9 +35,10 @@ async def send_error(send: Send, status: int, type: str, message: str, request_i
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool = True) -> None:
         self.app = app
         self.metrics = metrics
+        self.access_log = access_log  # the request line is logged (INFO)
         self._children: dict[tuple[str, str, int], tuple] = {}  # bounded: route templates, methods, statuses
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -106,15 +107,16 @@ class RequestContextMiddleware:
             children[0].inc()
             children[1].observe(elapsed)
             children[2].observe(overhead)
-            log.info(
-                "request",
-                method=method,
-                path=scope.get("path"),
-                route=route,
-                status=status,
-                duration_ms=round(elapsed * 1000, 2),
-                overhead_ms=round(overhead * 1000, 2),
-            )
+            if self.access_log:  # else the line would be dropped: do not build it
+                log.info(
+                    "request",
+                    method=method,
+                    path=scope.get("path"),
+                    route=route,
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 2),
+                    overhead_ms=round(overhead * 1000, 2),
+                )
             request_context.reset(ctx_token)
             structlog.contextvars.clear_contextvars()
 

@@ -4,6 +4,6 @@
 """
 
 from app.logging.request_id import new_request_id, sanitize_request_id
-from app.logging.setup import configure_logging, get_logger
+from app.logging.setup import configure_logging, get_logger, info_enabled
 
-__all__ = ["configure_logging", "get_logger", "new_request_id", "sanitize_request_id"]
+__all__ = ["configure_logging", "get_logger", "info_enabled", "new_request_id", "sanitize_request_id"]

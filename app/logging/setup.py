@@ -15,6 +15,12 @@ import structlog
 get_logger = structlog.get_logger
 
 
+def info_enabled(level: str) -> bool:
+    """Whether INFO lines are kept at ``level``: callers skip building a line that would be dropped."""
+    value = logging.getLevelName(level.upper())
+    return isinstance(value, int) and value <= logging.INFO
+
+
 def configure_logging(fmt: Literal["json", "console"] = "json", level: str = "INFO") -> None:
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,

@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 
+from app.logging import info_enabled
 from app.metrics import Metrics
 from app.services.lm.stream import Accumulator
 from app.services.lm.types import CallUsage, Usage
@@ -69,8 +70,7 @@ class CallBooks:
     def __init__(self, metrics: Metrics, settings: Settings) -> None:
         self.metrics = metrics
         self.settings = settings
-        self._info = settings.log_level.upper() in ("DEBUG", "INFO") or settings.log_level.isdigit() and \
-            int(settings.log_level) <= 20
+        self._info = info_enabled(settings.log_level)
         self._cache: dict[tuple[str, str, str, str], _Children] = {}
 
     def _children(self, label: str, route: str, priority: str, outcome: str) -> _Children:
