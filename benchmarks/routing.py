@@ -208,7 +208,7 @@ async def main() -> None:
     ap.add_argument("--duration", type=float, default=15.0)
     ap.add_argument("--rate", type=float, default=60.0, help="requests/s for the load part")
     ap.add_argument("--affinity-rate", type=float, default=20.0, help="requests/s for the affinity part")
-    ap.add_argument("--kv-tokens", type=int, default=3000, help="each simulator's KV cache in the affinity part")
+    ap.add_argument("--kv-tokens", type=int, default=2200, help="each simulator's KV cache in the affinity part")
     args = ap.parse_args()
     pin_self("harness")
     print(f"Machine: {machine()}\n")
