@@ -15,19 +15,16 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import httpx
-import uvicorn
 from httpx_aiohttp import AiohttpTransport
 
-from app.main import create_app
 from app.procs import die_with_parent, stop_processes, wait_healthy
-from tests.support import ROOT, free_port, make_settings
+from tests.support import ROOT, free_port, live_gateway, make_settings  # noqa: F401 - live_gateway re-exported
 
 MODEL = "sim-model"
 
@@ -163,24 +160,6 @@ class FaultTransport(httpx.AsyncBaseTransport):
 
 
 # --------------------------------------------------------------------------- a live gateway
-
-
-@contextmanager
-def live_gateway(upstream: str, *, lm_transport: httpx.AsyncBaseTransport | None = None,
-                 **settings_kw) -> Iterator[tuple[str, object]]:
-    """tests.support.live_gateway, with an upstream transport of one's own."""
-    port = free_port()
-    app = create_app(make_settings(upstream, **settings_kw), lm_transport=lm_transport)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", loop="asyncio")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}", 30, path="/healthz")
-        yield f"http://127.0.0.1:{port}", app
-    finally:
-        server.should_exit = True
-        thread.join(15)
 
 
 # --------------------------------------------------------------------------- metrics and streams

@@ -113,10 +113,11 @@ def fake_upstream(chunks: list, *, done: bool = True, check=None) -> httpx.MockT
 
 
 @contextmanager
-def live_gateway(upstream: str, **settings_kw) -> Iterator[tuple[str, object]]:
+def live_gateway(upstream: str, *, lm_transport: httpx.AsyncBaseTransport | None = None,
+                 **settings_kw) -> Iterator[tuple[str, object]]:
     """The real app under uvicorn on a free port (for streaming and disconnect tests)."""
     port = free_port()
-    app = create_app(make_settings(upstream, **settings_kw))
+    app = create_app(make_settings(upstream, **settings_kw), lm_transport=lm_transport)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", loop="asyncio")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

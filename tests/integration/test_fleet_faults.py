@@ -535,63 +535,60 @@ async def _calls_settle(registry, expected: float) -> float:
     return metric_sum(registry, "vgate_upstream_requests_total")
 
 
-async def test_an_upstream_killed_mid_stream_ends_the_passthrough_stream_with_an_error():
-    """A /v1 stream pinned (by its session) to one upstream; that upstream is SIGKILLed after three
-    tokens reached the client. The client gets an error event and [DONE]; the call is not retried
-    (one attempt, the other upstream received nothing) and is booked once."""
+async def _killed_mid_stream(path: str, body: dict, request_id: str, is_token) -> dict:
+    """A stream pinned (by its session) to one of two upstreams, which is SIGKILLed after three tokens
+    reached the client: what the client got, where the attempts went, what the books say."""
     with sims(["--step-ms", "50", "--output-tokens", "200"], ["--step-ms", "50", "--output-tokens", "200"]) as ss:
         faults = FaultTransport()
         with live_gateway(ss[0].url, lm_transport=faults, upstreams=upstreams(*ss), **QUIET) as (base, app):
             reg = app.state.metrics.registry  # type: ignore[attr-defined]
             async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-                home = await _home_of(client, faults, "kill-v1")
+                home = await _home_of(client, faults, f"{request_id}-home")
                 victim, other = (ss[0], ss[1]) if ss[0].url == home else (ss[1], ss[0])
                 await other.reset()
                 calls = metric_sum(reg, "vgate_upstream_requests_total")
-                body = {"model": MODEL, "messages": [{"role": "user", "content": "a long answer"}],
-                        "max_tokens": 300, "stream": True}
                 blocks, cut, killed_after = await asyncio.wait_for(_stream_and_kill(
-                    client, "/v1/chat/completions", body, {"x-request-id": "killed-v1", "x-vgate-session": "kill-v1"},
-                    victim, token_events=3, is_token=lambda b: '"content"' in b and '"role"' not in b), 30)
+                    client, path, body, {"x-request-id": request_id, "x-vgate-session": f"{request_id}-home"},
+                    victim, token_events=3, is_token=is_token), 30)
                 after = await _calls_settle(reg, calls + 1)
                 other_got = await other.requests()
-    datas = sse_data("\n\n".join(blocks) + "\n\n")
-    assert killed_after >= 0, (
-        f"the stream broke before the upstream was killed, after {len(datas)} events (connection cut: {cut}), "
+    return {"text": "\n\n".join(blocks) + "\n\n", "cut": cut, "killed_after": killed_after, "home": home,
+            "attempts": [a.upstream for a in faults.attempts_of(request_id)], "other_got": other_got,
+            "booked": after - calls}
+
+
+def _retried_never_booked_once(got: dict) -> None:
+    assert got["attempts"] == [got["home"]], "one attempt, never retried"
+    assert got["other_got"] == 0, "the other upstream received nothing: no retry after bytes reached the client"
+    assert got["booked"] == 1, f"vgate_upstream_requests_total rose by {got['booked']} for one call"
+
+
+async def test_an_upstream_killed_mid_stream_ends_the_passthrough_stream_with_an_error():
+    """The client gets an error event and [DONE]; the call is not retried and is booked once."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "a long answer"}], "max_tokens": 300,
+            "stream": True}
+    got = await _killed_mid_stream("/v1/chat/completions", body, "killed-v1",
+                                   lambda b: '"content"' in b and '"role"' not in b)
+    datas = sse_data(got["text"])
+    assert got["killed_after"] >= 0, (
+        f"the stream broke before the upstream was killed, after {len(datas)} events (connection cut: {got['cut']}), "
         "with no error event — see test_a_stream_that_arrives_in_pieces_is_relayed_whole")
-    assert not cut and datas[-1] == "[DONE]", f"the stream should end cleanly with [DONE]; cut={cut}, {datas[-3:]}"
+    assert not got["cut"] and datas[-1] == "[DONE]", f"the stream should end cleanly with [DONE]; {datas[-3:]}"
     error = json.loads(datas[-2]).get("error")
     assert isinstance(error, dict) and error.get("type") and error.get("message"), (
         f"an error event before [DONE]: {datas[-2][:300]}")
-    assert [a.upstream for a in faults.attempts_of("killed-v1")] == [home], "one attempt, never retried"
-    assert other_got == 0, "the other upstream received nothing: no retry after bytes reached the client"
-    assert after - calls == 1, f"vgate_upstream_requests_total rose by {after - calls} for one call"
+    _retried_never_booked_once(got)
 
 
 async def test_an_upstream_killed_mid_stream_ends_the_agent_stream_with_an_error_event():
-    with sims(["--step-ms", "50", "--output-tokens", "200"], ["--step-ms", "50", "--output-tokens", "200"]) as ss:
-        faults = FaultTransport()
-        with live_gateway(ss[0].url, lm_transport=faults, upstreams=upstreams(*ss), **QUIET) as (base, app):
-            reg = app.state.metrics.registry  # type: ignore[attr-defined]
-            async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-                home = await _home_of(client, faults, "kill-agent")
-                victim, other = (ss[0], ss[1]) if ss[0].url == home else (ss[1], ss[0])
-                await other.reset()
-                calls = metric_sum(reg, "vgate_upstream_requests_total")
-                blocks, cut, killed_after = await asyncio.wait_for(_stream_and_kill(
-                    client, "/agent", {"input": "a long answer"},
-                    {"x-request-id": "killed-agent", "x-vgate-session": "kill-agent"}, victim,
-                    token_events=3, is_token=lambda b: b.startswith("event: delta") or "\nevent: delta" in b), 30)
-                after = await _calls_settle(reg, calls + 1)
-                other_got = await other.requests()
-    events = sse_events("\n\n".join(blocks) + "\n\n")
+    got = await _killed_mid_stream("/agent", {"input": "a long answer"}, "killed-agent",
+                                   lambda b: b.startswith("event: delta") or "\nevent: delta" in b)
+    events = sse_events(got["text"])
     kinds = [e["event"] for e in events]
-    assert killed_after >= 0, f"the agent stream ended before the kill: {kinds}"
-    assert not cut and kinds[-1] == "error" and "final" not in kinds, f"cut={cut}, events {kinds[-5:]}"
+    assert got["killed_after"] >= 0, f"the agent stream ended before the kill: {kinds}"
+    assert not got["cut"] and kinds[-1] == "error" and "final" not in kinds, f"cut={got['cut']}, events {kinds[-5:]}"
     assert events[-1]["data"].get("type", "").startswith("upstream_"), events[-1]
-    assert [a.upstream for a in faults.attempts_of("killed-agent")] == [home], "one attempt, never retried"
-    assert other_got == 0
-    assert after - calls == 1, f"vgate_upstream_requests_total rose by {after - calls} for one call"
+    _retried_never_booked_once(got)
 
 
 # --------------------------------------------------------------------------- one upstream down from the start
