@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -144,10 +143,6 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
         app.state.agent = AgentService(lm, executor, settings, metrics)
         log.info("startup", version=__version__, upstreams=[u.url for u in settings.upstream_configs()],
                  programs=sorted(programs))
-        # Everything built so far lives as long as the process: out of the collector's sight. Without
-        # this, each collection walks the whole app (routes, models, schemas) again (see RESULTS.md).
-        gc.collect()
-        gc.freeze()
         try:
             yield
         finally:

@@ -26,9 +26,15 @@ REQUEST_ID_HEADER = b"x-request-id"
 OVERHEAD_HEADER = b"x-vgate-overhead-ms"
 
 
-async def send_error(send: Send, status: int, type: str, message: str, request_id: str | None, **details) -> None:
-    """An error response in the gateway's one shape, from middleware (outside FastAPI's handlers)."""
-    body = json.dumps({"error": {"type": type, "message": message, **details, "request_id": request_id}}).encode()
+async def send_error(send: Send, status: int, type: str, message: str, request_id: str | None, *,
+                     path: str = "", **details) -> None:
+    """An error response in the gateway's one shape, from middleware (outside FastAPI's handlers);
+    on the OpenAI-compatible routes with the ``param`` and ``code`` their clients read too."""
+    error = {"type": type, "message": message, **details, "request_id": request_id}
+    if path.startswith("/v1/"):
+        error.setdefault("param", None)
+        error.setdefault("code", status)
+    body = json.dumps({"error": error}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
@@ -85,7 +91,7 @@ class RequestContextMiddleware:
             if response_started:
                 raise
             await send_error(send_wrapper, 500, "internal_error", "internal error; the request id is in the logs",
-                             request_id)
+                             request_id, path=scope.get("path", ""))
         finally:
             self.metrics.requests_in_flight.dec()
             elapsed = time.perf_counter() - start
@@ -181,4 +187,5 @@ class BodyLimitMiddleware:
         await send_error(send, 413, "payload_too_large",
                          f"the request body exceeds the gateway's limit of {self.max_bytes} bytes "
                          "(VGATE_MAX_REQUEST_BODY_BYTES)",
-                         scope.get("state", {}).get("request_id"), limit_bytes=self.max_bytes)
+                         scope.get("state", {}).get("request_id"), path=scope.get("path", ""),
+                         limit_bytes=self.max_bytes)

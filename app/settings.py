@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -50,16 +50,21 @@ class HttpToolConfig(BaseModel):
 class UpstreamConfig(BaseModel):
     """One vLLM server. Its models are discovered from its /v1/models."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt key (apikey, wieght) fails at start
+
     url: str
     api_key: SecretStr | None = None
     # Share of the load relative to the others (a server with twice the GPUs: 2).
-    weight: float = Field(1.0, gt=0)
-    name: str | None = None  # in metrics and logs; default: the URL
+    weight: float = Field(1.0, gt=0, le=1000, allow_inf_nan=False)
+    name: str | None = Field(None, min_length=1, max_length=64)  # in metrics and logs; default: the URL
 
     @field_validator("url")
     @classmethod
-    def _strip_slash(cls, v: str) -> str:
-        return v.rstrip("/")
+    def _http_url(cls, v: str) -> str:
+        v = v.rstrip("/")
+        if not v.startswith(("http://", "https://")) or len(v.split("://", 1)[1]) == 0:
+            raise ValueError(f"an upstream URL is http:// or https:// and a host, got {v!r}")
+        return v
 
 
 Priority = Literal["interactive", "batch"]
@@ -132,7 +137,7 @@ class Settings(BaseSettings):
     # Consecutive 5xx answers or timeouts that open an upstream's circuit breaker (a connect failure
     # opens it at once); it stays open this long, then one probe decides (twice as long if it fails).
     breaker_failures: int = Field(3, ge=1)
-    breaker_cooldown_s: float = Field(5.0, gt=0)
+    breaker_cooldown_s: float = Field(5.0, gt=0, le=60)
     # Share of the slots that waiting batch calls get even while interactive calls wait.
     batch_min_share: float = Field(0.1, ge=0, le=1)
     # While interactive calls are arriving, the most of the slots batch calls may hold (1: all): vLLM's
@@ -192,13 +197,14 @@ class Settings(BaseSettings):
     @field_validator("upstream_url")
     @classmethod
     def _strip_slash(cls, v: str) -> str:
-        return v.rstrip("/")
+        return UpstreamConfig._http_url(v)
 
     @field_validator("passthrough_forward_headers")
     @classmethod
     def _lower(cls, v: list[str]) -> list[str]:
         refused = {"authorization", "host", "content-length", "content-type", "x-request-id", "transfer-encoding",
-                   "connection"}
+                   "connection", "keep-alive", "te", "trailer", "upgrade", "proxy-authorization",
+                   "proxy-connection", "accept-encoding", "cookie"}
         names = [h.strip().lower() for h in v]
         bad = sorted(set(names) & refused)
         if bad:
@@ -215,6 +221,9 @@ class Settings(BaseSettings):
             ("max_inflight_per_upstream", self.max_inflight_per_upstream, "<=", "max_connections",
              self.max_connections),
             ("batch_min_share", self.batch_min_share, "<=", "batch_max_share", self.batch_max_share),
+            # a scrape may be late once without the upstream reading as saturated
+            ("2 x metrics_scrape_interval_s", 2 * self.metrics_scrape_interval_s, "<=", "metrics_stale_s",
+             self.metrics_stale_s),
         ]
         problems = [f"{a}={va} must be {op} {b}={vb}" for a, va, op, b, vb in pairs if va > vb]
         if problems:
@@ -226,6 +235,8 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"priorities: unknown route(s) {sorted(unknown)}; known: {list(PRIORITY_ROUTES)}")
         self.priorities = {**Settings.model_fields["priorities"].default_factory(), **self.priorities}
+        if self.upstreams and self.upstream_api_key is not None:
+            raise ValueError("upstream_api_key applies to upstream_url alone: with upstreams, give each its api_key")
         urls = [u.url for u in self.upstream_configs()]
         names = [u.name or u.url for u in self.upstream_configs()]
         if len(set(urls)) != len(urls) or len(set(names)) != len(names):

@@ -14,7 +14,7 @@ gateway's error handlers still apply (Starlette's ExceptionMiddleware wraps ever
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -76,11 +76,13 @@ class RelayResponse(Response):
     _HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
 
-    def __init__(self, chunks: AsyncIterator[bytes], grace_s: float, request_id: str | None) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], grace_s: float, request_id: str | None,
+                 abandon: Callable[[], Awaitable[None]] | None = None) -> None:
         self.status_code = 200  # no Content-Length: it is a stream
         self.background = None
         self.raw_headers = list(self._HEADERS)
         self.chunks = chunks
+        self.abandon = abandon
         self.grace_s = grace_s
         self.request_id = request_id
 
@@ -114,7 +116,9 @@ class RelayResponse(Response):
             for task in (relay, watcher, stopper):
                 task.cancel()
             await asyncio.gather(relay, watcher, stopper, return_exceptions=True)
-            await self.chunks.aclose()  # never started, or cut short: the upstream is closed either way
+            await self.chunks.aclose()  # cut short: the relay's cleanup closes the upstream
+            if self.abandon is not None:
+                await self.abandon()  # never started: the same cleanup, from outside
         if stopper.done() and not stopper.cancelled():
             if not started:
                 await start()
@@ -131,7 +135,7 @@ async def _relay(endpoint: Endpoint, request: Request, service: PassthroughServi
     answer = await cancel_on_disconnect(request, service.call(endpoint, raw, request.headers))
     if answer.chunks is not None:
         return RelayResponse(answer.chunks, service.settings.shutdown_grace_s,
-                             request.scope.get("state", {}).get("request_id"))
+                             request.scope.get("state", {}).get("request_id"), answer.abandon)
     return Response(answer.body, status_code=answer.status, media_type=answer.media_type)
 
 

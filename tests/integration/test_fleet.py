@@ -87,8 +87,8 @@ async def test_load_routing_sends_more_to_the_faster_upstream(fleet, routing):
     assert (picked_fast, picked_slow) == (n_fast, n_slow), "the picks metric says where the calls went"
     ratio = n_fast / max(n_slow, 1)
     if routing == "load":
-        assert ratio > 1.5, (f"routing=load: the fast upstream served {n_fast} calls, the slow one {n_slow} "
-                             f"(ratio {ratio:.2f}); by load it should serve clearly more (> 1.5x)")
+        assert ratio > 1.35, (f"routing=load: the fast upstream served {n_fast} calls, the slow one {n_slow} "
+                             f"(ratio {ratio:.2f}); by load it should serve clearly more (> 1.35x)")
     else:
         assert 0.8 <= ratio <= 1.25, f"round_robin should split evenly, got {n_fast} vs {n_slow}"
 

@@ -207,3 +207,16 @@ async def test_a_stream_is_relayed_as_the_upstreams_own_bytes_as_they_come(sim_l
     assert len(got) == len(want) == 30 + 3  # role chunk, 30 tokens, finish chunk, [DONE]: no usage chunk either
     assert [strip(x) for x in got] == [strip(x) for x in want]  # the same bytes
     assert arrivals[-1] - arrivals[0] > 0.1  # it came as it was made, not in one piece at the end
+
+
+async def test_a_stream_flag_that_is_not_a_boolean_and_a_body_over_the_limit_are_clear_4xx(sim_url):
+    from tests.support import gateway
+
+    async with gateway(sim_url, max_request_body_bytes=2048) as gw:
+        flag = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "stream": "true",
+                                                                  "messages": [{"role": "user", "content": "x"}]})
+        big = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": [
+            {"role": "user", "content": "x" * 5000}]})
+    assert flag.status_code == 400 and flag.json()["error"]["param"] == "stream"
+    assert big.status_code == 413
+    assert {"message", "type", "param", "code"} <= set(big.json()["error"]) and big.json()["error"]["code"] == 413

@@ -108,7 +108,7 @@ async def test_a_cancelled_waiter_never_keeps_a_slot():
     waiter.cancel()  # ... which is cancelled before it runs
     with pytest.raises(asyncio.CancelledError):
         await waiter
-    assert u.in_use == 0 and sched.queued() == 0 and sched.running == {"interactive": 0, "batch": 0}
+    assert u.in_use == 0 and sched.queued() == 0 and sched.running(MODEL) == {"interactive": 0, "batch": 0}
     await sched.acquire(MODEL, "interactive", _deadline(1))  # and the slot is free for the next caller
     assert u.in_use == 1
 
@@ -158,7 +158,7 @@ async def test_saturation_refuses_interactive_at_once_but_a_batch_waits_it_out()
     with pytest.raises(OverloadedError) as ei:
         await sched.acquire(MODEL, "interactive", _deadline(5))
     assert ei.value.reason == "saturated" and ei.value.status_code == 429
-    assert sched.refusal(MODEL, "batch", 10)[0] == "saturated"  # a batch arriving now is refused whole
+    assert sched.refusal(MODEL, 10)[0] == "saturated"  # a batch arriving now is refused whole
     waiting = asyncio.create_task(sched.acquire(MODEL, "batch", _deadline(5)))
     await asyncio.sleep(0.01)
     assert not waiting.done()
@@ -282,3 +282,76 @@ async def test_saturation_by_the_gateways_own_batch_queues_interactive_calls_ins
     saturate(u, 10)  # saturated by others alone: a 429 at once
     with pytest.raises(OverloadedError):
         await sched.acquire(MODEL, "interactive", _deadline(5))
+
+
+def _sched_over(candidates, **kw) -> Scheduler:
+    base = dict(max_queued=100, batch_min_share=0.0, metrics=Metrics(), label=lambda m: m)
+    base.update(kw)
+    return Scheduler(candidates, Chooser("load", 100, rng=random.Random(0)), **base)
+
+
+async def test_slots_go_to_the_oldest_waiter_across_the_models_an_upstream_serves():
+    _, (u,) = make(1)
+    sched = _sched_over(lambda m: [u])
+    sched.release(await sched.acquire("a", "interactive", _deadline(5)))  # model "a" comes first in the books
+    held = await sched.acquire("a", "interactive", _deadline(5))
+    b = asyncio.create_task(sched.acquire("b", "interactive", _deadline(5)))  # waits first
+    await asyncio.sleep(0)
+    a = [asyncio.create_task(sched.acquire("a", "interactive", _deadline(5))) for _ in range(3)]
+    await asyncio.sleep(0)
+    sched.release(held)
+    await asyncio.sleep(0)
+    assert b.done() and not any(t.done() for t in a)  # not "a" again because its entry is older
+    for t in a:
+        t.cancel()
+
+
+async def test_the_batch_cap_and_floor_count_each_models_own_calls():
+    _, (ua, ub) = make(4, 4)
+    sched = _sched_over(lambda m: [ua] if m == "a" else [ub], batch_max_share=0.5)
+    await sched.acquire("a", "interactive", _deadline(5))
+    [await sched.acquire("a", "batch", _deadline(5)) for _ in range(2)]  # a's cap reached
+    lease = await sched.acquire("b", "batch", _deadline(0.5))  # b: no interactive calls, its own slots
+    assert lease.upstream is ub
+
+
+async def test_a_retry_waiting_at_the_head_does_not_hold_up_the_calls_behind_it():
+    _, (u0, u1) = make(1, 1)
+    sched = _sched_over(lambda m: [u0, u1])
+    l0 = await sched.acquire(MODEL, "interactive", _deadline(5))
+    await sched.acquire(MODEL, "interactive", _deadline(5))
+    retry = asyncio.create_task(sched.acquire(MODEL, "interactive", _deadline(5), exclude={l0.upstream}))
+    fresh = asyncio.create_task(sched.acquire(MODEL, "interactive", _deadline(5)))
+    await asyncio.sleep(0)
+    sched.release(l0)  # a slot frees on the upstream the retry avoids
+    await asyncio.sleep(0)
+    assert fresh.done() and not retry.done()
+    retry.cancel()
+
+
+async def test_model_entries_do_not_pile_up():
+    _, (u,) = make(1)
+    sched = _sched_over(lambda m: [u])
+    for i in range(500):
+        sched.release(await sched.acquire(f"name-{i}", "batch", _deadline(5)))
+    assert len(sched._models) < 10
+
+
+async def test_one_shared_prefix_does_not_leave_the_other_upstreams_idle():
+    sched, (u0, u1) = make(256, 256)
+    leases = [await sched.acquire(MODEL, "interactive", _deadline(5), affinity=7) for _ in range(100)]
+    assert min(u0.in_use, u1.in_use) >= 25, (u0.in_use, u1.in_use)  # the cache still gets most of them
+    assert {lease.how for lease in leases} == {"load", "affinity", "spill"}
+
+
+async def test_interactive_calls_waiting_on_our_batch_are_refused_once_it_is_gone_and_vllm_stays_saturated():
+    sched, (u,) = make(1)
+    batch = await sched.acquire(MODEL, "batch", _deadline(5))  # the only slot
+    saturate(u, 100)  # other clients fill vLLM's queue
+    waiting = asyncio.create_task(sched.acquire(MODEL, "interactive", _deadline(5)))
+    await asyncio.sleep(0.01)
+    t0 = time.perf_counter()
+    sched.release(batch)  # nothing of ours left to overtake
+    with pytest.raises(OverloadedError) as ei:
+        await waiting
+    assert ei.value.reason == "saturated" and time.perf_counter() - t0 < 0.2

@@ -77,3 +77,18 @@ def test_upstream_and_priority_mistakes_fail_at_start():
     with pytest.raises(ValidationError, match="unknown route"):
         Settings(priorities={"chat": "batch"})
     assert Settings(priorities={"agent": "batch"}).priorities["predict_batch"] == "batch"  # the rest kept
+
+
+def test_upstream_entries_are_checked_at_start():
+    for bad, says in (({"url": "gpu1:8000"}, "http:// or https://"), ({"url": "http://a", "apikey": "k"}, "apikey"),
+                      ({"url": "http://a", "weight": "inf"}, "weight"),
+                      ({"url": "http://a", "weight": 1e308}, "weight")):
+        with pytest.raises(ValidationError, match=says):
+            Settings(upstreams=[bad])
+    with pytest.raises(ValidationError, match="give each its api_key"):
+        Settings(upstreams=[{"url": "http://a"}], upstream_api_key="k")
+    with pytest.raises(ValidationError, match="metrics_stale_s"):
+        Settings(metrics_scrape_interval_s=2, metrics_stale_s=3)
+    for header in ("accept-encoding", "Cookie", "connection", "te"):
+        with pytest.raises(ValidationError, match="sets these headers itself"):
+            Settings(passthrough_forward_headers=[header])

@@ -129,3 +129,14 @@ def test_a_dropped_connection_is_told_from_a_timeout_and_from_a_refusal():
     assert not dropped(mapped(aiohttp.ConnectionTimeoutError(), httpx.TimeoutException))
     refused = transport_failure(httpx.ConnectError("refused"), "u")
     assert refused.reason == "connect" and refused.health
+
+
+def test_a_probe_that_never_reports_does_not_keep_the_upstream_out():
+    b = Breaker(1, 0.05)
+    b.failure()
+    time.sleep(0.06)
+    assert b.available()
+    b.probe_started()  # its caller left: no success, no failure
+    assert not b.available()
+    time.sleep(0.06)
+    assert b.available()  # another probe may go

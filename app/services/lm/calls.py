@@ -46,6 +46,7 @@ class Call:
     outcome: str = "error"  # ok, error, cancelled, shed
     error_type: str | None = None
     priority: str = "interactive"
+    in_batch: bool = False  # an item of a batch admitted whole (the arrival check was the batch's)
     affinity: int | None = None  # the prefix key routing keeps on one upstream
     prompt_chars: int | None = None  # for the estimate, when there are no messages (completions, embeddings)
     lease: Any = None  # the slot it holds, while it holds one

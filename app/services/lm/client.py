@@ -194,7 +194,8 @@ class LMClient:
         tools = params.get("tools")
         call = Call(model=model, label=self.model_label(model), route=route, messages=messages,
                     tools=tools, on_usage=on_usage, priority=self.dispatch.priority(priority_route or route),
-                    affinity=self.dispatch.affinity(model, messages, tools))
+                    affinity=self.dispatch.affinity(model, messages, tools),
+                    in_batch=priority_route == "predict_batch")
         if _exclude:
             call.tried.update(_exclude)
         deadline = _deadline if _deadline is not None else call.entered + self.settings.request_timeout_s

@@ -59,16 +59,21 @@ class Dispatcher:
         priority class would be refused now: every upstream saturated, or the queue too short for
         what the free slots cannot take."""
         model = await self.pool.resolve(model)
-        priority = self.priority(priority_route)
-        reason = self.scheduler.refusal(model, priority, size)
+        self._admit(model, self.priority(priority_route), size)
+        return model
+
+    def _admit(self, model: str, priority: str, size: int) -> None:
+        reason = self.scheduler.refusal(model, size)
         if reason is not None:
             self.metrics.shed.labels(model=self.pool.label(model), priority=priority, reason=reason[0]).inc()
             raise OverloadedError(reason[1], reason=reason[0], retry_after_s=reason[2])
-        return model
 
     async def acquire(self, call: Call, deadline: float) -> Lease:
-        """A slot for ``call`` on the upstream the pool picks; a refusal is counted as shed."""
+        """A slot for ``call`` on the upstream the pool picks; a refusal is counted as shed. A batch-class
+        call of its own (not an item of an admitted batch) is checked on arrival as a batch is."""
         try:
+            if call.priority == "batch" and not call.in_batch and not call.tried:
+                self._admit(call.model, "batch", 1)
             lease = await self.scheduler.acquire(call.model, call.priority, deadline, affinity=call.affinity,
                                                  exclude=call.tried)
         except OverloadedError as exc:

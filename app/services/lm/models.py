@@ -70,6 +70,12 @@ class ModelCatalog:
             self.served = frozenset(m.id for m in self._models)
             return self._models
 
+    async def last(self) -> list[UpstreamModel]:
+        """The last list, without asking (an error if there is none)."""
+        if self._models is None:
+            raise UpstreamError("the upstream is down and has not listed its models")
+        return self._models
+
     def invalidate(self) -> None:
         self._listed_at = float("-inf")
 

@@ -53,6 +53,16 @@ _DONE = b"data: [DONE]"
 _RESPONSES_END = ("response.completed", "response.failed", "response.incomplete")
 
 
+def event_end(buf: bytes, start: int = 0) -> tuple[int, int]:
+    """Where the first SSE event from ``start`` ends, and the blank line's length: vLLM frames with
+    ``\\n\\n``, a proxy in front of it may use ``\\r\\n\\r\\n``. (-1, 0) when none is complete yet."""
+    lf = buf.find(b"\n\n", start)
+    crlf = buf.find(b"\r\n\r\n", start)
+    if crlf != -1 and (lf == -1 or crlf < lf):
+        return crlf, 4
+    return lf, (2 if lf != -1 else 0)
+
+
 def error_chunk(message: str, type: str, code: int, request_id: str | None) -> bytes:
     """An error after the stream began, as vLLM sends one (it follows with ``[DONE]``)."""
     body = {"error": {"message": message, "type": type, "param": None, "code": code, "request_id": request_id}}
@@ -106,11 +116,11 @@ class StreamReader:
         out: list[bytes] = []
         start = 0
         while not self._stopped:
-            end = buf.find(b"\n\n", start)
+            end, sep = event_end(buf, start)
             if end == -1:
                 break
-            event = buf[start:end + 2]
-            start = end + 2
+            event = buf[start:end + sep]
+            start = end + sep
             kept = self._event(event)
             if kept is not None:
                 out.append(kept)

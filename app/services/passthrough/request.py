@@ -60,7 +60,10 @@ def read(endpoint: Endpoint, raw: bytes, *, translate_guided: bool) -> Prepared:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise InvalidRequestError("'model' must be a string", status_code=400, param="model")
-    stream = body.get("stream") is True and endpoint.streams
+    stream_value = body.get("stream", False)
+    if not isinstance(stream_value, bool) and stream_value is not None:
+        raise InvalidRequestError("'stream' must be true or false", status_code=400, param="stream")
+    stream = stream_value is True and endpoint.streams
     wants_usage = False
     if stream and endpoint.usage_chunk:
         options = body.get("stream_options")

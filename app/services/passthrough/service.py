@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import httpx
@@ -38,7 +38,7 @@ from app.services.lm.errors import (
     transport_failure,
     upstream_message,
 )
-from app.services.passthrough.relay import StreamReader, error_event, read_usage
+from app.services.passthrough.relay import StreamReader, error_event, event_end, read_usage
 from app.services.passthrough.request import RESPONSES, Endpoint, Prepared, read, with_model
 from app.services.upstreams import Upstream, prefix_key
 from app.services.upstreams.wire import WireResponse
@@ -47,6 +47,7 @@ from app.settings import Settings
 log = structlog.get_logger("vgate.passthrough")
 
 RELAYED_STATUSES = frozenset({400, 404, 413, 422})  # vLLM's word on the client's own request
+MAX_FIRST_EVENT_BYTES = 1 << 20
 
 
 @dataclass(slots=True)
@@ -57,6 +58,9 @@ class Answer:
     media_type: str
     body: bytes = b""
     chunks: AsyncIterator[bytes] | None = None
+    # A stream that is never iterated (the request cancelled first) must still free its slot, close
+    # the upstream and keep its books: the relay's own cleanup runs only once it has started.
+    abandon: Callable[[], Awaitable[None]] | None = None
 
 
 @dataclass(slots=True)
@@ -111,8 +115,17 @@ class PassthroughService:
             return Answer(opened.status, opened.response.content_type, body=opened.body)
         reader = StreamReader(call, keep_usage=prep.client_wants_usage, responses_api=endpoint is RESPONSES,
                               request_id=request_id)
-        return Answer(200, "text/event-stream",
-                      chunks=self._relay(call, opened, reader, deadline, timer, request_id))
+        started: list[bool] = []
+
+        async def abandon() -> None:
+            if not started:
+                assert opened.raw is not None
+                await opened.raw.aclose()
+                await opened.response.close()
+                self._end(call, timer, asyncio.CancelledError())
+
+        return Answer(200, "text/event-stream", abandon=abandon,
+                      chunks=self._relay(call, opened, reader, deadline, timer, request_id, started))
 
     # ------------------------------------------------------------------ internals
 
@@ -129,7 +142,9 @@ class PassthroughService:
             raise AttemptFailed(UpstreamTimeoutError("upstream call exceeded its deadline"),
                                 retry=False, reason="deadline")
         s = self.settings
-        timeout = httpx.Timeout(connect=min(s.connect_timeout_s, remaining), read=min(s.read_timeout_s, remaining),
+        # A non-stream answer comes whole when vLLM has finished: silence until then is not a stall.
+        read = min(s.read_timeout_s, remaining) if prep.stream else remaining
+        timeout = httpx.Timeout(connect=min(s.connect_timeout_s, remaining), read=read,
                                 write=min(s.read_timeout_s, remaining), pool=remaining)
         headers = {**prep.headers, "content-type": "application/json"}
         call.upstream_request_id = upstream_id = self.lm.dispatch.next_request_id(None)
@@ -157,7 +172,10 @@ class PassthroughService:
                 return _Opened(200, response, body=await response.read())
             raw = response.chunks()
             first = b""
-            while b"\n\n" not in first:  # the first event, inside the attempt: a drop before it is retried
+            while event_end(first)[0] == -1:  # the first event, inside the attempt: a drop before it is retried
+                if len(first) > MAX_FIRST_EVENT_BYTES:
+                    raise AttemptFailed(malformed("a stream whose first event never ends", first[:200].decode(
+                        "utf-8", "replace")), retry=False, reason="upstream_malformed")
                 try:
                     first += await anext(raw)
                 except StopAsyncIteration:
@@ -175,7 +193,8 @@ class PassthroughService:
                 await response.close()
 
     async def _relay(self, call: Call, opened: _Opened, reader: StreamReader, deadline: float, timer,
-                     request_id: str | None) -> AsyncIterator[bytes]:
+                     request_id: str | None, started: list[bool]) -> AsyncIterator[bytes]:
+        started.append(True)
         response, raw = opened.response, opened.raw
         assert raw is not None
         error: BaseException | None = None

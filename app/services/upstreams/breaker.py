@@ -18,7 +18,7 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 class Breaker:
     __slots__ = ("failures", "cooldown_s", "state", "consecutive", "_opened_at", "_current_cooldown",
-                 "_probing", "_on_change")
+                 "_probing", "_probe_at", "_on_change")
 
     def __init__(self, failures: int, cooldown_s: float, on_change: Callable[[str], None] | None = None) -> None:
         self.failures = failures
@@ -28,6 +28,7 @@ class Breaker:
         self._opened_at = 0.0
         self._current_cooldown = cooldown_s
         self._probing = False
+        self._probe_at = 0.0
         self._on_change = on_change
 
     def _set(self, state: str) -> None:
@@ -40,17 +41,20 @@ class Breaker:
         """May a request go there now? In half-open state only the one probe may."""
         if self.state == CLOSED:
             return True
+        now = time.monotonic() if now is None else now
         if self.state == OPEN:
-            now = time.monotonic() if now is None else now
             if now - self._opened_at < self._current_cooldown:
                 return False
             self._set(HALF_OPEN)
-        return not self._probing
+        # A probe that never gave a verdict (its caller left; an answer about the request, not the
+        # upstream) does not keep the upstream out for good: after a cooldown another may go.
+        return not self._probing or now - self._probe_at > self._current_cooldown
 
     def probe_started(self) -> None:
         """A request (or health check) was let through in half-open state."""
         if self.state == HALF_OPEN:
             self._probing = True
+            self._probe_at = time.monotonic()
 
     def success(self) -> None:
         self.consecutive = 0

@@ -3,8 +3,9 @@
 - **Prefix affinity**: a call whose prefix (``affinity`` key: a signature's instructions and demos,
   an agent's system prompt and tools, a chat's first turns, or the client's session header) was seen
   before goes back to the upstream that served it — vLLM's prefix cache makes the repeated prefix
-  nearly free there — while that upstream can take it. The keys live in an LRU of bounded size; an
-  entry moves only when its upstream can no longer serve the model at all (down, or not serving it).
+  nearly free there — while that upstream can take it and is not far busier than the least busy
+  (``_overloaded``). The keys live in an LRU of bounded size; an entry moves only when its upstream
+  can no longer serve the model at all (down, or not serving it).
 - **Load**: otherwise the power of two choices — two upstreams drawn at random (weighted), the less
   loaded wins (``Upstream.load``: requests per unit of weight). With stale information (scrapes are a
   second old) two random choices avoid the herd that "always the least loaded" causes.
@@ -19,6 +20,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from app.services.upstreams.upstream import Upstream
+
+AFFINITY_SLACK = 8  # requests (per unit of weight) a prefix's upstream may carry beyond twice the least loaded
 
 
 class Chooser:
@@ -36,8 +39,8 @@ class Chooser:
         if affinity is not None and self.affinity_entries:
             home = self._affinity.get(affinity)
             if home is not None:
-                if home in eligible:
-                    self._affinity.move_to_end(affinity)
+                self._affinity.move_to_end(affinity)
+                if home in eligible and not self._overloaded(home, eligible):
                     return home, "affinity"
                 if home in serving:  # busy now: this call goes elsewhere, the prefix stays at home
                     return self._by_policy(eligible), "spill"
@@ -48,6 +51,14 @@ class Chooser:
                 self._affinity.popitem(last=False)
             return chosen, self.policy
         return self._by_policy(eligible), self.policy
+
+    @staticmethod
+    def _overloaded(home: Upstream, eligible: Sequence[Upstream]) -> bool:
+        """Far busier than the least busy upstream: twice its load and ``AFFINITY_SLACK`` more. A cached
+        prefix saves a prefill; a queue twice as long costs more than that (one shared system prompt
+        would otherwise put every call on one upstream while the others idle)."""
+        least = min(u.load() for u in eligible)
+        return home.load() >= 2 * least + AFFINITY_SLACK
 
     def _by_policy(self, eligible: Sequence[Upstream]) -> Upstream:
         if len(eligible) == 1:

@@ -10,10 +10,12 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 
+import aiohttp
 import httpx
 import structlog
 
 from app.errors import VGateError
+from app.services.lm.errors import dropped
 from app.services.upstreams.breaker import CLOSED, OPEN
 from app.services.upstreams.load import parse_vllm_metrics
 from app.services.upstreams.upstream import Upstream
@@ -54,9 +56,9 @@ class Monitor:
                 if due:
                     await self.check_health(u)
                     next_health = time.monotonic() + s.health_check_interval_s
-                if now >= next_models:
-                    try:
-                        await u.models.list()
+                if now >= next_models and u.breaker.state != OPEN:
+                    try:  # ahead of its expiry, so that a request never waits on a listing
+                        await u.models.list(refresh=True)
                     except VGateError:
                         pass  # remembered by the catalog, and the breaker hears it from /health
                     next_models = time.monotonic() + s.models_refresh_s / 2
@@ -70,7 +72,7 @@ class Monitor:
         timeout = min(1.0, self.settings.metrics_scrape_interval_s)
         try:
             r = await u.http.get("/metrics", timeout=timeout)
-        except httpx.HTTPError:
+        except (httpx.HTTPError, aiohttp.ClientError):
             return None  # the report ages; past metrics_stale_s the upstream counts as saturated
         if r.status_code != 200:
             return ABSENT_RETRY_S if r.status_code in (404, 501) and not u.scraped else None
@@ -85,11 +87,9 @@ class Monitor:
         u.breaker.probe_started()
         try:
             r = await u.http.get("/health", timeout=self.settings.connect_timeout_s)
-        except (httpx.ConnectError, httpx.ConnectTimeout):
-            u.breaker.failure(at_once=True)
-            return False
-        except httpx.HTTPError:
-            u.breaker.failure()
+        except (httpx.HTTPError, aiohttp.ClientError) as exc:
+            refused = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)) and not dropped(exc)
+            u.breaker.failure(at_once=refused)
             return False
         if r.status_code == 200:
             u.breaker.success()

@@ -62,7 +62,12 @@ class UpstreamPool:
     # ------------------------------------------------------------------ routing inputs
 
     def candidates(self, model: str) -> list[Upstream]:
-        serving = [u for u in self.upstreams if u.serves(model)]
+        """The upstreams that list the model (else those that cannot list, which may serve it), up
+        ones first: an upstream whose list is unknown (just restarted, an old server) must not take
+        another's calls and answer them 404."""
+        serving = [u for u in self.upstreams if model in u.models.served]
+        if not serving:
+            serving = [u for u in self.upstreams if not u.models.known]
         up = [u for u in serving if u.breaker.available()]
         return up or serving
 
@@ -93,7 +98,11 @@ class UpstreamPool:
     async def list_models(self, *, refresh: bool = False, max_age_s: float | None = None) -> list[UpstreamModel]:
         """Every upstream's models, joined (the first upstream listing a name gives its card). Raises
         the first upstream's error only when none can list."""
+        # An upstream whose breaker is open is not asked while another is up (a hung one would hold
+        # every listing up to its timeout): its last list stands, or it counts as unable to list.
+        up = {u for u in self.upstreams if u.breaker.state != OPEN} or set(self.upstreams)
         results = await asyncio.gather(*(u.models.list(refresh=refresh, max_age_s=max_age_s)
+                                         if u in up else u.models.last()
                                          for u in self.upstreams), return_exceptions=True)
         seen: dict[str, UpstreamModel] = {}
         errors: list[BaseException] = []

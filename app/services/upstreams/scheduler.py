@@ -12,9 +12,13 @@
   queue ahead of a later call's. A batch alone runs on every slot. Batch calls
   also stop at half of vLLM's saturation thresholds: the headroom left is what lets interactive
   calls in at once, instead of behind the batch in vLLM's own queue.
+- **Fairness.** Slots freed on an upstream that serves several models (LoRA adapters are models)
+  go to the oldest waiting call of the highest class across those models; the floor and the cap are
+  per model; a call that cannot use the freed slot (a retry avoiding that upstream) does not hold up
+  the calls behind it.
 - **Backpressure.** An interactive call when every upstream serving its model is saturated (see
-  ``load``) by traffic it cannot overtake (no batch call of this gateway's there), any call when its
-  model's queue holds ``max_queued_per_model`` calls, or when the
+  ``load``) by traffic it cannot overtake (no batch call of this gateway's there) — on arrival, or
+  while it waits — any call when its model's queue holds ``max_queued_per_model`` calls, or when the
   expected wait (from how long calls hold their slots) passes its deadline: a 429 at once with
   ``Retry-After``. A batch call waits out a saturation instead (the batch as a whole was checked on
   arrival). Time in the queue counts against the call's deadline.
@@ -37,24 +41,38 @@ from app.services.upstreams.upstream import Upstream
 PRIORITIES = ("interactive", "batch")
 BATCH_HEADROOM = 0.5  # batch calls are dispatched only below this share of the saturation thresholds
 INTERACTIVE_WINDOW_S = 10.0  # batch_max_share applies while interactive calls came this recently
+SCAN = 8  # waiters looked at past the head of a queue for one that can take a freed slot
 
 
 @dataclass(eq=False, slots=True)
 class Lease:
-    """A slot on ``upstream``, held by one call of ``priority``; ``how`` it was chosen."""
+    """A slot on ``upstream``, held by one call of ``priority`` for ``model``; ``how`` it was chosen."""
 
     upstream: Upstream
     priority: str
     how: str
+    model: str = ""
 
 
 @dataclass(eq=False, slots=True)
 class _Waiter:
-    model: str
     priority: str
     affinity: int | None
     exclude: Collection[Upstream]
+    arrived: float = field(default_factory=time.monotonic)
     future: asyncio.Future[Lease] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass(eq=False, slots=True)
+class _Model:
+    """One model's queues and counts."""
+
+    queues: dict[str, deque[_Waiter]] = field(default_factory=lambda: {p: deque() for p in PRIORITIES})
+    running: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PRIORITIES, 0))
+    last_interactive: float = float("-inf")  # time.monotonic() of its last interactive call
+
+    def waiting(self) -> int:
+        return len(self.queues["interactive"]) + len(self.queues["batch"])
 
 
 class Scheduler:
@@ -68,21 +86,24 @@ class Scheduler:
         self.batch_max_share = batch_max_share
         self.metrics = metrics
         self._label = label
-        self._queues: dict[str, dict[str, deque[_Waiter]]] = {}
-        self.running = dict.fromkeys(PRIORITIES, 0)
-        self.last_interactive = float("-inf")  # time.monotonic() of the last interactive call
+        self._models: dict[str, _Model] = {}
 
     def queued(self, model: str | None = None) -> int:
-        queues = [self._queues[model]] if model is not None and model in self._queues else (
-            [] if model is not None else list(self._queues.values()))
-        return sum(len(q) for qs in queues for q in qs.values())
+        if model is not None:
+            m = self._models.get(model)
+            return m.waiting() if m is not None else 0
+        return sum(m.waiting() for m in self._models.values())
 
-    def refusal(self, model: str, priority: str, size: int) -> tuple[str, str, float] | None:
-        """Why ``size`` calls arriving together would be refused now, if they would: (reason,
-        message, retry after) — for a batch, checked once on arrival."""
+    def running(self, model: str) -> dict[str, int]:
+        m = self._models.get(model)
+        return dict(m.running) if m is not None else dict.fromkeys(PRIORITIES, 0)
+
+    def refusal(self, model: str, size: int) -> tuple[str, str, float] | None:
+        """Why ``size`` calls arriving together (a batch, or one batch-class call) would be refused now:
+        (reason, message, retry after), or None."""
         serving = self._candidates(model)
         queued = self.queued(model)
-        if serving and all(u.saturation() >= 1 and not u.batch_in_use for u in serving):
+        if _saturated_for_good(serving):
             return "saturated", "every upstream serving the model is saturated", self._retry_after(serving, queued)
         free = sum(max(0, u.slots - u.in_use) for u in serving)
         if queued + size > self.max_queued + free:
@@ -96,22 +117,21 @@ class Scheduler:
                       exclude: Collection[Upstream] = ()) -> Lease:
         """A slot, or ``OverloadedError``. ``deadline`` is on ``time.perf_counter``'s clock."""
         serving = self._candidates(model)
-        queues = self._queues.setdefault(model, {p: deque() for p in PRIORITIES})
+        m = self._models.get(model)
+        if m is None:
+            m = self._models[model] = _Model()
         if priority == "interactive":
-            self.last_interactive = time.monotonic()
-        ahead = len(queues["interactive"]) + (len(queues["batch"]) if priority == "batch" else 0)
+            m.last_interactive = time.monotonic()
+        ahead = len(m.queues["interactive"]) + (len(m.queues["batch"]) if priority == "batch" else 0)
         if not ahead:
-            lease = self._try(serving, priority, affinity, exclude)
+            lease = self._try(model, m, serving, priority, affinity, exclude)
             if lease is not None:
                 return lease
-        if priority == "interactive" and serving and all(
-                u.saturation() >= 1 and not u.batch_in_use for u in serving):
+        if priority == "interactive" and _saturated_for_good(serving):
             # Saturated by traffic this call cannot overtake. When the gateway's own batch calls are
-            # part of it, the call waits instead: no batch call is dispatched while vLLM is this busy,
-            # and the first slot that frees up is this call's.
-            raise OverloadedError("every upstream serving the model is saturated", reason="saturated",
-                                  retry_after_s=self._retry_after(serving, self.queued(model)))
-        queued = len(queues["interactive"]) + len(queues["batch"])
+            # part of it, the call waits instead, and takes the first slot that frees up.
+            raise self._saturated(serving, model)
+        queued = m.waiting()
         if queued >= self.max_queued:
             raise OverloadedError(f"the gateway's queue for the model is full ({self.max_queued} waiting)",
                                   reason="queue_full", retry_after_s=self._retry_after(serving, queued))
@@ -120,19 +140,20 @@ class Scheduler:
         if remaining <= 0 or (expected is not None and expected > remaining):
             raise OverloadedError("the upstreams are too busy to start this call before its deadline",
                                   reason="deadline", retry_after_s=self._retry_after(serving, queued))
-        waiter = _Waiter(model, priority, affinity, exclude)
-        queues[priority].append(waiter)
+        waiter = _Waiter(priority, affinity, exclude)
+        queue = m.queues[priority]
+        queue.append(waiter)
         gauge = self.metrics.queued.labels(model=self._label(model), priority=priority)
         gauge.inc()
         try:
             async with asyncio.timeout(remaining):
                 return await waiter.future
         except BaseException as exc:
-            if waiter.future.done() and not waiter.future.cancelled():
+            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
                 self.release(waiter.future.result())  # handed a slot just as it gave up: pass it on
             else:
                 try:
-                    queues[priority].remove(waiter)
+                    queue.remove(waiter)
                 except ValueError:
                     pass
             if isinstance(exc, TimeoutError):
@@ -144,50 +165,93 @@ class Scheduler:
 
     def release(self, lease: Lease, held_s: float | None = None) -> None:
         lease.upstream.released(held_s)
-        self.running[lease.priority] -= 1
+        m = self._models.get(lease.model)
+        if m is not None:
+            m.running[lease.priority] -= 1
         if lease.priority == "batch":
             lease.upstream.batch_in_use -= 1
         self.dispatch()
 
     def dispatch(self) -> None:
-        """Hand free slots to waiting calls: after a release, and whenever load or health changed."""
-        for model, queues in self._queues.items():
-            if not queues["interactive"] and not queues["batch"]:
-                continue
-            serving = self._candidates(model)
-            while True:
-                order = self._order(queues, serving)
-                for q in order:
-                    w = q[0]
-                    lease = self._try(serving, w.priority, w.affinity, w.exclude)
-                    if lease is not None:
-                        q.popleft()
-                        w.future.set_result(lease)
+        """Hand free slots to waiting calls: after a release, and whenever load or health changed.
+        Each round places the best of every model's first placeable waiter: the higher class (after
+        the batch floor), then the oldest."""
+        while True:
+            best: tuple[tuple[int, float], str, _Model, deque[_Waiter], _Waiter, list[Upstream]] | None = None
+            for model, m in list(self._models.items()):
+                if not m.waiting():
+                    if not any(m.running.values()) and time.monotonic() - m.last_interactive > INTERACTIVE_WINDOW_S:
+                        del self._models[model]  # nothing waits, runs or just ran: forget it (names are many)
+                    continue
+                serving = self._candidates(model)
+                self._refuse_hopeless(model, m, serving)
+                for rank, q in enumerate(self._order(m, serving)):
+                    found = self._placeable(m, serving, q)
+                    if found is not None:
+                        key = (rank, found[0].arrived)
+                        if best is None or key < best[0]:
+                            best = (key, model, m, q, found[0], found[1])
                         break
-                else:
-                    break
+            if best is None:
+                return
+            _, model, m, q, waiter, eligible = best
+            q.remove(waiter)
+            waiter.future.set_result(self._take(model, m, eligible, waiter.priority, waiter.affinity,
+                                                self._candidates(model)))
 
     # ------------------------------------------------------------------ internals
 
-    def _order(self, queues: dict[str, deque[_Waiter]], serving: Sequence[Upstream]) -> list[deque[_Waiter]]:
-        """The queues to serve, first choice first, after dropping waiters that left."""
-        for q in queues.values():
+    def _placeable(self, m: _Model, serving: Sequence[Upstream],
+                   q: deque[_Waiter]) -> tuple[_Waiter, list[Upstream]] | None:
+        """The first of the queue's first ``SCAN`` waiters a slot can be found for, and the slots."""
+        for i, w in enumerate(q):
+            if i >= SCAN:
+                return None
+            if w.future.done():
+                continue
+            eligible = self._eligible(m, serving, w.priority, w.exclude)
+            if eligible:
+                return w, eligible
+        return None
+
+    def _refuse_hopeless(self, model: str, m: _Model, serving: Sequence[Upstream]) -> None:
+        """Interactive waiters are refused, as on arrival, once nothing they could overtake is left on
+        upstreams that stay saturated (they waited on the gateway's own batch calls)."""
+        inter = m.queues["interactive"]
+        if inter and _saturated_for_good(serving):
+            error = self._saturated(serving, model)
+            while inter:
+                w = inter.popleft()
+                if not w.future.done():
+                    w.future.set_exception(error)
+
+    def _order(self, m: _Model, serving: Sequence[Upstream]) -> list[deque[_Waiter]]:
+        """The model's queues to serve, first choice first, after dropping waiters that left."""
+        for q in m.queues.values():
             while q and q[0].future.done():
                 q.popleft()
-        inter, batch = queues["interactive"], queues["batch"]
+        inter, batch = m.queues["interactive"], m.queues["batch"]
         if inter and batch:
             floor = self.batch_min_share * sum(u.slots for u in serving)
-            return [batch, inter] if self.running["batch"] < floor else [inter, batch]
+            return [batch, inter] if m.running["batch"] < floor else [inter, batch]
         return [q for q in (inter, batch) if q]
 
-    def _try(self, serving: Sequence[Upstream], priority: str, affinity: int | None,
+    def _try(self, model: str, m: _Model, serving: Sequence[Upstream], priority: str, affinity: int | None,
              exclude: Collection[Upstream]) -> Lease | None:
-        limit = 1.0 if priority == "interactive" else BATCH_HEADROOM
+        eligible = self._eligible(m, serving, priority, exclude)
+        return self._take(model, m, eligible, priority, affinity, serving) if eligible else None
+
+    def _eligible(self, m: _Model, serving: Sequence[Upstream], priority: str,
+                  exclude: Collection[Upstream]) -> list[Upstream]:
+        """The upstreams that may take a call of ``priority`` now (no side effects)."""
         now = time.monotonic()
-        if priority == "batch" and self.batch_max_share < 1.0 and now - self.last_interactive < INTERACTIVE_WINDOW_S \
-                and self.running["batch"] >= max(1.0, self.batch_max_share * sum(u.slots for u in serving)):
-            return None  # interactive calls are about: the rest of the slots (and of vLLM's batch) stay theirs
-        eligible = [u for u in serving if u.in_use < u.slots and u.saturation(now) < limit]
+        if priority == "batch":
+            if self.batch_max_share < 1.0 and now - m.last_interactive < INTERACTIVE_WINDOW_S and \
+                    m.running["batch"] >= max(1.0, self.batch_max_share * sum(u.slots for u in serving)):
+                return []  # interactive calls are about: the rest of the slots (and of vLLM's batch) stay theirs
+            eligible = [u for u in serving if u.in_use < u.slots and u.saturation(now) < BATCH_HEADROOM]
+        else:  # an upstream saturated partly by this gateway's batch calls still takes interactive ones
+            eligible = [u for u in serving if u.in_use < u.slots and (u.saturation(now) < 1 or u.batch_in_use)]
         if exclude:
             others = [u for u in eligible if u not in exclude]
             # Only the excluded ones (a failed attempt's) are free: better them than waiting, unless
@@ -196,15 +260,21 @@ class Scheduler:
                 eligible = others or eligible
             else:
                 eligible = []
-        if not eligible:
-            return None
+        return eligible
+
+    def _take(self, model: str, m: _Model, eligible: list[Upstream], priority: str, affinity: int | None,
+              serving: Sequence[Upstream]) -> Lease:
         upstream, how = self.chooser.pick(eligible, affinity, serving)
         upstream.took()
         upstream.breaker.probe_started()
-        self.running[priority] += 1
+        m.running[priority] += 1
         if priority == "batch":
             upstream.batch_in_use += 1
-        return Lease(upstream, priority, how)
+        return Lease(upstream, priority, how, model)
+
+    def _saturated(self, serving: Sequence[Upstream], model: str) -> OverloadedError:
+        return OverloadedError("every upstream serving the model is saturated", reason="saturated",
+                               retry_after_s=self._retry_after(serving, self.queued(model)))
 
     @staticmethod
     def _expected_wait(serving: Sequence[Upstream], position: int) -> float | None:
@@ -215,3 +285,8 @@ class Scheduler:
     def _retry_after(self, serving: Sequence[Upstream], queued: int) -> float:
         wait = self._expected_wait(serving, queued)
         return max(1.0, math.ceil(wait)) if wait is not None else 1.0
+
+
+def _saturated_for_good(serving: Sequence[Upstream]) -> bool:
+    """Every upstream saturated by traffic a call cannot overtake (none holds a batch call of ours)."""
+    return bool(serving) and all(u.saturation() >= 1 and not u.batch_in_use for u in serving)

@@ -6,12 +6,11 @@ import math
 import time
 
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 from app.services.lm.models import ModelCatalog
-from app.services.upstreams.breaker import Breaker
+from app.services.upstreams.breaker import CLOSED, Breaker
 from app.services.upstreams.load import LoadReport, saturation
-from app.services.upstreams.wire import Wire
+from app.services.upstreams.wire import UpstreamTransport, Wire
 from app.settings import Settings, UpstreamConfig
 
 _EWMA_ALPHA = 0.2
@@ -26,10 +25,10 @@ class Upstream:
         self.settings = settings
         limits = httpx.Limits(max_connections=settings.max_connections,
                               max_keepalive_connections=settings.max_connections, keepalive_expiry=30)
-        headers = {"accept": "application/json"}
+        headers = {"accept": "application/json", "accept-encoding": "identity"}
         if config.api_key is not None:
             headers["authorization"] = f"Bearer {config.api_key.get_secret_value()}"
-        self.transport = transport or AiohttpTransport(limits=limits)
+        self.transport = transport or UpstreamTransport(limits=limits)
         self.wire = Wire(config.url, headers, self.transport)  # the passthrough's calls
         self.http = httpx.AsyncClient(  # the LM client's calls, the monitor's checks and model lists
             base_url=config.url,
@@ -56,10 +55,6 @@ class Upstream:
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    def serves(self, model: str) -> bool:
-        """Listed, or (its list unavailable) perhaps: the upstream then judges the name itself."""
-        return model in self.models.served or not self.models.known
-
     def took(self) -> None:
         self.in_use += 1
 
@@ -81,8 +76,8 @@ class Upstream:
     def saturation(self, now: float | None = None) -> float:
         """vLLM's own saturation (see ``load``): 0 for a server without vLLM's gauges, infinite for
         one whose gauges stopped coming."""
-        if not self.scraped:
-            return 0.0
+        if not self.scraped or self.breaker.state != CLOSED:
+            return 0.0  # no gauges; or it is down, and its error (503), not a 429, is the answer
         now = time.monotonic() if now is None else now
         if self.report is None or now - self.report_at > self.settings.metrics_stale_s:
             return math.inf

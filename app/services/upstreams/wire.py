@@ -5,12 +5,14 @@ response objects, URL merging, redirect/auth/cookie handling cost over a third o
 per passthrough call (py-spy, ``benchmarks/passthrough.py``). So a call goes straight to the aiohttp
 session under the httpx-aiohttp transport (one connection pool for everything), with aiohttp's errors
 mapped to httpx's as that transport maps them (``lm.errors.dropped`` tells a drop from a timeout).
-Given another httpx transport (tests' stand-ins for an upstream), the same interface runs over it.
+Given another httpx transport (tests' stand-ins for an upstream), the same interface runs over it
+(its responses must stream: a wrapper over a real transport, not ``httpx.MockTransport``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 
 import aiohttp
 import httpx
@@ -33,14 +35,14 @@ class WireResponse:
 
     async def read(self) -> bytes:
         if self._aio is not None:
-            with map_aiohttp_exceptions():
+            with _mapped():
                 return await self._aio.read()
         assert self._httpx is not None
         return await self._httpx.aread()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         if self._aio is not None:
-            with map_aiohttp_exceptions():
+            with _mapped():
                 async for chunk in self._aio.content.iter_any():
                     yield chunk
             return
@@ -60,12 +62,35 @@ class WireResponse:
             await self._httpx.aclose()
 
 
+class UpstreamTransport(AiohttpTransport):
+    """httpx-aiohttp's transport, with every aiohttp error an httpx error: its map leaves some out
+    (``ClientResponseError`` from a server that does not speak HTTP, a TLS port given as http://), and
+    those would reach the caller as a 500 and pass the breaker by."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await super().handle_async_request(request)
+        except aiohttp.ClientError as exc:
+            raise httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}", request=request) from exc
+
+
+@contextmanager
+def _mapped() -> Iterator[None]:
+    with map_aiohttp_exceptions():
+        try:
+            yield
+        except aiohttp.ClientError as exc:  # what the map leaves out (see UpstreamTransport)
+            raise httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}") from exc
+
+
 class Wire:
     def __init__(self, base_url: str, headers: dict[str, str], transport: httpx.AsyncBaseTransport) -> None:
         self.base_url = base_url
         self.headers = headers
         self.transport = transport
         self._native = isinstance(transport, AiohttpTransport)
+        # aiohttp asks for gzip by default; the bytes are relayed as they come, so never compressed
+        self.headers = {**headers, "accept-encoding": "identity"}
         self._urls: dict[str, str] = {}
 
     def _session(self) -> aiohttp.ClientSession:
@@ -81,7 +106,7 @@ class Wire:
             url = self._urls[path] = self.base_url + path
         merged = {**self.headers, **headers}
         if self._native:
-            with map_aiohttp_exceptions():
+            with _mapped():
                 resp = await self._session().post(
                     url, data=content, headers=merged, allow_redirects=False, auto_decompress=False,
                     timeout=aiohttp.ClientTimeout(sock_connect=timeout.connect, sock_read=timeout.read,
