@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
+import weakref
 
 from sse_starlette.sse import AppStatus
 
 POLL_S = 0.25
-_events: dict[asyncio.AbstractEventLoop, asyncio.Event] = {}
+_events: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Event] = weakref.WeakKeyDictionary()
+_since: dict[int, float] = {}  # id(event) -> time.monotonic() when it was set
 
 
 def stopping() -> asyncio.Event:
@@ -20,9 +23,16 @@ def stopping() -> asyncio.Event:
     event = _events.get(loop)
     if event is None:
         event = _events[loop] = asyncio.Event()
-        task = loop.create_task(_watch(event), name="vgate shutdown watcher")
-        task.add_done_callback(lambda _: _events.pop(loop, None) if loop.is_closed() else None)
+        loop.create_task(_watch(event), name="vgate shutdown watcher")
     return event
+
+
+async def grace_left(grace_s: float) -> None:
+    """Wait for the shutdown, then for what is left of ``grace_s`` since it began (a stream that
+    opens during the shutdown does not get a grace of its own)."""
+    event = stopping()
+    await event.wait()
+    await asyncio.sleep(max(0.0, grace_s - (time.monotonic() - _since.get(id(event), time.monotonic()))))
 
 
 def _exiting() -> bool:
@@ -35,4 +45,5 @@ def _exiting() -> bool:
 async def _watch(event: asyncio.Event) -> None:
     while not _exiting():
         await asyncio.sleep(POLL_S)
+    _since[id(event)] = time.monotonic()
     event.set()

@@ -26,7 +26,7 @@ from app.routers.deps import PassthroughDep, cancel_on_disconnect, read_routing_
 from app.routers.schemas import REF, ModelList, OpenAIErrorResponse, error_responses
 from app.services.passthrough import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Endpoint, PassthroughService
 from app.services.passthrough.relay import error_event
-from app.shutdown import stopping
+from app.shutdown import grace_left
 
 router = APIRouter(tags=["openai"])
 
@@ -105,8 +105,7 @@ class RelayResponse(Response):
                 pass
 
         async def grace() -> None:
-            await stopping().wait()
-            await asyncio.sleep(self.grace_s)
+            await grace_left(self.grace_s)
 
         relay, watcher, stopper = (asyncio.ensure_future(pump()), asyncio.ensure_future(watch()),
                                    asyncio.ensure_future(grace()))
@@ -119,7 +118,7 @@ class RelayResponse(Response):
             await self.chunks.aclose()  # cut short: the relay's cleanup closes the upstream
             if self.abandon is not None:
                 await self.abandon()  # never started: the same cleanup, from outside
-        if stopper.done() and not stopper.cancelled():
+        if stopper.done() and not stopper.cancelled() and not (relay.done() and not relay.cancelled()):
             if not started:
                 await start()
             await send({"type": "http.response.body", "more_body": False, "body": error_event(

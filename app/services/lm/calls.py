@@ -55,7 +55,6 @@ class Call:
     timing: bool = False  # the request's upstream timer is running for it
 
 
-
 @dataclass(frozen=True, slots=True)
 class _Children:
     prompt_tokens: Any

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import structlog
@@ -45,8 +45,6 @@ from app.services.upstreams import Upstream, UpstreamPool
 from app.settings import Settings
 
 log = structlog.get_logger("vgate.lm")
-T = TypeVar("T")
-
 
 
 @dataclass(slots=True)

@@ -184,6 +184,8 @@ class StreamReader:
             call.acc.token_chunks += 1
         elif ev.type in _RESPONSES_END:
             self.done = True
+            if ev.type == "response.failed":
+                self.failed = "upstream_stream_error"
             body = ev.response
             if body is not None and body.usage is not None:
                 call.acc.usage = ChunkUsage(body.usage.input_tokens, body.usage.output_tokens)

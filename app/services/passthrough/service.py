@@ -108,7 +108,8 @@ class PassthroughService:
                 error = malformed("an answer of an unexpected shape")
                 self._end(call, timer, error)
                 raise error
-            self._end(call, timer, None if opened.status == 200 else _relayed(opened.status))
+            self._end(call, timer, None if opened.status == 200 else _relayed(
+                opened.status, "model_not_found" if opened.status == 404 else "upstream_bad_request"))
             if opened.status == 200:
                 call.outcome = "ok"
                 self.lm.books.close(call, self.lm.books.usage(call), estimated=call.acc.usage is None)
