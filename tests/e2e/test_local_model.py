@@ -109,3 +109,27 @@ async def test_a_model_llama_cpp_does_not_serve_is_a_404_not_its_own_answer(loca
     assert r.status_code == 404, r.text
     err = r.json()["error"]
     assert err["type"] == "model_not_found" and err["available"] == ["smollm2-135m-instruct"]
+
+
+def test_the_openai_client_through_the_gateway_to_llama_cpp(local_llm_url):
+    """The passthrough in front of a server that is not vLLM (no vLLM /metrics, its own error texts):
+    the official client gets llama.cpp's answer, streamed and not, and the gateway counts it."""
+    import openai
+
+    from tests.support import live_gateway
+
+    with live_gateway(local_llm_url) as (base, app):
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        r = client.chat.completions.create(model="smollm2-135m-instruct", max_tokens=8,
+                                           messages=[{"role": "user", "content": "Say hello."}])
+        chunks = list(client.chat.completions.create(model="smollm2-135m-instruct", max_tokens=8, stream=True,
+                                                     messages=[{"role": "user", "content": "Say hello."}]))
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        registry = app.state.metrics.registry  # type: ignore[attr-defined]
+        ok = registry.get_sample_value("vgate_upstream_requests_total",
+                                       {"model": "smollm2-135m-instruct", "outcome": "ok"})
+    assert r.choices[0].message.content and r.usage.completion_tokens > 0
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert all(c.usage is None for c in chunks)  # the usage chunk the gateway asked for is not passed on
+    assert ok == 2
