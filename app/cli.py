@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 from pathlib import Path
 
@@ -31,14 +30,8 @@ def _serve(args: argparse.Namespace) -> None:
         sys.exit("vgate serve: invalid settings:\n" + "\n".join(
             f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()))
     refuse_taken_port(settings.host, settings.port, "--port (or VGATE_PORT)", "vgate serve")
-    app = create_app(settings)
-    # The app (routes, models, schemas) lives as long as the process: out of the collector's sight,
-    # or every collection walks it again (0.55x -> 0.77x a minimal proxy's req/s, RESULTS.md section 6).
-    # Here, not in create_app: tests build hundreds of apps in one process, and frozen cycles never go.
-    gc.collect()
-    gc.freeze()
     uvicorn.run(
-        app,
+        create_app(settings, freeze_gc=True),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
