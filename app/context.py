@@ -14,6 +14,7 @@ import itertools
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class UpstreamTimer:
@@ -64,6 +65,7 @@ class RequestContext:
     # class it asked for, and a session id that keeps its calls on one upstream (prefix affinity).
     priority: str | None = None
     session: str | None = None
+    principal: Any = None  # the caller's key (app.services.access.Principal), when keys are configured
 
     def next_upstream_id(self) -> str:
         return upstream_request_id(self.request_id)

@@ -21,8 +21,9 @@ from app import __version__
 from app.errors import VGateError, clean_errors
 from app.logging import configure_logging, info_enabled
 from app.metrics import Metrics
-from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from app.middleware import AccessMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from app.routers import agent, health, openai, predict, schemas, tools
+from app.services.access import build_keyring
 from app.services.agent import AgentService
 from app.services.lm import LMClient
 from app.services.passthrough import PassthroughService
@@ -136,6 +137,7 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
     configure_logging(settings.log_format, settings.log_level)
     metrics = Metrics()
     programs = load_programs(settings.programs_dir)  # fail at start on a broken program file
+    keyring = build_keyring(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -149,7 +151,10 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
         app.state.tools = executor
         app.state.agent = AgentService(lm, executor, settings, metrics)
         log.info("startup", version=__version__, upstreams=[u.url for u in settings.upstream_configs()],
-                 programs=sorted(programs))
+                 programs=sorted(programs), api_keys=len(settings.api_keys))
+        if not keyring.enabled:
+            log.warning("access_control_off", message="no API keys configured (VGATE_API_KEYS or [[api_keys]]): "
+                        "anyone who can reach the gateway can use it")
         if freeze_gc:
             gc.collect()
             gc.freeze()
@@ -171,6 +176,7 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.programs = programs
+    app.state.keyring = keyring
     _install_error_handlers(app)
     _install_openapi(app)
     _install_docs(app)
@@ -180,8 +186,10 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
     app.include_router(tools.router)
     app.include_router(openai.router)
     app.router.routes.extend(openai.routes)
-    # Added innermost first: RequestContext (request id) > CORS (headers on every answer, 413 included) > BodyLimit.
+    # Added innermost first: RequestContext (request id) > CORS (headers on every answer, 401 and 413 included;
+    # preflights answered before any key is asked for) > Access (API keys) > BodyLimit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_body_bytes)
+    app.add_middleware(AccessMiddleware, keyring=keyring, metrics_public=settings.metrics_public)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -16,6 +16,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.context import RequestContext, request_context
+from app.errors import VGateError
 from app.logging import sanitize_request_id
 from app.metrics import Metrics
 
@@ -27,7 +28,7 @@ OVERHEAD_HEADER = b"x-vgate-overhead-ms"
 
 
 async def send_error(send: Send, status: int, type: str, message: str, request_id: str | None, *,
-                     path: str = "", **details) -> None:
+                     path: str = "", headers: dict[str, str] | None = None, **details) -> None:
     """An error response in the gateway's one shape, from middleware (outside FastAPI's handlers);
     on the OpenAI-compatible routes with the ``param`` and ``code`` their clients read too."""
     error = {"type": type, "message": message, **details, "request_id": request_id}
@@ -35,8 +36,10 @@ async def send_error(send: Send, status: int, type: str, message: str, request_i
         error.setdefault("param", None)
         error.setdefault("code", status)
     body = json.dumps({"error": error}).encode()
+    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *extra]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -189,3 +192,51 @@ class BodyLimitMiddleware:
                          "(VGATE_MAX_REQUEST_BODY_BYTES)",
                          scope.get("state", {}).get("request_id"), path=scope.get("path", ""),
                          limit_bytes=self.max_bytes)
+
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/openapi.json"})
+SCOPE_BY_PREFIX = (("/v1/", "openai"), ("/predict", "predict"), ("/agent", "agent"), ("/tools", "tools"),
+                   ("/admin", "admin"), ("/metrics", "admin"))
+
+
+class AccessMiddleware:
+    """API keys, when configured: the caller's key (``Authorization: Bearer`` or ``x-api-key``) and the
+    scope its route needs, before anything else runs; a 401 or 403 in the one error shape. Liveness,
+    readiness and the API's documents stay open; /metrics needs the admin scope unless
+    ``metrics_public``. The key's id (never the key) is bound to every log line of the request."""
+
+    def __init__(self, app: ASGIApp, keyring, metrics_public: bool = False) -> None:
+        self.app = app
+        self.keyring = keyring
+        self.metrics_public = metrics_public
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keyring.enabled:
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        needed = None
+        open_path = path in OPEN_PATHS or path.startswith("/docs/") or (path == "/metrics" and self.metrics_public)
+        if not open_path:
+            needed = next((s for prefix, s in SCOPE_BY_PREFIX if path.startswith(prefix)), None)
+        if needed is None:  # open, or no route there (a 404 either way)
+            await self.app(scope, receive, send)
+            return
+        authorization = api_key = None
+        for k, v in scope["headers"]:
+            if k == b"authorization":
+                authorization = v.decode("latin-1")
+            elif k == b"x-api-key":
+                api_key = v.decode("latin-1")
+        try:
+            principal = self.keyring.authenticate(authorization, api_key)
+            principal.require(needed)
+        except VGateError as exc:
+            await send_error(send, exc.status_code, exc.type, exc.message, scope.get("state", {}).get("request_id"),
+                             path=path, headers=exc.headers(), **exc.details)
+            return
+        ctx = request_context.get()
+        if ctx is not None:
+            ctx.principal = principal
+        structlog.contextvars.bind_contextvars(key_id=principal.id)
+        await self.app(scope, receive, send)

@@ -67,6 +67,29 @@ class UpstreamConfig(BaseModel):
         return v
 
 
+class ApiKeyConfig(BaseModel):
+    """A caller's key, from configuration (``[[api_keys]]`` in the TOML file, or VGATE_API_KEYS)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")  # in logs and errors, never the key
+    key: SecretStr | None = None  # the key itself (hashed at start) ...
+    key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")  # ... or only its SHA-256, hex
+    alias: str | None = Field(None, max_length=64)
+    scopes: list[Literal["predict", "agent", "tools", "openai", "admin"]] = Field(
+        default_factory=lambda: ["predict", "agent", "tools", "openai"])
+    models: list[str] | None = None  # None: every model
+    tools: list[str] | None = None  # None: every tool (POST /tools/{name} and the agent's)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> ApiKeyConfig:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError(f"api key {self.id!r}: give exactly one of key or key_sha256")
+        if self.key is not None and len(self.key.get_secret_value()) < 16:
+            raise ValueError(f"api key {self.id!r}: a key of at least 16 characters")
+        return self
+
+
 Priority = Literal["interactive", "batch"]
 PRIORITY_ROUTES = ("predict", "predict_batch", "agent", "openai")
 
@@ -157,6 +180,12 @@ class Settings(BaseSettings):
     # default: the upstream's credentials and request id are the gateway's.
     passthrough_forward_headers: list[str] = Field(default_factory=list)
 
+    # --- access ----------------------------------------------------------
+    # Empty: the gateway is open to anyone who reaches it (it says so at start).
+    api_keys: list[ApiKeyConfig] = Field(default_factory=list)
+    # /metrics without a key even when keys are configured (Prometheus inside the same network).
+    metrics_public: bool = False
+
     # --- cost ------------------------------------------------------------
     prices: dict[str, Price] = Field(default_factory=dict)
     default_price: Price = Field(default_factory=Price)
@@ -237,6 +266,9 @@ class Settings(BaseSettings):
         self.priorities = {**Settings.model_fields["priorities"].default_factory(), **self.priorities}
         if self.upstreams and self.upstream_api_key is not None:
             raise ValueError("upstream_api_key applies to upstream_url alone: with upstreams, give each its api_key")
+        ids = [k.id for k in self.api_keys]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"api_keys: each id may appear once, got {ids}")
         urls = [u.url for u in self.upstream_configs()]
         names = [u.name or u.url for u in self.upstream_configs()]
         if len(set(urls)) != len(urls) or len(set(names)) != len(names):

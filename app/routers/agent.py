@@ -107,7 +107,7 @@ def _wants_json(request: Request) -> bool:
         200: {"description": "The event stream, or with `Accept: application/json` the run's outcome",
               "content": EVENT_STREAM_RESPONSE["content"]},
         **error_responses(
-            400, 404, 409, 413, 422, 429, 502, 503, 504,
+            400, 401, 403, 404, 409, 413, 422, 429, 502, 503, 504,
             _404="the model is not served by the upstream (model_not_found)",
             _409="another run is using this session (session_busy)",
             _422="invalid request, unknown or unavailable tool, max_steps over the limit",

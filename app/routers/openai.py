@@ -36,6 +36,8 @@ _ANSWER = {"content": {"application/json": {"schema": {"type": "object", "additi
                        "text/event-stream": {"schema": {"type": "string"}}},
            "description": "vLLM's answer, as vLLM sends it (a stream when the request says stream: true)"}
 _ERRORS = {
+    401: "an API key is required and was missing or not valid (unauthorized)",
+    403: "the API key lacks the openai scope or may not use the model (scope_missing, model_not_allowed)",
     400: "invalid JSON, or a parameter vLLM would silently ignore (guided_json & co.: unsupported_parameter); "
          "or vLLM refused the request (its own error, as it wrote it)",
     404: "a model no upstream serves (model_not_found, with the served ones in available)",

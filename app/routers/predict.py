@@ -56,7 +56,7 @@ class PredictRequest(BaseModel):
     response_model=PredictResponse | BatchPredictResponse,
     response_model_exclude_unset=True,  # keys that do not apply are left out (reasoning, program)
     responses=error_responses(
-        400, 404, 413, 422, 429, 502, 503, 504,
+        400, 401, 403, 404, 413, 422, 429, 502, 503, 504,
         _404="unknown program (program_not_found) or model (model_not_found)",
         _502="the upstream failed, or the model's output did not match the signature "
              "(output_validation_error, output_truncated; the raw text is in the error)",

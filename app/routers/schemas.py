@@ -97,6 +97,9 @@ class OpenAIErrorResponse(BaseModel):
 
 _ERROR_DESCRIPTIONS = {
     400: "The body is not JSON (invalid_json), or the upstream refused the request (upstream_bad_request)",
+    401: "An API key is required and was missing or not valid (unauthorized)",
+    403: "The API key may not do this: a scope, model or tool it lacks (scope_missing, model_not_allowed, "
+         "tool_not_allowed)",
     404: "Not found",
     409: "Conflict",
     413: "The request body is over the gateway's limit (payload_too_large)",

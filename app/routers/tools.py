@@ -15,6 +15,7 @@ from app.errors import InvalidRequestError, NotFoundError, VGateError
 from app.routers.deps import ExecutorDep
 from app.routers.json_body import JSONBodyRoute
 from app.routers.schemas import error_responses
+from app.services.access import current_principal
 from app.tools import ToolResult
 
 router = APIRouter(prefix="/tools", tags=["tools"], route_class=JSONBodyRoute)
@@ -53,7 +54,7 @@ async def list_tools(tools: ExecutorDep) -> ToolList:
     "/{name}",
     response_model=ToolCallResponse,
     responses=error_responses(
-        400, 404, 413, 422, 502, 503, 504,
+        400, 401, 403, 404, 413, 422, 502, 503, 504,
         _400="the body is not JSON (invalid_json)",
         _404="unknown tool (unknown_tool)",
         _422="invalid arguments (invalid_request, with errors), or the tool refused them (tool_error)",
@@ -63,6 +64,9 @@ async def list_tools(tools: ExecutorDep) -> ToolList:
     ),
 )
 async def call_tool(name: str, tools: ExecutorDep, body: ToolCallRequest | None = None) -> ToolCallResponse:
+    principal = current_principal()
+    if principal is not None:  # a caller spends a tool's credentials only with the key's permission
+        principal.allow_tools([name])
     result = await tools.execute(name, body.arguments if body else {})
     if not result.ok:
         raise _http_error(result)

@@ -10,6 +10,7 @@ import anyio
 
 from app.errors import InvalidRequestError, NotFoundError, VGateError
 from app.metrics import Metrics
+from app.services.access import current_principal
 from app.services.agent.loop import RunLoop, ToolSupport
 from app.services.agent.runs import AgentEvent, AgentRun, RunStore, SessionStore
 from app.services.agent.task import AgentTask, Mode
@@ -82,8 +83,12 @@ class AgentService:
     def check_tools(self, names: list[str] | None) -> list[str]:
         """The enabled tools: the named ones (each must exist and be available) or every available one."""
         registry = self.tools.registry
-        if names is None:
-            return [t.name for t in registry if t.available]
+        principal = current_principal()
+        if names is None:  # every available tool the caller's key may use
+            available = [t.name for t in registry if t.available]
+            return principal.usable_tools(available) if principal is not None else available
+        if principal is not None:
+            principal.allow_tools(names)
         unknown = [n for n in names if registry.get(n) is None]
         if unknown:
             raise InvalidRequestError(f"unknown tools: {', '.join(unknown)}", type="unknown_tool",

@@ -36,6 +36,7 @@ from app.errors import (
     VGateError,
 )
 from app.metrics import Metrics
+from app.services.access import current_principal
 from app.services.lm.calls import Call, CallBooks, UsageCallback
 from app.services.lm.dispatch import Dispatcher
 from app.services.lm.errors import AttemptFailed, dropped, parse_retry_after, status_failure, transport_failure
@@ -104,7 +105,12 @@ class LMClient:
         return await self.pool.list_models(refresh=refresh)
 
     async def resolve_model(self, model: str | None) -> str:
-        return await self.pool.resolve(model)
+        """The model to call; a 403 when the caller's key may not use it."""
+        resolved = await self.pool.resolve(model)
+        principal = current_principal()
+        if principal is not None:
+            principal.allow_model(resolved)
+        return resolved
 
     async def admit_batch(self, model: str | None, size: int, priority_route: str) -> str:
         return await self.dispatch.admit_batch(model, size, priority_route)

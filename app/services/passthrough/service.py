@@ -27,6 +27,7 @@ import structlog
 from app.context import request_context
 from app.errors import UpstreamTimeoutError, VGateError
 from app.metrics import Metrics
+from app.services.access import current_principal
 from app.services.lm import LMClient
 from app.services.lm.calls import Call
 from app.services.lm.errors import (
@@ -80,6 +81,9 @@ class PassthroughService:
 
     async def models(self) -> dict:
         listed = await self.lm.list_models(refresh=True)
+        principal = current_principal()
+        if principal is not None and principal.models is not None:  # the ones this key may use
+            listed = [m for m in listed if m.id in principal.models]
         return {"object": "list", "data": [m.raw for m in listed]}
 
     async def call(self, endpoint: Endpoint, raw: bytes, headers: Mapping[str, str] | None = None) -> Answer:
