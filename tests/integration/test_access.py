@@ -115,3 +115,23 @@ def test_key_mistakes_fail_at_start():
     with pytest.raises(ValueError, match="the same key"):
         create_app(make_settings("http://up", api_keys=[{"id": "a", "key": KEY}, {
             "id": "b", "key_sha256": hashlib.sha256(KEY.encode()).hexdigest()}]))
+
+
+async def test_a_keys_agent_runs_and_sessions_are_its_own(sim_url):
+    keys = [{"id": "one", "key": KEY, "scopes": ["agent"]}, {"id": "two", "key": OTHER, "scopes": ["agent"]}]
+    json_ = {"accept": "application/json"}
+    async with gateway(sim_url, api_keys=keys) as gw:
+        first = await gw.client.post("/agent", json={"input": "remember: the code is 1234", "tools": [],
+                                                     "session_id": "s1"}, headers={**bearer(KEY), **json_})
+        run_id = first.json()["run_id"]
+        own = await gw.client.get(f"/agent/runs/{run_id}/events", headers=bearer(KEY))
+        other = await gw.client.get(f"/agent/runs/{run_id}/events", headers=bearer(OTHER))
+        # the same session id under another key is another session: it starts empty
+        theirs = await gw.client.post("/agent", json={"input": "what is the code?", "tools": [], "session_id": "s1"},
+                                      headers={**bearer(OTHER), **json_})
+        sessions = gw.state.agent.sessions._sessions
+    assert first.status_code == 200 and own.status_code == 200
+    assert other.status_code == 404 and other.json()["error"]["type"] == "run_not_found"
+    assert theirs.status_code == 200
+    assert set(sessions) == {"one/s1", "two/s1"}
+    assert "1234" in repr(sessions["one/s1"].messages) and "1234" not in repr(sessions["two/s1"].messages)

@@ -162,8 +162,8 @@ class RunLoop:
         self._closed = True
         run, task, totals = self.run, self.task, self.totals
         run.finish()
-        if task.session_id is not None:
-            self.sessions.release(task.session_id,
+        if task.session_key is not None:
+            self.sessions.release(task.session_key,
                                   self.conversation if self.outcome in ("ok", "max_steps", "length") else None)
         self.metrics.agent_runs.labels(outcome=self.outcome).inc()
         self.metrics.agent_steps.observe(totals.steps)

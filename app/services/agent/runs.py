@@ -29,6 +29,7 @@ class AgentRun:
     run_id: str
     model: str | None = None
     session_id: str | None = None
+    owner: str | None = None  # the API key's id that started it: only it may resume the run
     events: list[AgentEvent] = field(default_factory=list)
     finished_at: float | None = None
     task: asyncio.Task | None = None

@@ -102,18 +102,21 @@ class AgentService:
     def start(self, task: AgentTask) -> AgentRun:
         """Create the run and start its task. Raises 409 if the session is busy."""
         history: list[dict[str, Any]] = []
-        if task.session_id is not None:
-            got = self.sessions.acquire(task.session_id)
+        principal = current_principal()
+        task.owner = principal.id if principal is not None else None
+        if task.session_key is not None:
+            got = self.sessions.acquire(task.session_key)
             if got is None:
                 raise VGateError("another run is using this session", status_code=409, type="session_busy")
             history = got
         if len(self.runs.live()) >= self.settings.agent_max_concurrent_runs:
-            if task.session_id is not None:
-                self.sessions.release(task.session_id, None)
+            if task.session_key is not None:
+                self.sessions.release(task.session_key, None)
             raise VGateError("too many agent runs in progress; retry shortly", status_code=503,
                              type="agent_overloaded", retry_after_s=1.0)
         run = self.runs.create()
         run.session_id = task.session_id
+        run.owner = task.owner
         run.model = task.model
         task.messages = history + task.messages
         loop = RunLoop(run, task, lm=self.lm, tools=self.tools, settings=self.settings, metrics=self.metrics,
@@ -127,7 +130,8 @@ class AgentService:
 
     def get_run(self, run_id: str) -> AgentRun:
         run = self.runs.get(run_id)
-        if run is None:
+        principal = current_principal()
+        if run is None or (principal is not None and run.owner != principal.id):  # another key's: not there
             raise NotFoundError(f"unknown or expired run {run_id!r}", type="run_not_found")
         return run
 

@@ -23,6 +23,14 @@ class AgentTask:
     tool_choice: Any = None  # first step only
     session_id: str | None = None
     mode: Mode = "auto"
+    owner: str | None = None  # the id of the API key that started it (None: no keys configured)
+
+    @property
+    def session_key(self) -> str | None:
+        """The session's key in the store: per API key, so one key cannot read another's sessions."""
+        if self.session_id is None:
+            return None
+        return self.session_id if self.owner is None else f"{self.owner}/{self.session_id}"
 
     def forced_tool(self, step: int) -> str | bool:
         """The tool name the first step must call, True for any tool, False when not forced."""
