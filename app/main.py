@@ -89,6 +89,14 @@ def _install_openapi(app: FastAPI) -> None:
             doc.setdefault("paths", {}).update(openai.openapi_paths())  # plain ASGI routes (see routers/openai.py)
             components = doc.setdefault("components", {}).setdefault("schemas", {})
             components.update(schemas.event_stream_components())
+            if app.state.keyring.enabled:  # how to present a key, on every route that needs one
+                doc["components"]["securitySchemes"] = {
+                    "bearer": {"type": "http", "scheme": "bearer"},
+                    "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}}
+                for path, item in doc["paths"].items():
+                    if path not in ("/healthz", "/readyz"):
+                        for op in item.values():
+                            op["security"] = [{"bearer": []}, {"apiKey": []}]
             for name in ("HTTPValidationError", "ValidationError"):
                 components.pop(name, None)
             for path, item in doc.get("paths", {}).items():

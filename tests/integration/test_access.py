@@ -135,3 +135,14 @@ async def test_a_keys_agent_runs_and_sessions_are_its_own(sim_url):
     assert theirs.status_code == 200
     assert set(sessions) == {"one/s1", "two/s1"}
     assert "1234" in repr(sessions["one/s1"].messages) and "1234" not in repr(sessions["two/s1"].messages)
+
+
+async def test_the_api_document_says_how_to_present_a_key_when_keys_are_configured(sim_url):
+    async with gateway(sim_url, api_keys=KEYS) as gw:
+        doc = (await gw.client.get("/openapi.json")).json()
+    async with gateway(sim_url) as gw:
+        open_doc = (await gw.client.get("/openapi.json")).json()
+    assert set(doc["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    assert doc["paths"]["/predict"]["post"]["security"] and "security" not in doc["paths"]["/healthz"]["get"]
+    assert doc["paths"]["/v1/chat/completions"]["post"]["security"]
+    assert "securitySchemes" not in open_doc["components"]
