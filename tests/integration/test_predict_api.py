@@ -203,11 +203,24 @@ async def test_health_ready_metrics_and_404_shape(sim_url):
     assert nf.status_code == 404 and nf.json()["error"]["type"] == "not_found"
 
 
-def test_client_disconnect_cancels_the_batch_upstream(sim_latency_url):
+@pytest.fixture
+def own_latency_sim():
+    """A latency-model simulator of this test's own: the shared one may still be busy with another
+    test's sequences, which would make the gateway hold the batch back (saturation) before it sends it."""
+    from tests.support import free_port, spawn
+
+    port = free_port()
+    with spawn(["sim", "--latency-model", "--port", str(port)], port) as url:
+        yield url
+
+
+def test_client_disconnect_cancels_the_batch_upstream(own_latency_sim):
     """A client that drops a big batch must not leave hundreds of sequences busy in vLLM."""
     import asyncio
 
     from tests.support import live_gateway
+
+    sim_latency_url = own_latency_sim
 
     async def scenario(base: str, app) -> None:
         await sim_reset(sim_latency_url)
