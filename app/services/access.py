@@ -16,8 +16,6 @@ from dataclasses import dataclass
 
 from app.errors import VGateError
 
-SCOPES = ("predict", "agent", "tools", "openai", "admin")
-
 
 class UnauthorizedError(VGateError):
     status_code = 401

@@ -104,9 +104,10 @@ class CallBooks:
             chars += len(json.dumps(call.tools, default=str))
         return Usage(max(1, chars // CHARS_PER_TOKEN), call.acc.token_chunks)
 
-    def cut_short(self, call: Call) -> None:
-        """A call that did not complete: the work the upstream did is counted (estimated) once it had
-        taken the call; one refused or failed before that cost nothing."""
+    def settle(self, call: Call) -> None:
+        """The call's books from what it has: vLLM's usage, or (a call cut short) an estimate of the
+        work the upstream did once it had taken the call; one refused or failed before that cost
+        nothing."""
         if call.taken:
             self.close(call, self.usage(call), estimated=call.acc.usage is None)
         else:

@@ -240,7 +240,7 @@ class LMClient:
                 self.dispatch.release(call)
             result = self._result(call)
             call.outcome = "ok"
-            self.books.close(call, result.usage, estimated=acc.usage is None)
+            self.books.settle(call)
             yield Done(result)
         except VGateError as exc:
             call.error_type = exc.type
@@ -252,24 +252,11 @@ class LMClient:
             raise
         finally:
             if call.outcome != "ok":
-                self.books.cut_short(call)
+                self.books.settle(call)
 
     async def _open_once(self, call: Call, upstream: Upstream, path: str, content: bytes, request_id: str | None,
                          extra_headers: dict[str, str] | None, deadline: float) -> _Opened:
-        remaining = deadline - time.perf_counter()
-        if remaining <= 0:
-            raise AttemptFailed(UpstreamTimeoutError("upstream call exceeded its deadline"),
-                                retry=False, reason="deadline")
-        timeout = httpx.Timeout(
-            connect=min(self.settings.connect_timeout_s, remaining),
-            read=min(self.settings.read_timeout_s, remaining),
-            write=min(self.settings.read_timeout_s, remaining),
-            pool=remaining,
-        )
-        headers = {"content-type": "application/json", **(extra_headers or {})}
-        call.upstream_request_id = upstream_id = self.dispatch.next_request_id(request_id)
-        if upstream_id:
-            headers["x-request-id"] = upstream_id
+        timeout, headers = self.dispatch.attempt_setup(call, deadline, request_id, extra_headers)
         http = upstream.http
         try:
             request = http.build_request("POST", path, content=content, headers=headers, timeout=timeout)

@@ -14,10 +14,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import httpx
 import structlog
 
 from app.context import UpstreamTimer, request_context, upstream_request_id
-from app.errors import OverloadedError
+from app.errors import OverloadedError, UpstreamTimeoutError
 from app.metrics import Metrics
 from app.services.lm.calls import Call
 from app.services.lm.errors import AttemptFailed
@@ -131,6 +132,25 @@ class Dispatcher:
         opened, call.attempts = await with_retries(
             attempt, self._retry, deadline, lambda n, failed, sleep: self._on_retry(call.label, n, failed, sleep))
         return opened
+
+    def attempt_setup(self, call: Call, deadline: float, request_id: str | None, headers: dict[str, str] | None,
+                      *, answer_whole: bool = False) -> tuple[httpx.Timeout, dict[str, str]]:
+        """One attempt's timeouts and headers. Every timeout is bounded by what is left of the deadline;
+        ``answer_whole``: the upstream is silent until it has finished (a non-stream answer), so the
+        read timeout is the deadline itself. The attempt gets its own upstream request id."""
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            raise AttemptFailed(UpstreamTimeoutError("upstream call exceeded its deadline"),
+                                retry=False, reason="deadline")
+        s = self.settings
+        timeout = httpx.Timeout(connect=min(s.connect_timeout_s, remaining),
+                                read=remaining if answer_whole else min(s.read_timeout_s, remaining),
+                                write=min(s.read_timeout_s, remaining), pool=remaining)
+        out = {**(headers or {}), "content-type": "application/json"}
+        call.upstream_request_id = upstream_id = self.next_request_id(request_id)
+        if upstream_id:
+            out["x-request-id"] = upstream_id
+        return timeout, out
 
     def next_request_id(self, request_id: str | None) -> str | None:
         """``<request id>-<n>``: unique per upstream call, a retry included (vLLM refuses an id that is

@@ -116,7 +116,7 @@ class PassthroughService:
                 opened.status, "model_not_found" if opened.status == 404 else "upstream_bad_request"))
             if opened.status == 200:
                 call.outcome = "ok"
-                self.lm.books.close(call, self.lm.books.usage(call), estimated=call.acc.usage is None)
+                self.lm.books.settle(call)
             return Answer(opened.status, opened.response.content_type, body=opened.body)
         reader = StreamReader(call, keep_usage=prep.client_wants_usage, responses_api=endpoint is RESPONSES,
                               request_id=request_id)
@@ -142,19 +142,9 @@ class PassthroughService:
 
     async def _open(self, call: Call, upstream: Upstream, endpoint: Endpoint, prep: Prepared,
                     deadline: float) -> _Opened:
-        remaining = deadline - time.perf_counter()
-        if remaining <= 0:
-            raise AttemptFailed(UpstreamTimeoutError("upstream call exceeded its deadline"),
-                                retry=False, reason="deadline")
-        s = self.settings
         # A non-stream answer comes whole when vLLM has finished: silence until then is not a stall.
-        read = min(s.read_timeout_s, remaining) if prep.stream else remaining
-        timeout = httpx.Timeout(connect=min(s.connect_timeout_s, remaining), read=read,
-                                write=min(s.read_timeout_s, remaining), pool=remaining)
-        headers = {**prep.headers, "content-type": "application/json"}
-        call.upstream_request_id = upstream_id = self.lm.dispatch.next_request_id(None)
-        if upstream_id:
-            headers["x-request-id"] = upstream_id
+        timeout, headers = self.lm.dispatch.attempt_setup(call, deadline, None, prep.headers,
+                                                          answer_whole=not prep.stream)
         try:
             response = await upstream.wire.post(endpoint.path, prep.content, headers, timeout)
         except httpx.HTTPError as exc:
@@ -242,7 +232,7 @@ class PassthroughService:
             self._end(call, timer, error)
             if error is None:
                 call.outcome = "ok"
-                self.lm.books.close(call, self.lm.books.usage(call), estimated=call.acc.usage is None)
+                self.lm.books.settle(call)
 
     def _end(self, call: Call, timer, error: BaseException | None) -> None:
         """Free the slot, stop the timer; a call that did not succeed gets its books here."""
@@ -257,7 +247,7 @@ class PassthroughService:
             call.attempts = call.attempts or error.details.get("attempts", 0)
         elif isinstance(error, (asyncio.CancelledError, GeneratorExit)):
             call.outcome = "cancelled"
-        self.lm.books.cut_short(call)
+        self.lm.books.settle(call)
 
 
 def _relayed(status: int, type: str = "upstream_bad_request") -> VGateError:
