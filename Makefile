@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test install serve sim lint bench clean
+.PHONY: demo test install system-deps serve sim lint bench clean
 
 $(BIN)/vgate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,15 @@ install: $(BIN)/vgate
 demo: install
 	$(BIN)/vgate demo
 
-test: install
+# Servers the tests start and stop themselves, from Debian's packages (redis-server for shared state).
+system-deps:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server (Debian) for the tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -qq redis-server >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server; }; }
+
+test: install system-deps
 	$(BIN)/python -m pytest
 
 serve: install

@@ -28,6 +28,7 @@ from app.services.agent import AgentService
 from app.services.lm import LMClient
 from app.services.passthrough import PassthroughService
 from app.services.predict import PredictService
+from app.services.state import connect as connect_store
 from app.services.programs import load_programs
 from app.settings import Settings
 from app.tools import build_tool_executor
@@ -157,9 +158,12 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
         app.state.passthrough = PassthroughService(lm, settings, metrics)
         executor = build_tool_executor(settings, metrics, tools_http)
         app.state.tools = executor
-        app.state.agent = AgentService(lm, executor, settings, metrics)
+        redis = connect_store(settings)  # None: state in this process's memory
+        app.state.redis = redis
+        app.state.agent = AgentService(lm, executor, settings, metrics, redis=redis)
         log.info("startup", version=__version__, upstreams=[u.url for u in settings.upstream_configs()],
-                 programs=sorted(programs), api_keys=len(settings.api_keys))
+                 programs=sorted(programs), api_keys=len(settings.api_keys),
+                 store="redis" if redis is not None else "memory")
         if not keyring.enabled:
             log.warning("access_control_off", message="no API keys configured (VGATE_API_KEYS or [[api_keys]]): "
                         "anyone who can reach the gateway can use it")
@@ -173,6 +177,8 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
             await lm.aclose()
             await tools_http.aclose()
             executor.close()
+            if redis is not None:
+                await redis.aclose()
             log.info("shutdown")
 
     app = FastAPI(title="vgate", version=__version__, lifespan=lifespan,

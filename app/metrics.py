@@ -112,3 +112,24 @@ class Metrics:
             "vgate_agent_steps", "Steps (model turns) per agent run", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
             registry=r,
         )
+
+        # Access, limits, shared state. key: the key's alias (or id) with metrics_key_alias, else "all"
+        self.limit_refusals = Counter(
+            "vgate_limit_refusals", "Calls refused by a key's limit", ["limit"], registry=r
+        )
+        self.key_requests = Counter(
+            "vgate_key_requests", "Upstream calls per API key", ["key", "model"], registry=r
+        )
+        self.key_tokens = Counter(
+            "vgate_key_tokens", "Tokens per API key (prompt and completion)", ["key", "model", "kind"], registry=r
+        )
+        self.key_cost = Counter(
+            "vgate_key_cost_usd", "Cost in USD per API key", ["key", "model"], registry=r
+        )
+        self.store_up = Gauge(
+            "vgate_store_up", "1 while the shared store (Redis) answers", registry=r
+        )
+        self.store_up.set(1)
+        self.store_errors = Counter(
+            "vgate_store_errors", "Failed shared-store (Redis) operations", ["op"], registry=r
+        )

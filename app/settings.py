@@ -80,6 +80,13 @@ class ApiKeyConfig(BaseModel):
         default_factory=lambda: ["predict", "agent", "tools", "openai"])
     models: list[str] | None = None  # None: every model
     tools: list[str] | None = None  # None: every tool (POST /tools/{name} and the agent's)
+    # Limits (None: none). Requests and tokens per minute are sliding 60 s windows; budgets are in USD
+    # from the gateway's cost accounting (prices), per UTC day and month.
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)
+    budget_usd_daily: float | None = Field(None, ge=0, allow_inf_nan=False)
+    budget_usd_monthly: float | None = Field(None, ge=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _one_key(self) -> ApiKeyConfig:
@@ -185,6 +192,23 @@ class Settings(BaseSettings):
     api_keys: list[ApiKeyConfig] = Field(default_factory=list)
     # /metrics without a key even when keys are configured (Prometheus inside the same network).
     metrics_public: bool = False
+    # A key found (or not) is trusted this long per process: a key revoked through /admin/keys on one
+    # replica is refused by every other within it.
+    key_cache_s: float = Field(0.5, ge=0, le=60)
+    # When the store (Redis) cannot be reached: false refuses calls of keys with limits (503, fail
+    # closed); true lets them through uncounted (fail open).
+    limits_fail_open: bool = False
+    # Prompt tokens are estimated as bytes / 4; a call that names no max_tokens reserves this many
+    # completion tokens against tpm and the budgets until its real usage is known.
+    limits_default_completion_tokens: int = Field(1024, ge=1)
+    # Per-key usage metrics carry the key's alias (or id); off: one series for all keys.
+    metrics_key_alias: bool = False
+
+    # --- shared state -----------------------------------------------------
+    # Redis for state shared by workers and replicas: limits, keys made through /admin/keys, usage,
+    # agent sessions and run event logs. Empty: in this process's memory.
+    redis_url: SecretStr | None = None
+    redis_timeout_s: float = Field(0.5, gt=0, le=30)  # per command; an unreachable Redis never hangs a request
 
     # --- cost ------------------------------------------------------------
     prices: dict[str, Price] = Field(default_factory=dict)

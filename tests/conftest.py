@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from tests.support import free_port, spawn
+from tests.support import free_port, redis_server, spawn
 
 
 def _serve(*args: str, timeout: float = 60) -> Iterator[str]:
@@ -54,3 +54,21 @@ def sim_no_auto_tools_url() -> Iterator[str]:
 def local_llm_url() -> Iterator[str]:
     """The real local model (llama.cpp + SmolLM2-135M). Loading takes a few seconds."""
     yield from _serve("local-llm", "--parallel", "4", timeout=300)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real redis-server for the whole session; tests that share it use their own key ids or flush it."""
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_clean(redis_url: str) -> str:
+    """``redis_url``, emptied before the test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    client.close()
+    return redis_url

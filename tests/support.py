@@ -141,3 +141,36 @@ async def sim_reset(sim: str) -> None:
     async with httpx.AsyncClient() as c:
         (await c.post(f"{sim}/sim/reset")).raise_for_status()
 
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A real redis-server (Debian's package) on a free port, in memory only, until the block ends."""
+    import shutil
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server is not installed: `make test` installs it (Debian's redis-server)")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as d:
+        proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                 "--dir", d, "--protected-mode", "no"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, preexec_fn=die_with_parent())
+        try:
+            import time
+
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                        s.sendall(b"PING\r\n")
+                        if s.recv(16).startswith(b"+PONG"):
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start on port {port}")
+                time.sleep(0.05)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            stop_process(proc)

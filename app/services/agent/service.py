@@ -21,8 +21,10 @@ from app.tools.executor import ToolExecutor
 
 
 class AgentService:
-    def __init__(self, lm: LMClient, tools: ToolExecutor, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, lm: LMClient, tools: ToolExecutor, settings: Settings, metrics: Metrics,
+                 redis=None) -> None:
         self.lm = lm
+        self.redis = redis  # redis.asyncio.Redis (VGATE_REDIS_URL) or None: runs and sessions in memory
         self.tools = tools
         self.settings = settings
         self.metrics = metrics

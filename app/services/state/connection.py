@@ -1,0 +1,85 @@
+"""The Redis connection and how its failures look to callers.
+
+One client per process, owned by the app's lifespan. Every command has ``redis_timeout_s`` to
+answer and is tried once more at most, so an unreachable or stalled Redis costs a request about a
+second, never a hang; the failure is a ``StoreUnavailable`` (503 with a retry hint), counted in
+``vgate_store_errors_total`` and logged once per outage, not per call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import structlog
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from app.errors import VGateError
+
+log = structlog.get_logger("vgate.state")
+T = TypeVar("T")
+
+
+class StoreUnavailable(VGateError):
+    status_code = 503
+    type = "store_unavailable"
+    retryable = True
+
+    def __init__(self, message: str = "the gateway's shared state (Redis) is unreachable; retry shortly",
+                 **kw) -> None:
+        kw.setdefault("retry_after_s", 1.0)
+        super().__init__(message, **kw)
+
+
+def connect(settings) -> Redis | None:
+    """The client for ``settings.redis_url``, or None without one. No I/O here: the first command
+    connects."""
+    if settings.redis_url is None:
+        return None
+    t = settings.redis_timeout_s
+    return Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=t, socket_connect_timeout=t,
+                          retry=Retry(NoBackoff(), 1), health_check_interval=30, decode_responses=False)
+
+
+class Health:
+    """Whether Redis answered last time, for the metric and one log line per change."""
+
+    def __init__(self, metrics=None) -> None:
+        self.metrics = metrics
+        self.up = True
+        self.since = time.monotonic()
+
+    def ok(self) -> None:
+        if not self.up:
+            self.up = True
+            log.info("store_reachable", after_s=round(time.monotonic() - self.since, 2))
+            self.since = time.monotonic()
+            if self.metrics is not None:
+                self.metrics.store_up.set(1)
+
+    def failed(self, op: str, exc: BaseException) -> None:
+        if self.metrics is not None:
+            self.metrics.store_errors.labels(op=op).inc()
+        if self.up:
+            self.up = False
+            self.since = time.monotonic()
+            log.warning("store_unreachable", op=op, error=type(exc).__name__)
+            if self.metrics is not None:
+                self.metrics.store_up.set(0)
+
+
+async def guarded(aw: Awaitable[T], op: str, health: Health | None = None) -> T:
+    """``aw``'s result, or ``StoreUnavailable`` for any Redis failure (connection, timeout, error)."""
+    try:
+        result = await aw
+    except (RedisError, OSError) as exc:
+        if health is not None:
+            health.failed(op, exc)
+        raise StoreUnavailable() from exc
+    if health is not None:
+        health.ok()
+    return result
