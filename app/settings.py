@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     # After SIGTERM: requests and agent streams in flight have this long to finish; then agent runs
     # are stopped (their streams end with a shutting_down event) and the process exits.
     shutdown_grace_s: float = Field(30.0, ge=0)
+    # Worker processes of `vgate serve` (--workers); more than one needs redis_url (shared state).
+    workers: int = Field(1, ge=1, le=64)
     # Request bodies above this are refused with a 413 before anything reaches the upstream.
     max_request_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
 

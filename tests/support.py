@@ -30,13 +30,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def spawn(args: list[str], port: int, timeout: float = 60) -> Iterator[str]:
+def spawn(args: list[str], port: int, timeout: float = 60, env: dict[str, str] | None = None) -> Iterator[str]:
     """``vgate ARGS`` serving on ``port`` until the block ends. Fails, with the server's stderr, if it
     does not come up, or if what answers there is not it (another server on a taken port). The server
-    dies with this process even if it is SIGKILLed (Linux)."""
+    dies with this process even if it is SIGKILLed (Linux). ``env``: variables added to this process's."""
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([sys.executable, "-m", "app.cli", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=err, preexec_fn=die_with_parent())
+                                stderr=err, preexec_fn=die_with_parent(),
+                                env={**os.environ, **env} if env else None)
         try:
             url = f"http://127.0.0.1:{port}"
             try:
