@@ -22,14 +22,17 @@ from app.errors import VGateError, clean_errors
 from app.logging import configure_logging, info_enabled
 from app.metrics import Metrics
 from app.middleware import AccessMiddleware, BodyLimitMiddleware, RequestContextMiddleware
-from app.routers import agent, health, openai, predict, schemas, tools
+from app.routers import admin, agent, health, openai, predict, schemas, tools
 from app.services.access import build_keyring
 from app.services.agent import AgentService
+from app.services.keys import KeyAdmin, KeyStore
+from app.services.limits import MemoryLimitStore, Meter, RedisLimitStore
 from app.services.lm import LMClient
 from app.services.passthrough import PassthroughService
 from app.services.predict import PredictService
-from app.services.state import connect as connect_store
 from app.services.programs import load_programs
+from app.services.state import connect as connect_store
+from app.services.state.connection import Health
 from app.settings import Settings
 from app.tools import build_tool_executor
 
@@ -147,10 +150,17 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
     metrics = Metrics()
     programs = load_programs(settings.programs_dir)  # fail at start on a broken program file
     keyring = build_keyring(settings)
+    meter = Meter(settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        lm = LMClient(settings, metrics, transport=lm_transport)
+        redis = connect_store(settings)  # None: state in this process's memory
+        health = Health(metrics)
+        app.state.redis = redis
+        meter.store = RedisLimitStore(redis, health) if redis is not None else MemoryLimitStore()
+        keyring.store = KeyStore(redis, health)
+        app.state.keys = KeyAdmin(keyring, keyring.store)
+        lm = LMClient(settings, metrics, transport=lm_transport, meter=meter)
         lm.start()
         tools_http = httpx.AsyncClient(timeout=settings.tool_timeout_s, follow_redirects=False)
         app.state.lm = lm
@@ -158,8 +168,6 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
         app.state.passthrough = PassthroughService(lm, settings, metrics)
         executor = build_tool_executor(settings, metrics, tools_http)
         app.state.tools = executor
-        redis = connect_store(settings)  # None: state in this process's memory
-        app.state.redis = redis
         app.state.agent = AgentService(lm, executor, settings, metrics, redis=redis)
         log.info("startup", version=__version__, upstreams=[u.url for u in settings.upstream_configs()],
                  programs=sorted(programs), api_keys=len(settings.api_keys),
@@ -175,6 +183,7 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
         finally:
             await app.state.agent.aclose()
             await lm.aclose()
+            await meter.aclose()
             await tools_http.aclose()
             executor.close()
             if redis is not None:
@@ -191,6 +200,7 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
     app.state.metrics = metrics
     app.state.programs = programs
     app.state.keyring = keyring
+    app.state.meter = meter
     _install_error_handlers(app)
     _install_openapi(app)
     _install_docs(app)
@@ -199,11 +209,12 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
     app.include_router(agent.router)
     app.include_router(tools.router)
     app.include_router(openai.router)
+    app.include_router(admin.router)
     app.router.routes.extend(openai.routes)
     # Added innermost first: RequestContext (request id) > CORS (headers on every answer, 401 and 413 included;
     # preflights answered before any key is asked for) > Access (API keys) > BodyLimit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_body_bytes)
-    app.add_middleware(AccessMiddleware, keyring=keyring, metrics_public=settings.metrics_public)
+    app.add_middleware(AccessMiddleware, keyring=keyring, meter=meter, metrics_public=settings.metrics_public)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

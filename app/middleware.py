@@ -9,6 +9,7 @@ For every HTTP request it
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -200,14 +201,16 @@ SCOPE_BY_PREFIX = (("/v1/", "openai"), ("/predict", "predict"), ("/agent", "agen
 
 
 class AccessMiddleware:
-    """API keys, when configured: the caller's key (``Authorization: Bearer`` or ``x-api-key``) and the
-    scope its route needs, before anything else runs; a 401 or 403 in the one error shape. Liveness,
-    readiness and the API's documents stay open; /metrics needs the admin scope unless
-    ``metrics_public``. The key's id (never the key) is bound to every log line of the request."""
+    """API keys, when configured: the caller's key (``Authorization: Bearer`` or ``x-api-key``), the
+    scope its route needs, and its request limits (rpm, tpm, concurrency, budgets), before anything
+    else runs; a 401, 403 or 429 in the one error shape, and what is left of each limit in the
+    answer's headers. Liveness, readiness and the API's documents stay open; /metrics needs the admin
+    scope unless ``metrics_public``. The key's id (never the key) is bound to every log line."""
 
-    def __init__(self, app: ASGIApp, keyring, metrics_public: bool = False) -> None:
+    def __init__(self, app: ASGIApp, keyring, meter, metrics_public: bool = False) -> None:
         self.app = app
         self.keyring = keyring
+        self.meter = meter
         self.metrics_public = metrics_public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -229,8 +232,9 @@ class AccessMiddleware:
             elif k == b"x-api-key":
                 api_key = v.decode("latin-1")
         try:
-            principal = self.keyring.authenticate(authorization, api_key)
+            principal = await self.keyring.authenticate(authorization, api_key)
             principal.require(needed)
+            admission = await self.meter.admit(principal)
         except VGateError as exc:
             await send_error(send, exc.status_code, exc.type, exc.message, scope.get("state", {}).get("request_id"),
                              path=path, headers=exc.headers(), **exc.details)
@@ -239,4 +243,18 @@ class AccessMiddleware:
         if ctx is not None:
             ctx.principal = principal
         structlog.contextvars.bind_contextvars(key_id=principal.id)
-        await self.app(scope, receive, send)
+        if admission is None:
+            await self.app(scope, receive, send)
+            return
+        extra = admission.headers
+
+        async def send_with_limits(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_limits)
+        finally:
+            if admission.lease is not None:  # shielded: a cancelled request still frees its slot
+                await asyncio.shield(self.meter.leave(principal, admission))

@@ -12,6 +12,8 @@ from app.context import request_context
 from app.errors import InvalidRequestError, VGateError
 from app.metrics import Metrics
 from app.services.agent import AgentService
+from app.services.keys import KeyAdmin
+from app.services.limits import Meter
 from app.services.lm import LMClient
 from app.services.passthrough import PassthroughService
 from app.services.predict import PredictService
@@ -45,6 +47,8 @@ AgentDep = Annotated[AgentService, Depends(_state("agent"))]
 ExecutorDep = Annotated[ToolExecutor, Depends(_state("tools"))]
 PassthroughDep = Annotated[PassthroughService, Depends(_state("passthrough"))]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
+KeysDep = Annotated[KeyAdmin, Depends(_state("keys"))]
+MeterDep = Annotated[Meter, Depends(_state("meter"))]
 
 
 PRIORITY_HEADER = "x-vgate-priority"

@@ -104,7 +104,8 @@ _ERROR_DESCRIPTIONS = {
     409: "Conflict",
     413: "The request body is over the gateway's limit (payload_too_large)",
     422: "The request is invalid (invalid_request and more specific types)",
-    429: "The upstreams serving the model are saturated or the gateway's queue is full (upstream_overloaded)",
+    429: "The upstreams serving the model are saturated or the gateway's queue is full (upstream_overloaded), "
+         "or the API key's limit or budget is reached (rate_limited, budget_exceeded: the limit is named)",
     500: "A bug in the gateway (internal_error); the request id is in the logs",
     502: "The upstream answered with an error or something unusable",
     503: "The upstream (or a tool's service) is unavailable or overloaded",

@@ -11,10 +11,12 @@ With no key configured the gateway is open, as before, and says so at start.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from app.errors import VGateError
+from app.services.limits.model import NO_LIMITS, Limits
 
 
 class UnauthorizedError(VGateError):
@@ -43,6 +45,8 @@ class Principal:
     scopes: frozenset[str]
     models: frozenset[str] | None  # None: every model
     tools: frozenset[str] | None  # None: every tool
+    limits: Limits = NO_LIMITS
+    source: str = "config"  # config (the settings) or admin (made through /admin/keys)
 
     def require(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -66,15 +70,32 @@ class Principal:
 
 
 class KeyRing:
-    def __init__(self, keys: Iterable[tuple[str, Principal]]) -> None:
+    """The configured keys (in memory) and, through ``store``, those made by /admin/keys (in the
+    shared store). A store lookup, found or not, is trusted ``cache_s``: a key revoked on one replica
+    is refused by all within it."""
+
+    MAX_CACHED = 10_000
+
+    def __init__(self, keys: Iterable[tuple[str, Principal]], cache_s: float = 0.5) -> None:
         self._by_digest = dict(keys)
+        self.cache_s = cache_s
+        self.store = None  # app.services.keys.KeyStore, set by the lifespan
+        self._cache: dict[str, tuple[float, Principal | None]] = {}
 
     @property
     def enabled(self) -> bool:
+        """Access control is on when the configuration has keys (the admin key that makes others among them)."""
         return bool(self._by_digest)
 
-    def authenticate(self, authorization: str | None, api_key: str | None) -> Principal:
-        """The caller, or a 401: no key presented, or one that is not configured."""
+    def configured(self, key_id: str) -> Principal | None:
+        return next((p for p in self._by_digest.values() if p.id == key_id), None)
+
+    def configured_keys(self) -> list[Principal]:
+        return sorted(self._by_digest.values(), key=lambda p: p.id)
+
+    async def authenticate(self, authorization: str | None, api_key: str | None) -> Principal:
+        """The caller, or a 401: no key presented, or one that is not known (a 503 if the store that
+        would know is unreachable)."""
         token = api_key
         if authorization:
             scheme, _, value = authorization.partition(" ")
@@ -82,10 +103,25 @@ class KeyRing:
                 token = value.strip()
         if not token:
             raise UnauthorizedError("an API key is required: Authorization: Bearer <key> or x-api-key: <key>")
-        principal = self._by_digest.get(digest(token))
+        d = digest(token)
+        principal = self._by_digest.get(d)
+        if principal is None and self.store is not None:
+            now = time.monotonic()
+            hit = self._cache.get(d)
+            if hit is not None and hit[0] > now:
+                principal = hit[1]
+            else:
+                principal = await self.store.principal(d)
+                if len(self._cache) >= self.MAX_CACHED:
+                    self._cache.clear()
+                self._cache[d] = (now + self.cache_s, principal)
         if principal is None:
             raise UnauthorizedError("the API key is not valid")
         return principal
+
+    def forget(self, key_digest: str) -> None:
+        """Drop a cached lookup (this replica revoked or changed the key)."""
+        self._cache.pop(key_digest, None)
 
 
 def build_keyring(settings) -> KeyRing:
@@ -95,10 +131,16 @@ def build_keyring(settings) -> KeyRing:
         d = k.key_sha256 or digest(k.key.get_secret_value())
         if d in keys:
             raise ValueError(f"api keys {keys[d].id!r} and {k.id!r} are the same key")
-        keys[d] = Principal(id=k.id, alias=k.alias, scopes=frozenset(k.scopes),
-                            models=frozenset(k.models) if k.models is not None else None,
-                            tools=frozenset(k.tools) if k.tools is not None else None)
-    return KeyRing(keys.items())
+        keys[d] = principal_of(k)
+    return KeyRing(keys.items(), cache_s=settings.key_cache_s)
+
+
+def principal_of(k, source: str = "config") -> Principal:
+    """The principal of a key's settings (an ``ApiKeyConfig`` or a stored key's record)."""
+    return Principal(id=k.id, alias=k.alias, scopes=frozenset(k.scopes),
+                     models=frozenset(k.models) if k.models is not None else None,
+                     tools=frozenset(k.tools) if k.tools is not None else None,
+                     limits=Limits.of(k), source=source)
 
 
 def current_principal() -> Principal | None:

@@ -53,6 +53,9 @@ class Call:
     upstream: Any = None  # where the last attempt went
     tried: set[Any] = field(default_factory=set)  # upstreams whose attempt failed: the next goes elsewhere
     timing: bool = False  # the request's upstream timer is running for it
+    max_tokens: int | None = None  # what it may generate, for the reservation against a key's limits
+    principal: Any = None  # the API key it is made for (its limits and usage)
+    reservation: str | None = None  # its tokens and cost reserved against the key's limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +70,10 @@ class _Children:
 
 
 class CallBooks:
-    def __init__(self, metrics: Metrics, settings: Settings) -> None:
+    def __init__(self, metrics: Metrics, settings: Settings, meter=None) -> None:
         self.metrics = metrics
         self.settings = settings
+        self.meter = meter  # a key's limits and usage (app.services.limits.Meter)
         self._info = info_enabled(settings.log_level)
         self._cache: dict[tuple[str, str, str, str], _Children] = {}
 
@@ -127,6 +131,8 @@ class CallBooks:
             c.cost.inc(cost)
         if call.on_usage is not None and call.taken:
             call.on_usage(CallUsage(usage, cost, estimated))
+        if call.principal is not None and (call.taken or call.reservation is not None) and self.meter is not None:
+            self.meter.settle(call, usage.prompt_tokens, usage.completion_tokens, cost)
         c.requests.inc()
         c.queue_time.observe(call.started - call.entered)
         if call.admitted:  # one refused or cancelled in the queue spent no upstream time

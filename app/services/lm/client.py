@@ -85,12 +85,13 @@ class LMClient:
         metrics: Metrics,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        meter=None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.pool = UpstreamPool(settings, metrics, transport=transport)
-        self.dispatch = Dispatcher(self.pool, settings, metrics)
-        self.books = CallBooks(metrics, settings)
+        self.dispatch = Dispatcher(self.pool, settings, metrics, meter)
+        self.books = CallBooks(metrics, settings, meter)
 
     def start(self) -> None:
         """Background health, load and model checks of the upstreams."""
@@ -199,7 +200,8 @@ class LMClient:
         call = Call(model=model, label=self.model_label(model), route=route, messages=messages,
                     tools=tools, on_usage=on_usage, priority=self.dispatch.priority(priority_route or route),
                     affinity=self.dispatch.affinity(model, messages, tools),
-                    in_batch=priority_route == "predict_batch")
+                    in_batch=priority_route == "predict_batch",
+                    max_tokens=params.get("max_tokens") or params.get("max_completion_tokens"))
         if _exclude:
             call.tried.update(_exclude)
         deadline = _deadline if _deadline is not None else call.entered + self.settings.request_timeout_s

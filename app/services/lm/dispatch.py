@@ -18,7 +18,7 @@ import httpx
 import structlog
 
 from app.context import UpstreamTimer, request_context, upstream_request_id
-from app.errors import OverloadedError, UpstreamTimeoutError
+from app.errors import OverloadedError, UpstreamTimeoutError, VGateError
 from app.metrics import Metrics
 from app.services.lm.calls import Call
 from app.services.lm.errors import AttemptFailed
@@ -31,8 +31,9 @@ T = TypeVar("T")
 
 
 class Dispatcher:
-    def __init__(self, pool: UpstreamPool, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, pool: UpstreamPool, settings: Settings, metrics: Metrics, meter=None) -> None:
         self.pool = pool
+        self.meter = meter  # the caller's key's tpm and budgets, reserved before a call goes
         self.scheduler = pool.scheduler
         self.settings = settings
         self.metrics = metrics
@@ -105,7 +106,17 @@ class Dispatcher:
 
     async def open_call(self, call: Call, open_once: Callable[[Upstream], Awaitable[T]], deadline: float,
                         timer: UpstreamTimer | None) -> T:
-        """See the module's docstring. The slot stays held on success, until ``release``."""
+        """See the module's docstring. The slot stays held on success, until ``release``. First the
+        call's tokens and cost are reserved against its key's limits (a 429 if they would pass one)."""
+        if self.meter is not None:
+            ctx = request_context.get()
+            call.principal = ctx.principal if ctx is not None else None
+            if call.principal is not None:
+                try:
+                    await self.meter.reserve(call)
+                except VGateError:
+                    call.outcome = "limited"
+                    raise
 
         async def attempt() -> T:
             lease = await self.acquire(call, deadline)

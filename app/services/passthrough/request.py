@@ -47,6 +47,15 @@ class Prepared:
     prompt_chars: int = 0  # for an estimate of a call cut short
     headers: dict[str, str] = field(default_factory=dict)  # the client's, forwarded
 
+    @property
+    def max_tokens(self) -> int | None:
+        """What the call may generate, if the client said (for a key's token and budget reservation)."""
+        for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+            value = self.body.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
+
 
 def read(endpoint: Endpoint, raw: bytes, *, translate_guided: bool) -> Prepared:
     """The request, or a 400 in the error shape OpenAI clients parse."""

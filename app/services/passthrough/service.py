@@ -97,7 +97,8 @@ class PassthroughService:
         session = ctx.session if ctx is not None else None
         call = Call(model=model, label=self.lm.model_label(model), route=endpoint.route, messages=prep.messages,
                     tools=prep.tools, on_usage=None, priority=self.lm.dispatch.priority("openai"),
-                    affinity=self._affinity(model, prep, session), prompt_chars=prep.prompt_chars)
+                    affinity=self._affinity(model, prep, session), prompt_chars=prep.prompt_chars,
+                    max_tokens=prep.max_tokens)
         deadline = call.entered + self.settings.request_timeout_s
         timer = ctx.timer if ctx is not None else None
         request_id = ctx.request_id if ctx is not None else None

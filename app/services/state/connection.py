@@ -13,7 +13,7 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 import structlog
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -22,6 +22,7 @@ from app.errors import VGateError
 
 log = structlog.get_logger("vgate.state")
 T = TypeVar("T")
+REDIS_CONNECTIONS = 64  # per process
 
 
 class StoreUnavailable(VGateError):
@@ -41,8 +42,12 @@ def connect(settings) -> Redis | None:
     if settings.redis_url is None:
         return None
     t = settings.redis_timeout_s
-    return Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=t, socket_connect_timeout=t,
-                          retry=Retry(NoBackoff(), 1), health_check_interval=30, decode_responses=False)
+    # A bounded pool that makes a command wait for a free connection (a moment: Redis answers in
+    # microseconds) rather than fail when many calls arrive at once, as the default pool does past 100.
+    pool = BlockingConnectionPool.from_url(settings.redis_url.get_secret_value(), max_connections=REDIS_CONNECTIONS,
+                                           timeout=2 * t, socket_timeout=t, socket_connect_timeout=t,
+                                           retry=Retry(NoBackoff(), 1), health_check_interval=30)
+    return Redis(connection_pool=pool)
 
 
 class Health:

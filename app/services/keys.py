@@ -1,0 +1,209 @@
+"""Keys made through /admin/keys: created, listed, changed and revoked at run time, kept in the
+shared store (Redis, or this process's memory without one).
+
+A key is shown once, when it is made; the store keeps its SHA-256 and a short prefix to recognise
+it by. Keys from the configuration are listed beside them but cannot be changed here (the file is
+their source of truth).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.errors import NotFoundError, VGateError
+from app.services.access import KeyRing, Principal, digest, principal_of
+from app.services.state.connection import Health, guarded
+
+Scope = Literal["predict", "agent", "tools", "openai", "admin"]
+KEY_PREFIX = "vg-"
+
+
+class KeyLimits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)
+    budget_usd_daily: float | None = Field(None, ge=0, allow_inf_nan=False)
+    budget_usd_monthly: float | None = Field(None, ge=0, allow_inf_nan=False)
+
+
+class KeyCreate(KeyLimits):
+    """A new key: what it may do and its limits. ``id``: default, generated."""
+
+    id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    alias: str | None = Field(None, max_length=64)
+    scopes: list[Scope] = Field(default_factory=lambda: ["predict", "agent", "tools", "openai"])
+    models: list[str] | None = None
+    tools: list[str] | None = None
+
+
+class KeyUpdate(KeyLimits):
+    """Fields to change; a field sent as null is cleared (a limit removed, every model allowed)."""
+
+    alias: str | None = Field(None, max_length=64)
+    scopes: list[Scope] | None = None
+    models: list[str] | None = None
+    tools: list[str] | None = None
+
+
+class KeyInfo(KeyCreate):
+    id: str
+    source: Literal["config", "admin"] = "admin"
+    prefix: str | None = None  # the key's first characters, to recognise it by
+    created_at: float | None = None
+
+
+class KeyCreated(KeyInfo):
+    key: str  # shown this once
+
+
+class KeyConflict(VGateError):
+    status_code = 409
+    type = "key_conflict"
+
+
+class KeyStore:
+    """Admin keys by digest, in Redis (``redis``) or in memory."""
+
+    def __init__(self, redis=None, health: Health | None = None) -> None:
+        self.redis = redis
+        self.health = health
+        self._by_digest: dict[str, str] = {}  # memory: digest -> record JSON
+        self._ids: dict[str, str] = {}  # memory: id -> digest
+
+    async def principal(self, key_digest: str) -> Principal | None:
+        raw = await self._get_by_digest(key_digest)
+        return principal_of(KeyInfo.model_validate_json(raw), source="admin") if raw is not None else None
+
+    async def _get_by_digest(self, key_digest: str) -> bytes | str | None:
+        if self.redis is None:
+            return self._by_digest.get(key_digest)
+        return await guarded(self.redis.hget("vg:keys:by_digest", key_digest), "keys_lookup", self.health)
+
+    async def add(self, info: KeyInfo, key_digest: str) -> bool:
+        """Store a new key; False if its id is taken."""
+        raw = info.model_dump_json()
+        if self.redis is None:
+            if info.id in self._ids:
+                return False
+            self._ids[info.id] = key_digest
+            self._by_digest[key_digest] = raw
+            return True
+        if not await guarded(self.redis.hsetnx("vg:keys:ids", info.id, key_digest), "keys_add", self.health):
+            return False
+        await guarded(self.redis.hset("vg:keys:by_digest", key_digest, raw), "keys_add", self.health)
+        return True
+
+    async def get(self, key_id: str) -> tuple[str, KeyInfo] | None:
+        if self.redis is None:
+            d = self._ids.get(key_id)
+            return (d, KeyInfo.model_validate_json(self._by_digest[d])) if d else None
+        d = await guarded(self.redis.hget("vg:keys:ids", key_id), "keys_get", self.health)
+        if d is None:
+            return None
+        raw = await self._get_by_digest(d.decode())
+        return (d.decode(), KeyInfo.model_validate_json(raw)) if raw is not None else None
+
+    async def replace(self, key_digest: str, info: KeyInfo) -> None:
+        if self.redis is None:
+            self._by_digest[key_digest] = info.model_dump_json()
+        else:
+            await guarded(self.redis.hset("vg:keys:by_digest", key_digest, info.model_dump_json()), "keys_update",
+                          self.health)
+
+    async def delete(self, key_id: str, key_digest: str) -> None:
+        if self.redis is None:
+            self._ids.pop(key_id, None)
+            self._by_digest.pop(key_digest, None)
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hdel("vg:keys:by_digest", key_digest)
+        pipe.hdel("vg:keys:ids", key_id)
+        await guarded(pipe.execute(), "keys_delete", self.health)
+
+    async def all(self) -> list[KeyInfo]:
+        if self.redis is None:
+            raws = list(self._by_digest.values())
+        else:
+            raws = list((await guarded(self.redis.hgetall("vg:keys:by_digest"), "keys_list", self.health)).values())
+        return sorted((KeyInfo.model_validate_json(r) for r in raws), key=lambda k: k.id)
+
+
+class KeyAdmin:
+    """The /admin/keys operations over the keyring (configured keys) and the store (made ones)."""
+
+    def __init__(self, keyring: KeyRing, store: KeyStore) -> None:
+        self.keyring = keyring
+        self.store = store
+
+    def _require_access_control(self) -> None:
+        if not self.keyring.enabled:
+            raise KeyConflict("access control is off (no API keys configured): configure an admin key "
+                              "([[api_keys]] or VGATE_API_KEYS) first, or keys made here would not be asked for",
+                              type="access_control_off")
+
+    async def create(self, req: KeyCreate) -> KeyCreated:
+        self._require_access_control()
+        key_id = req.id or "key_" + secrets.token_hex(6)
+        if self.keyring.configured(key_id) is not None:
+            raise KeyConflict(f"key id {key_id!r} is taken by a configured key")
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        info = KeyInfo(**{**req.model_dump(), "id": key_id}, prefix=key[:8], created_at=round(time.time(), 3))
+        if not await self.store.add(info, digest(key)):
+            raise KeyConflict(f"key id {key_id!r} is taken")
+        return KeyCreated(**info.model_dump(), key=key)
+
+    async def list(self) -> list[KeyInfo]:
+        configured = [_info_of(p) for p in self.keyring.configured_keys()]
+        return configured + await self.store.all()
+
+    async def get(self, key_id: str) -> KeyInfo:
+        p = self.keyring.configured(key_id)
+        if p is not None:
+            return _info_of(p)
+        found = await self.store.get(key_id)
+        if found is None:
+            raise NotFoundError(f"no key {key_id!r}", type="key_not_found")
+        return found[1]
+
+    async def update(self, key_id: str, req: KeyUpdate) -> KeyInfo:
+        d, info = await self._made(key_id)
+        changes = {k: getattr(req, k) for k in req.model_fields_set}
+        if "scopes" in changes and changes["scopes"] is None:
+            changes.pop("scopes")  # every key has scopes: null leaves them
+        updated = KeyInfo(**{**info.model_dump(), **changes})
+        await self.store.replace(d, updated)
+        self.keyring.forget(d)
+        return updated
+
+    async def revoke(self, key_id: str) -> None:
+        d, _ = await self._made(key_id)
+        await self.store.delete(key_id, d)
+        self.keyring.forget(d)
+
+    async def _made(self, key_id: str) -> tuple[str, KeyInfo]:
+        if self.keyring.configured(key_id) is not None:
+            raise KeyConflict(f"key {key_id!r} is configured (settings or the TOML file): change it there",
+                              type="key_from_config")
+        found = await self.store.get(key_id)
+        if found is None:
+            raise NotFoundError(f"no key {key_id!r}", type="key_not_found")
+        return found
+
+
+def _info_of(p: Principal) -> KeyInfo:
+    lim = p.limits
+    fields: dict[str, Any] = dict(id=p.id, alias=p.alias, scopes=sorted(p.scopes),
+                                  models=sorted(p.models) if p.models is not None else None,
+                                  tools=sorted(p.tools) if p.tools is not None else None, source="config",
+                                  rpm=lim.rpm, tpm=lim.tpm, max_concurrent=lim.max_concurrent,
+                                  budget_usd_daily=lim.budget_usd_daily, budget_usd_monthly=lim.budget_usd_monthly)
+    return KeyInfo(**fields)
+
+
+__all__ = ["KeyAdmin", "KeyCreate", "KeyCreated", "KeyInfo", "KeyStore", "KeyUpdate"]

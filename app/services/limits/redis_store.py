@@ -1,0 +1,268 @@
+"""Limits, reservations and usage in Redis, shared by every worker and replica.
+
+Each check is one Lua script, so it is atomic across processes: two gateways can never both take a
+key's last request of the minute or the last dollar of its budget. Time is Redis's own (``TIME``),
+so replicas whose clocks differ still share one window. The rules are those of ``memory.py``.
+
+Layout, per key id K (a single Redis or Sentinel; the scripts touch a key's own keys):
+  vg:k:{K}:rq     ZSET lease -> time        requests admitted in the last 60 s (rpm)
+  vg:k:{K}:live   ZSET lease -> expiry      requests in flight (max_concurrent; a dead replica's expire)
+  vg:k:{K}:tk     ZSET res -> time          token entries in the last 60 s (tpm) ...
+  vg:k:{K}:tkv    HASH res -> tokens        ... and their sizes (reserved, then real)
+  vg:k:{K}:res    ZSET res -> expiry        reservations not yet settled ...
+  vg:k:{K}:resv   HASH res -> cost|day|mon  ... and what they hold (a call that never settles is reclaimed)
+  vg:k:{K}:d:DAY  STRING                    USD spent and reserved that UTC day
+  vg:k:{K}:m:MON  STRING                    ... that month
+  vg:k:{K}:u:DAY  HASH model\\tfield -> n    usage by model that day (requests, prompt, completion, cost)
+  vg:usage:keys   SET                       the key ids with usage
+"""
+
+from __future__ import annotations
+
+from app.services.limits.model import WINDOW_S, Limits, Periods, Verdict, days_between
+from app.services.state.connection import Health, guarded
+
+USAGE_TTL_S = 400 * 86400  # a year and a month of daily usage
+SPEND_TTL_S = {"d": 3 * 86400, "m": 40 * 86400}
+
+# Shared by the scripts: KEYS[1..6] = rq, live, tk, tkv, res, resv. Drops what left the window,
+# leases past expiry, and reservations past their hold (their money goes back to the budget).
+_PRELUDE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local window = tonumber(ARGV[1])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now)
+for _, res in ipairs(expired) do
+  local held = redis.call('HGET', KEYS[6], res)
+  if held then
+    local cost, dk, mk = string.match(held, '^([^|]+)|([^|]+)|([^|]+)$')
+    redis.call('INCRBYFLOAT', dk, -tonumber(cost))
+    redis.call('INCRBYFLOAT', mk, -tonumber(cost))
+    redis.call('HDEL', KEYS[6], res)
+  end
+end
+if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - window)
+for i = 1, #old, 1000 do
+  redis.call('HDEL', KEYS[4], unpack(old, i, math.min(i + 999, #old)))
+end
+if #old > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window) end
+local function tokens_used()
+  local used = 0
+  for _, v in ipairs(redis.call('HVALS', KEYS[4])) do used = used + tonumber(v) end
+  return used
+end
+local function tokens_free_in(tpm, want)
+  local used = tokens_used()
+  local entries = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+  for i = 1, #entries, 2 do
+    used = used - tonumber(redis.call('HGET', KEYS[4], entries[i]) or '0')
+    if used == 0 or (used + want <= tpm and (want > 0 or used < tpm)) then
+      return tonumber(entries[i + 1]) + window - now
+    end
+  end
+  return window
+end
+local function spent(k)
+  local v = tonumber(redis.call('GET', k) or '0')
+  if v < 0 then return 0 end
+  return v
+end
+local function num(s) if s == '' then return nil end return tonumber(s) end
+"""
+
+# KEYS[7], KEYS[8] = spend day, spend month. ARGV: window, lease, lease_s, rpm, tpm, max_concurrent,
+# budget_day, budget_month, day_reset_s, month_reset_s ('' = no such limit).
+_ADMIT = _PRELUDE + """
+local lease, lease_s = ARGV[2], tonumber(ARGV[3])
+local rpm, tpm, maxc, bday, bmon = num(ARGV[4]), num(ARGV[5]), num(ARGV[6]), num(ARGV[7]), num(ARGV[8])
+local sd, sm = spent(KEYS[7]), spent(KEYS[8])
+local nreq = redis.call('ZCARD', KEYS[1])
+local used = 0
+if tpm then used = tokens_used() end
+local limit, retry = '', 0
+if maxc and redis.call('ZCARD', KEYS[2]) >= maxc then limit, retry = 'max_concurrent', 1
+elseif rpm and nreq >= rpm then
+  limit = 'rpm'
+  retry = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]) + window - now
+elseif tpm and used >= tpm then limit, retry = 'tpm', tokens_free_in(tpm, 0)
+elseif bday and sd >= bday then limit, retry = 'budget_usd_daily', tonumber(ARGV[9])
+elseif bmon and sm >= bmon then limit, retry = 'budget_usd_monthly', tonumber(ARGV[10])
+end
+if limit == '' then
+  if maxc then
+    redis.call('ZADD', KEYS[2], now + lease_s, lease)
+    redis.call('PEXPIRE', KEYS[2], math.ceil(lease_s * 1000))
+  end
+  if rpm then
+    redis.call('ZADD', KEYS[1], now, lease)
+    redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000))
+    nreq = nreq + 1
+  end
+end
+local reset = 0
+if nreq > 0 then reset = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]) + window - now end
+return {limit, tostring(retry), nreq, tostring(reset), used, tostring(sd), tostring(sm)}
+"""
+
+# ARGV: window, res, tokens, cost, hold_s, tpm, budget_day, budget_month, day_reset_s, month_reset_s
+_RESERVE = _PRELUDE + """
+local res, tokens, cost, hold = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local tpm, bday, bmon = num(ARGV[6]), num(ARGV[7]), num(ARGV[8])
+local sd, sm = spent(KEYS[7]), spent(KEYS[8])
+local used = 0
+if tpm then used = tokens_used() end
+local limit, retry = '', 0
+if tpm and used > 0 and used + tokens > tpm then limit, retry = 'tpm', tokens_free_in(tpm, tokens)
+elseif bday and sd + cost > bday then limit, retry = 'budget_usd_daily', tonumber(ARGV[9])
+elseif bmon and sm + cost > bmon then limit, retry = 'budget_usd_monthly', tonumber(ARGV[10])
+end
+if limit == '' then
+  if tpm then
+    redis.call('ZADD', KEYS[3], now, res)
+    redis.call('HSET', KEYS[4], res, tokens)
+    redis.call('PEXPIRE', KEYS[3], math.ceil(window * 1000))
+    redis.call('PEXPIRE', KEYS[4], math.ceil(window * 1000))
+    used = used + tokens
+  end
+  redis.call('INCRBYFLOAT', KEYS[7], cost)
+  redis.call('INCRBYFLOAT', KEYS[8], cost)
+  redis.call('EXPIRE', KEYS[7], tonumber(ARGV[11]))
+  redis.call('EXPIRE', KEYS[8], tonumber(ARGV[12]))
+  redis.call('ZADD', KEYS[5], now + hold, res)
+  redis.call('HSET', KEYS[6], res, ARGV[4] .. '|' .. KEYS[7] .. '|' .. KEYS[8])
+  redis.call('PEXPIRE', KEYS[5], math.ceil(hold * 1000) + 60000)
+  redis.call('PEXPIRE', KEYS[6], math.ceil(hold * 1000) + 60000)
+  sd, sm = sd + cost, sm + cost
+end
+return {limit, tostring(retry), 0, '0', used, tostring(sd), tostring(sm)}
+"""
+
+# KEYS[9] usage hash, KEYS[10] the usage index. ARGV: window, res ('' = none), model, prompt,
+# completion, cost, count_tokens (1/0), key id, day ttl, month ttl
+_SETTLE = _PRELUDE + """
+local res, model = ARGV[2], ARGV[3]
+local prompt, completion, cost = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local held = nil
+if res ~= '' then held = redis.call('HGET', KEYS[6], res) end
+if held then
+  local reserved, dk, mk = string.match(held, '^([^|]+)|([^|]+)|([^|]+)$')
+  redis.call('INCRBYFLOAT', dk, cost - tonumber(reserved))
+  redis.call('INCRBYFLOAT', mk, cost - tonumber(reserved))
+  redis.call('HDEL', KEYS[6], res)
+  redis.call('ZREM', KEYS[5], res)
+else
+  redis.call('INCRBYFLOAT', KEYS[7], cost)
+  redis.call('INCRBYFLOAT', KEYS[8], cost)
+  redis.call('EXPIRE', KEYS[7], tonumber(ARGV[9]))
+  redis.call('EXPIRE', KEYS[8], tonumber(ARGV[10]))
+end
+if res ~= '' and redis.call('HEXISTS', KEYS[4], res) == 1 then
+  redis.call('HSET', KEYS[4], res, prompt + completion)
+elseif ARGV[7] == '1' and prompt + completion > 0 then
+  local id = res
+  if id == '' then id = 'u' .. tostring(now) .. ':' .. tostring(math.random(1000000)) end
+  redis.call('ZADD', KEYS[3], now, id)
+  redis.call('HSET', KEYS[4], id, prompt + completion)
+  redis.call('PEXPIRE', KEYS[3], math.ceil(window * 1000))
+  redis.call('PEXPIRE', KEYS[4], math.ceil(window * 1000))
+end
+redis.call('HINCRBY', KEYS[9], model .. '\\trequests', 1)
+redis.call('HINCRBY', KEYS[9], model .. '\\tprompt', prompt)
+redis.call('HINCRBY', KEYS[9], model .. '\\tcompletion', completion)
+redis.call('HINCRBYFLOAT', KEYS[9], model .. '\\tcost', cost)
+redis.call('EXPIRE', KEYS[9], %d)
+redis.call('SADD', KEYS[10], ARGV[8])
+return 1
+""" % USAGE_TTL_S
+
+
+def _keys(key: str, periods: Periods) -> list[str]:
+    p = f"vg:k:{{{key}}}:"
+    return [p + "rq", p + "live", p + "tk", p + "tkv", p + "res", p + "resv", f"{p}d:{periods.day}",
+            f"{p}m:{periods.month}"]
+
+
+def _arg(v) -> str:
+    return "" if v is None else repr(v) if isinstance(v, float) else str(v)
+
+
+def _verdict(raw) -> Verdict:
+    limit, retry, nreq, reset, used, sd, sm = raw
+    limit = limit.decode() if isinstance(limit, bytes) else limit
+    return Verdict(limit=limit or None, retry_after_s=float(retry), requests_used=int(nreq),
+                   requests_reset_s=float(reset), tokens_used=int(float(used)), spent_day=float(sd),
+                   spent_month=float(sm))
+
+
+class RedisLimitStore:
+    def __init__(self, redis, health: Health | None = None) -> None:
+        self.redis = redis
+        self.health = health
+        self._admit = redis.register_script(_ADMIT)
+        self._reserve = redis.register_script(_RESERVE)
+        self._settle = redis.register_script(_SETTLE)
+
+    async def admit(self, key: str, limits: Limits, lease: str, lease_s: float, periods: Periods) -> Verdict:
+        raw = await guarded(self._admit(keys=_keys(key, periods), args=[
+            WINDOW_S, lease, lease_s, _arg(limits.rpm), _arg(limits.tpm), _arg(limits.max_concurrent),
+            _arg(limits.budget_usd_daily), _arg(limits.budget_usd_monthly), periods.day_reset_s,
+            periods.month_reset_s]), "limits_admit", self.health)
+        return _verdict(raw)
+
+    async def leave(self, key: str, lease: str) -> None:
+        await guarded(self.redis.zrem(f"vg:k:{{{key}}}:live", lease), "limits_leave", self.health)
+
+    async def reserve(self, key: str, limits: Limits, res: str, tokens: int, cost: float, hold_s: float,
+                      periods: Periods) -> Verdict:
+        raw = await guarded(self._reserve(keys=_keys(key, periods), args=[
+            WINDOW_S, res, tokens, repr(float(cost)), hold_s, _arg(limits.tpm), _arg(limits.budget_usd_daily),
+            _arg(limits.budget_usd_monthly), periods.day_reset_s, periods.month_reset_s, SPEND_TTL_S["d"],
+            SPEND_TTL_S["m"]]), "limits_reserve", self.health)
+        return _verdict(raw)
+
+    async def settle(self, key: str, res: str | None, model: str, prompt: int, completion: int, cost: float,
+                     count_tokens: bool, periods: Periods) -> None:
+        keys = [*_keys(key, periods), f"vg:k:{{{key}}}:u:{periods.day}", "vg:usage:keys"]
+        await guarded(self._settle(keys=keys, args=[
+            WINDOW_S, res or "", model, prompt, completion, repr(float(cost)), "1" if count_tokens else "0", key,
+            SPEND_TTL_S["d"], SPEND_TTL_S["m"]]), "limits_settle", self.health)
+
+    async def usage(self, since: str, until: str, key: str | None, model: str | None) -> list[dict]:
+        if key is not None:
+            keys = [key]
+        else:
+            keys = sorted(k.decode() for k in await guarded(self.redis.smembers("vg:usage:keys"), "usage",
+                                                             self.health))
+        days = days_between(since, until)
+        pipe = self.redis.pipeline(transaction=False)
+        pairs = [(d, k) for d in days for k in keys]
+        for d, k in pairs:
+            pipe.hgetall(f"vg:k:{{{k}}}:u:{d}")
+        results = await guarded(pipe.execute(), "usage", self.health)
+        rows = []
+        for (d, k), fields in zip(pairs, results, strict=True):
+            by_model: dict[str, dict] = {}
+            for f, v in fields.items():
+                m, _, what = f.decode().rpartition("\t")
+                by_model.setdefault(m, {})[what] = v.decode()
+            for m in sorted(by_model):
+                if model is not None and m != model:
+                    continue
+                row = by_model[m]
+                rows.append({"day": d, "key": k, "model": m, "requests": int(row.get("requests", 0)),
+                             "prompt_tokens": int(row.get("prompt", 0)),
+                             "completion_tokens": int(row.get("completion", 0)),
+                             "cost_usd": float(row.get("cost", 0.0))})
+        return rows
+
+    async def spent(self, key: str, periods: Periods) -> tuple[float, float]:
+        ks = _keys(key, periods)
+        d, m = await guarded(self.redis.mget(ks[6], ks[7]), "limits_spent", self.health)
+        return max(0.0, float(d or 0)), max(0.0, float(m or 0))
+
+    async def ping(self) -> bool:
+        await guarded(self.redis.ping(), "ping", self.health)
+        return True
