@@ -41,7 +41,7 @@ def spawn(args: list[str], port: int, timeout: float = 60, env: dict[str, str] |
         try:
             url = f"http://127.0.0.1:{port}"
             try:
-                wait_healthy(url, timeout, proc)
+                wait_healthy(url, timeout, proc, path="/healthz" if args[:1] == ["serve"] else "/health")
             except (RuntimeError, TimeoutError) as e:
                 err.seek(max(0, err.seek(0, os.SEEK_END) - 3000))
                 tail = err.read().decode(errors="replace")
