@@ -80,6 +80,8 @@ class ApiKeyConfig(BaseModel):
         default_factory=lambda: ["predict", "agent", "tools", "openai"])
     models: list[str] | None = None  # None: every model
     tools: list[str] | None = None  # None: every tool (POST /tools/{name} and the agent's)
+    # X-Vgate-Priority may raise this key's requests (a batch route's to interactive); any key may lower.
+    priority_raise: bool = False
     # Limits (None: none). Requests and tokens per minute are sliding 60 s windows; budgets are in USD
     # from the gateway's cost accounting (prices), per UTC day and month.
     rpm: int | None = Field(None, ge=1)
@@ -115,6 +117,8 @@ class Settings(BaseSettings):
     # are stopped (their streams end with a shutting_down event) and the process exits.
     shutdown_grace_s: float = Field(30.0, ge=0)
     # Worker processes of `vgate serve` (--workers); more than one needs redis_url (shared state).
+    # Each worker routes on its own view of the upstreams, so max_inflight_per_upstream is shared
+    # out between them (1/N each, rounded up); /metrics adds up all the workers.
     workers: int = Field(1, ge=1, le=64)
     # Request bodies above this are refused with a 413 before anything reaches the upstream.
     max_request_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
@@ -139,7 +143,7 @@ class Settings(BaseSettings):
     retry_backoff_max_s: float = Field(10.0, ge=0)
 
     # Cap on requests in flight to one upstream. vLLM's default max_num_seqs is 256;
-    # staying at or above it keeps continuous batching full.
+    # staying at or above it keeps continuous batching full. With N workers each gets 1/N of it.
     max_inflight_per_upstream: int = Field(256, ge=1)
     # Calls waiting for a slot, per model; beyond it (or when a call's deadline cannot be met in the
     # queue) the answer is a 429 upstream_overloaded at once. Default: max_batch_size, so a full
@@ -177,7 +181,7 @@ class Settings(BaseSettings):
     # (benchmarks/RESULTS.md). A batch alone uses every slot.
     batch_max_share: float = Field(0.5, gt=0, le=1)
     # Priority class per route; a request's X-Vgate-Priority header may lower it, and raise it only
-    # if allow_priority_raise (API keys will scope this).
+    # if allow_priority_raise (every caller) or the API key has priority_raise.
     priorities: dict[str, Priority] = Field(default_factory=lambda: {
         "predict": "interactive", "predict_batch": "batch", "agent": "interactive", "openai": "interactive"})
     allow_priority_raise: bool = False

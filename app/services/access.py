@@ -47,6 +47,7 @@ class Principal:
     tools: frozenset[str] | None  # None: every tool
     limits: Limits = NO_LIMITS
     source: str = "config"  # config (the settings) or admin (made through /admin/keys)
+    priority_raise: bool = False  # X-Vgate-Priority may raise its requests' class
 
     def require(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -140,7 +141,7 @@ def principal_of(k, source: str = "config") -> Principal:
     return Principal(id=k.id, alias=k.alias, scopes=frozenset(k.scopes),
                      models=frozenset(k.models) if k.models is not None else None,
                      tools=frozenset(k.tools) if k.tools is not None else None,
-                     limits=Limits.of(k), source=source)
+                     limits=Limits.of(k), source=source, priority_raise=k.priority_raise)
 
 
 def current_principal() -> Principal | None:

@@ -40,6 +40,7 @@ class KeyCreate(KeyLimits):
     scopes: list[Scope] = Field(default_factory=lambda: ["predict", "agent", "tools", "openai"])
     models: list[str] | None = None
     tools: list[str] | None = None
+    priority_raise: bool = False  # X-Vgate-Priority may raise its requests' class
 
 
 class KeyUpdate(KeyLimits):
@@ -49,6 +50,7 @@ class KeyUpdate(KeyLimits):
     scopes: list[Scope] | None = None
     models: list[str] | None = None
     tools: list[str] | None = None
+    priority_raise: bool | None = None
 
 
 class KeyInfo(KeyCreate):
@@ -174,8 +176,9 @@ class KeyAdmin:
     async def update(self, key_id: str, req: KeyUpdate) -> KeyInfo:
         d, info = await self._made(key_id)
         changes = {k: getattr(req, k) for k in req.model_fields_set}
-        if "scopes" in changes and changes["scopes"] is None:
-            changes.pop("scopes")  # every key has scopes: null leaves them
+        for name in ("scopes", "priority_raise"):
+            if name in changes and changes[name] is None:
+                changes.pop(name)  # every key has them: null leaves them
         updated = KeyInfo(**{**info.model_dump(), **changes})
         await self.store.replace(d, updated)
         self.keyring.forget(d)
@@ -201,6 +204,7 @@ def _info_of(p: Principal) -> KeyInfo:
     fields: dict[str, Any] = dict(id=p.id, alias=p.alias, scopes=sorted(p.scopes),
                                   models=sorted(p.models) if p.models is not None else None,
                                   tools=sorted(p.tools) if p.tools is not None else None, source="config",
+                                  priority_raise=p.priority_raise,
                                   rpm=lim.rpm, tpm=lim.tpm, max_concurrent=lim.max_concurrent,
                                   budget_usd_daily=lim.budget_usd_daily, budget_usd_monthly=lim.budget_usd_monthly)
     return KeyInfo(**fields)

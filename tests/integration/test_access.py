@@ -146,3 +146,16 @@ async def test_the_api_document_says_how_to_present_a_key_when_keys_are_configur
     assert doc["paths"]["/predict"]["post"]["security"] and "security" not in doc["paths"]["/healthz"]["get"]
     assert doc["paths"]["/v1/chat/completions"]["post"]["security"]
     assert "securitySchemes" not in open_doc["components"]
+
+
+async def test_only_a_key_with_priority_raise_may_raise_a_batch_to_interactive(sim_url):
+    keys = [{"id": "plain", "key": KEY}, {"id": "raiser", "key": OTHER, "priority_raise": True}]
+    body = {"signature": "q -> a", "batch": [{"q": "x"}, {"q": "y"}]}
+    up = {"x-vgate-priority": "interactive"}
+    async with gateway(sim_url, api_keys=keys) as gw:
+        plain = await gw.client.post("/predict", json=body, headers={**bearer(KEY), **up})
+        as_plain = gw.metric("vgate_queue_seconds_count", model="sim-model", priority="interactive")
+        raised = await gw.client.post("/predict", json=body, headers={**bearer(OTHER), **up})
+        as_raiser = gw.metric("vgate_queue_seconds_count", model="sim-model", priority="interactive")
+    assert plain.status_code == 200 and raised.status_code == 200
+    assert as_plain == 0 and as_raiser == 2  # the plain key's batch stayed batch; the raiser's went interactive

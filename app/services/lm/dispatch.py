@@ -47,7 +47,8 @@ class Dispatcher:
         asked = ctx.priority if ctx is not None else None
         if asked is None or asked == default:
             return default
-        if asked == "batch" or self.settings.allow_priority_raise:
+        if asked == "batch" or self.settings.allow_priority_raise or (
+                ctx.principal is not None and ctx.principal.priority_raise):
             return asked
         return default
 
