@@ -32,7 +32,7 @@ from app.services.passthrough import PassthroughService
 from app.services.predict import PredictService
 from app.services.programs import load_programs
 from app.services.state import connect as connect_store
-from app.services.state.connection import Health
+from app.services.state.connection import Health, StoreUnavailable, guarded
 from app.settings import Settings
 from app.tools import build_tool_executor
 
@@ -172,6 +172,11 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
         log.info("startup", version=__version__, upstreams=[u.url for u in settings.upstream_configs()],
                  programs=sorted(programs), api_keys=len(settings.api_keys),
                  store="redis" if redis is not None else "memory")
+        if redis is not None:  # say now, not at the first request, that Redis is not there
+            try:
+                await guarded(redis.ping(), "startup_ping", health)
+            except StoreUnavailable:
+                pass  # logged (store_unreachable) and counted; requests get a clear 503 until it answers
         if not keyring.enabled:
             log.warning("access_control_off", message="no API keys configured (VGATE_API_KEYS or [[api_keys]]): "
                         "anyone who can reach the gateway can use it")
