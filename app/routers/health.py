@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.routers.deps import LMDep, MetricsDep
 from app.routers.schemas import HealthResponse, ReadyResponse, error_responses
@@ -34,4 +34,5 @@ async def readyz(lm: LMDep, response: Response) -> dict[str, str]:
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(m: MetricsDep) -> Response:
-    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+    """This app's metrics; with several workers (multiprocess mode), all the workers' together."""
+    return Response(m.exposition(), media_type=CONTENT_TYPE_LATEST)
