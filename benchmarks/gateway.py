@@ -116,6 +116,7 @@ class Target:
     body: bytes
     gateway_pid: int | None  # None: straight to the simulator
     only: tuple[int, ...] | None = None  # concurrencies to run it at (None: all)
+    headers: dict[str, str] | None = None  # sent with every request (an API key)
 
 
 async def load(session, target: Target, concurrency: int, warmup: float, duration: float, sim_pid: int) -> Cell:
@@ -126,7 +127,7 @@ async def load(session, target: Target, concurrency: int, warmup: float, duratio
     loop = asyncio.get_running_loop()
     t0 = loop.time() + warmup
     t1 = t0 + duration
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": "application/json", **(target.headers or {})}
     marks: dict[str, dict[str, float]] = {}
 
     def snapshot() -> dict[str, float]:
@@ -194,7 +195,8 @@ async def single_rows(targets: list[Target], sim_pid: int, args, first_round: in
         # Warm-up: the first call resolves the model, imports lazily, fills caches.
         for t in targets:
             for _ in range(20):
-                async with session.post(t.url, data=t.body, headers={"content-type": "application/json"}) as r:
+                async with session.post(t.url, data=t.body,
+                                        headers={"content-type": "application/json", **(t.headers or {})}) as r:
                     await r.read()
                     if r.status != 200:
                         raise RuntimeError(f"{t.url} answered {r.status}: {await r.text()}")

@@ -47,6 +47,56 @@ def checkouts(revs: list[str]):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# --------------------------------------------------------------------------- side by side
+
+
+def run_rounds(targets: dict[str, tuple[int, str]], body: bytes, sim_pid: int, args,
+               headers: dict[str, dict[str, str]] | None = None) -> list:
+    """``args.rounds`` rounds over every concurrency and target (name -> (gateway pid, url)), the
+    targets' order reversed every other round so the machine's drift falls on all alike."""
+    import uvloop
+
+    from benchmarks import gateway as g
+
+    class Opts:
+        rounds, warmup, duration = 1, args.warmup, args.duration
+
+    names = list(targets)
+    cells = []
+    for rnd in range(args.rounds):
+        for c in args.concurrency:
+            for v in names if rnd % 2 == 0 else names[::-1]:
+                Opts.concurrency = [c]
+                pid, url = targets[v]
+                target = g.Target(v, url, body, pid, headers=(headers or {}).get(v))
+                cells.append(uvloop.run(g.single_rows([target], sim_pid, Opts, first_round=rnd))[0])
+    return cells
+
+
+def summary(cells: list, names: list[str], concurrency: list[int], threads: dict[str, int], label: str) -> str:
+    """The table: per target and concurrency, throughput, latency and gateway CPU, as ratios to the first."""
+    from benchmarks import gateway as g
+    from benchmarks._common import f, pct, table
+
+    rows = []
+    for c in concurrency:
+        base = None
+        for v in names:
+            runs = [x for x in cells if x.target == v and x.concurrency == c]
+            n, w = sum(r.requests for r in runs), sum(r.window_s for r in runs)
+            cpu = sum(r.cpu["gateway"] for r in runs) / n * 1000
+            per_round = sorted(r.cpu["gateway"] / r.requests * 1000 for r in runs)
+            base = base or (n / w, cpu)
+            lat = [x for r in runs for x in r.latencies]
+            ov = [x for r in runs for x in r.overheads]
+            rows.append([v, c, n, f(n / w, 0), f(n / w / base[0]), f(pct(lat, 50) * 1000),
+                         f(pct(lat, 99) * 1000), f(pct(ov, 50)), f(cpu, 3), f(cpu / base[1]),
+                         f"{per_round[0]:.2f}–{per_round[-1]:.2f}", threads[v],
+                         f"{max(max(g.others_pct(r)) for r in runs):.0f}"])
+    return table([label, "conc", "requests", "req/s", "x base", "p50 ms", "p99 ms", "overhead hdr p50 ms",
+                  "gw CPU ms/req", "x base", "CPU/req range over rounds", "threads after", "others % max"], rows)
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -60,21 +110,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args()
 
-    import uvloop
-
     from benchmarks import gateway as g
-    from benchmarks._common import (
-        cpu_for,
-        f,
-        free_port,
-        machine,
-        pct,
-        pin_self,
-        proc_threads,
-        spawn,
-        table,
-        wait_http,
-    )
+    from benchmarks._common import cpu_for, free_port, machine, pin_self, proc_threads, spawn, wait_http
 
     pin_self("harness")
     print(f"machine: {machine()}", flush=True)
@@ -98,16 +135,8 @@ def main() -> None:
                 procs[v] = (p, f"http://127.0.0.1:{port}")
                 wait_http(procs[v][1] + "/healthz", p)
 
-            class Opts:
-                rounds, warmup, duration = 1, args.warmup, args.duration
-
-            for rnd in range(args.rounds):
-                for c in args.concurrency:
-                    for v in args.revs if rnd % 2 == 0 else args.revs[::-1]:
-                        Opts.concurrency = [c]
-                        p, url = procs[v]
-                        target = g.Target(v, url + "/predict", g.predict_body(), p.pid)
-                        cells.append(uvloop.run(g.single_rows([target], sim.pid, Opts, first_round=rnd))[0])
+            cells = run_rounds({v: (p.pid, url + "/predict") for v, (p, url) in procs.items()},
+                               g.predict_body(), sim.pid, args)
             threads = {v: proc_threads(p.pid) for v, (p, _) in procs.items()}
         finally:
             for p, _ in procs.values():
@@ -118,24 +147,8 @@ def main() -> None:
                     except subprocess.TimeoutExpired:
                         p.kill()
 
-    rows = []
-    for c in args.concurrency:
-        base = None
-        for v in args.revs:
-            runs = [x for x in cells if x.target == v and x.concurrency == c]
-            n, w = sum(r.requests for r in runs), sum(r.window_s for r in runs)
-            cpu = sum(r.cpu["gateway"] for r in runs) / n * 1000
-            per_round = sorted(r.cpu["gateway"] / r.requests * 1000 for r in runs)
-            base = base or (n / w, cpu)
-            lat = [x for r in runs for x in r.latencies]
-            ov = [x for r in runs for x in r.overheads]
-            rows.append([v, c, n, f(n / w, 0), f(n / w / base[0]), f(pct(lat, 50) * 1000),
-                         f(pct(lat, 99) * 1000), f(pct(ov, 50)), f(cpu, 3), f(cpu / base[1]),
-                         f"{per_round[0]:.2f}–{per_round[-1]:.2f}", threads[v],
-                         f"{max(max(g.others_pct(r)) for r in runs):.0f}"])
     print()
-    print(table(["revision", "conc", "requests", "req/s", "x base", "p50 ms", "p99 ms", "overhead hdr p50 ms",
-                 "gw CPU ms/req", "x base", "CPU/req range over rounds", "threads after", "others % max"], rows))
+    print(summary(cells, args.revs, args.concurrency, threads, "revision"))
     print(f"\n{args.rounds} round(s) x ({args.warmup} s warm-up + {args.duration} s measured) per cell; "
           f"total {time.monotonic() - started:.0f} s")
 

@@ -83,3 +83,19 @@ async def test_the_stores_agree_on_a_sequence(redis_clean):
                 await s.settle("k", f"r{n}", "m", 5, 5, 0.02, True, p)
     await client.aclose()
     assert answers[0] == answers[1]
+
+
+async def test_settlements_survive_a_redis_that_lost_its_scripts(redis_clean):
+    import redis.asyncio as aredis
+
+    client = aredis.Redis.from_url(redis_clean)
+    store = RedisLimitStore(client)
+    p = Periods.at()
+    store.record("k", None, "m", 1, 2, 0.5, False, p)
+    await store.drain()
+    await client.script_flush()  # as after a restart
+    store.record("k", None, "m", 3, 4, 0.25, False, p)
+    await store.drain()
+    rows = await store.usage(p.day, p.day, "k", None)
+    await client.aclose()
+    assert rows[0]["requests"] == 2 and rows[0]["prompt_tokens"] == 4 and rows[0]["cost_usd"] == pytest.approx(0.75)

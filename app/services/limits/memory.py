@@ -81,6 +81,13 @@ class MemoryLimitStore:
 
     async def settle(self, key: str, res: str | None, model: str, prompt: int, completion: int, cost: float,
                      count_tokens: bool, periods: Periods) -> None:
+        self.record(key, res, model, prompt, completion, cost, count_tokens, periods)
+
+    async def drain(self) -> None:
+        """Every settlement recorded has reached the store (here: at once)."""
+
+    def record(self, key: str, res: str | None, model: str, prompt: int, completion: int, cost: float,
+                   count_tokens: bool, periods: Periods) -> None:
         """The call's real usage replaces its reservation (or, with none, is added), and is recorded."""
         now = time.time()
         k = self._prune(key, now)

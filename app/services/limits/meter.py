@@ -14,14 +14,15 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
-import uuid
+import os
 from dataclasses import dataclass
 
 import structlog
 
-from app.services.limits.model import LimitExceeded, Limits, Periods, Verdict, refusal
+from app.services.limits.model import LimitExceeded, Limits, Verdict, periods_now, refusal
 from app.services.state.connection import StoreUnavailable
 
 log = structlog.get_logger("vgate.limits")
@@ -42,7 +43,6 @@ class Meter:
         self.store = None  # set by the lifespan: MemoryLimitStore or RedisLimitStore
         self.lease_s = max(3600.0, 2 * settings.request_timeout_s)  # a dead replica's leases expire
         self.hold_s = settings.request_timeout_s + 60.0  # ... and its reservations go back
-        self._pending: set[asyncio.Task] = set()
         self._refused: dict[str, object] = {}
         self._children: dict[tuple[str, str], tuple] = {}
 
@@ -53,8 +53,8 @@ class Meter:
         limits: Limits = principal.limits
         if not limits.per_request:
             return None
-        periods = Periods.at()
-        lease = uuid.uuid4().hex
+        periods = periods_now()
+        lease = _new_id()
         try:
             verdict = await self.store.admit(principal.id, limits, lease, self.lease_s, periods)
         except StoreUnavailable:
@@ -86,8 +86,8 @@ class Meter:
         completion = 0 if call.route == "openai_embeddings" else (
             call.max_tokens or self.settings.limits_default_completion_tokens)
         cost = self.settings.price_for(call.model).cost(prompt, completion)
-        periods = Periods.at()
-        res = uuid.uuid4().hex
+        periods = periods_now()
+        res = _new_id()
         try:
             verdict = await self.store.reserve(principal.id, limits, res, prompt + completion, cost, self.hold_s,
                                                periods)
@@ -118,27 +118,17 @@ class Meter:
         c[1].inc(prompt)
         c[2].inc(completion)
         c[3].inc(cost)
-        task = asyncio.get_running_loop().create_task(self._settle(call, principal, prompt, completion, cost))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def _settle(self, call, principal, prompt: int, completion: int, cost: float) -> None:
-        try:
-            await self.store.settle(principal.id, call.reservation, call.model, prompt, completion, cost,
-                                    principal.limits.tpm is not None, Periods.at())
-        except StoreUnavailable:
-            log.warning("usage_not_recorded", key_id=principal.id, model=call.model, prompt_tokens=prompt,
-                        completion_tokens=completion, cost_usd=cost)
+        self.store.record(principal.id, call.reservation, call.model, prompt, completion, cost,
+                          principal.limits.tpm is not None, periods_now())
 
     async def aclose(self) -> None:
         """Let the settlements in flight reach the store (bounded: the store's timeout)."""
-        if self._pending:
-            await asyncio.wait(list(self._pending), timeout=5)
+        if self.store is not None:
+            await asyncio.wait_for(self.store.drain(), 5)
 
     async def drain(self) -> None:
-        """Settlements scheduled so far have reached the store (tests, /admin/usage)."""
-        while self._pending:
-            await asyncio.wait(list(self._pending))
+        """Settlements recorded so far have reached the store (tests, /admin/usage)."""
+        await self.store.drain()
 
     async def usage(self, since: str, until: str, key: str | None, model: str | None) -> list[dict]:
         await self.drain()
@@ -149,6 +139,14 @@ class Meter:
         if child is None:
             child = self._refused[limit] = self.metrics.limit_refusals.labels(limit=limit)
         child.inc()
+
+
+_PROCESS = os.urandom(6).hex()  # unique across replicas, then a counter: cheaper than a uuid4 per call
+_counter = itertools.count()
+
+
+def _new_id() -> str:
+    return f"{_PROCESS}{next(_counter):x}"
 
 
 def prompt_tokens_estimate(call) -> int:

@@ -70,6 +70,18 @@ def days_between(since: str, until: str) -> list[str]:
     return [(first + dt.timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
 
 
+_current: list = [None, None]  # (second, Periods): one computation per second, not per call
+
+
+def periods_now() -> Periods:
+    """``Periods.at(now)``, computed once a second (its reset times are up to a second early)."""
+    second = int(time.time())
+    if _current[0] != second:
+        _current[1] = Periods.at(second)
+        _current[0] = second
+    return _current[1]
+
+
 @dataclass(slots=True)
 class Verdict:
     """A check's answer: admitted, or the limit that refused and when to retry; and what is left."""

@@ -19,8 +19,15 @@ Layout, per key id K (a single Redis or Sentinel; the scripts touch a key's own 
 
 from __future__ import annotations
 
+import asyncio
+
+import structlog
+from redis.exceptions import NoScriptError
+
 from app.services.limits.model import WINDOW_S, Limits, Periods, Verdict, days_between
-from app.services.state.connection import Health, guarded
+from app.services.state.connection import Health, StoreUnavailable, guarded
+
+log = structlog.get_logger("vgate.limits")
 
 USAGE_TTL_S = 400 * 86400  # a year and a month of daily usage
 SPEND_TTL_S = {"d": 3 * 86400, "m": 40 * 86400}
@@ -204,6 +211,54 @@ class RedisLimitStore:
         self._admit = redis.register_script(_ADMIT)
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
+        self._queued: list[tuple] = []  # settlements waiting for the next pipeline
+        self._flushing: asyncio.Task | None = None
+
+    def record(self, *settlement) -> None:
+        """``settle`` in the background: settlements that arrive together go to Redis in one pipeline
+        (one round trip and one task for many calls, not one each)."""
+        self._queued.append(settlement)
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                try:
+                    await guarded(self._settle_batch(batch), "limits_settle", self.health)
+                except StoreUnavailable:
+                    for s in batch:
+                        log.warning("usage_not_recorded", key_id=s[0], model=s[2], prompt_tokens=s[3],
+                                    completion_tokens=s[4], cost_usd=s[5])
+        finally:
+            self._flushing = None
+
+    async def _settle_batch(self, batch: list[tuple]) -> None:
+        """EVALSHA each in one pipeline (redis-py's script objects would add a SCRIPT EXISTS round
+        trip to every pipeline); a Redis that lost its scripts (restarted) gets the script again."""
+        for attempt in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            for s in batch:
+                keys, args = self._settle_call(*s)
+                pipe.evalsha(self._settle.sha, len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+            lost = [s for s, r in zip(batch, results, strict=True) if isinstance(r, NoScriptError)]
+            failed = next((r for r in results if isinstance(r, Exception) and not isinstance(r, NoScriptError)),
+                          None)
+            if failed is not None:
+                raise failed
+            if not lost:
+                return
+            if attempt == 0:
+                await self.redis.script_load(_SETTLE)
+                batch = lost
+        raise NoScriptError("the settle script could not be loaded")
+
+    async def drain(self) -> None:
+        """Every settlement recorded so far has reached Redis (or been given up)."""
+        while self._flushing is not None:
+            await asyncio.shield(self._flushing)
 
     async def admit(self, key: str, limits: Limits, lease: str, lease_s: float, periods: Periods) -> Verdict:
         raw = await guarded(self._admit(keys=_keys(key, periods), args=[
@@ -225,10 +280,15 @@ class RedisLimitStore:
 
     async def settle(self, key: str, res: str | None, model: str, prompt: int, completion: int, cost: float,
                      count_tokens: bool, periods: Periods) -> None:
+        keys, args = self._settle_call(key, res, model, prompt, completion, cost, count_tokens, periods)
+        await guarded(self._settle(keys=keys, args=args), "limits_settle", self.health)
+
+    @staticmethod
+    def _settle_call(key: str, res: str | None, model: str, prompt: int, completion: int, cost: float,
+                     count_tokens: bool, periods: Periods) -> tuple[list, list]:
         keys = [*_keys(key, periods), f"vg:k:{{{key}}}:u:{periods.day}", "vg:usage:keys"]
-        await guarded(self._settle(keys=keys, args=[
-            WINDOW_S, res or "", model, prompt, completion, repr(float(cost)), "1" if count_tokens else "0", key,
-            SPEND_TTL_S["d"], SPEND_TTL_S["m"]]), "limits_settle", self.health)
+        return keys, [WINDOW_S, res or "", model, prompt, completion, repr(float(cost)), "1" if count_tokens else "0",
+                      key, SPEND_TTL_S["d"], SPEND_TTL_S["m"]]
 
     async def usage(self, since: str, until: str, key: str | None, model: str | None) -> list[dict]:
         if key is not None:
