@@ -46,7 +46,7 @@ def cpu_for(role: str) -> int | None:
     """The CPU a role is pinned to: 'harness' (load generator + simulator) on CPU 0, 'target' on CPU 1.
 
     With fewer than two CPUs nothing is pinned (the numbers are then a lot noisier)."""
-    if NCPU < 2 or not shutil.which("taskset"):
+    if NCPU < 2 or not shutil.which("taskset") or role == "any":
         return None
     return {"harness": 0, "target": 1}[role]
 
@@ -117,11 +117,20 @@ def spawn(name: str, args: Sequence[str], port: int, *, role: str, env: dict[str
 
 
 def proc_cpu_s(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    """utime + stime of a process (all its threads) and of its live children (``--workers``), in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
     # fields[0] is 'state' (field 3); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    total = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        children = []
+    return total + sum(proc_cpu_s(c) for c in children)
 
 
 def cpu_busy_s(cpu: int | None) -> float:
