@@ -73,6 +73,26 @@ def run_rounds(targets: dict[str, tuple[int, str]], body: bytes, sim_pid: int, a
     return cells
 
 
+def side_by_side_args(ap, concurrency: list[int], warmup: float, duration: float, path: bool = False):
+    """The options every side-by-side script takes; parsed."""
+    if path:
+        ap.add_argument("--path", default="/v1/chat/completions", help="/v1/chat/completions (default) or /predict")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=concurrency)
+    ap.add_argument("--warmup", type=float, default=warmup)
+    ap.add_argument("--duration", type=float, default=duration)
+    ap.add_argument("--rounds", type=int, default=4)
+    return ap.parse_args()
+
+
+def report(cells: list, names: list[str], threads: dict[str, int], label: str, args, started: float,
+           title: str = "") -> None:
+    if title:
+        print(f"\n{title}")
+    print(summary(cells, names, args.concurrency, threads, label))
+    print(f"\n{args.rounds} round(s) x ({args.warmup} s warm-up + {args.duration} s measured) per cell; "
+          f"total {time.monotonic() - started:.0f} s")
+
+
 def summary(cells: list, names: list[str], concurrency: list[int], threads: dict[str, int], label: str) -> str:
     """The table: per target and concurrency, throughput, latency and gateway CPU, as ratios to the first."""
     from benchmarks import gateway as g
@@ -104,11 +124,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--revs", nargs="+", default=["ba22300", "."],
                     help='git revisions to compare; "." is this checkout as it is (default: ba22300 .)')
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
-    ap.add_argument("--warmup", type=float, default=0.7)
-    ap.add_argument("--duration", type=float, default=2.0)
-    ap.add_argument("--rounds", type=int, default=4)
-    args = ap.parse_args()
+    args = side_by_side_args(ap, [1, 64], 0.7, 2.0)
 
     from benchmarks import gateway as g
     from benchmarks._common import cpu_for, free_port, machine, pin_self, proc_threads, spawn, wait_http
@@ -148,9 +164,7 @@ def main() -> None:
                         p.kill()
 
     print()
-    print(summary(cells, args.revs, args.concurrency, threads, "revision"))
-    print(f"\n{args.rounds} round(s) x ({args.warmup} s warm-up + {args.duration} s measured) per cell; "
-          f"total {time.monotonic() - started:.0f} s")
+    report(cells, args.revs, threads, "revision", args, started)
 
 
 if __name__ == "__main__":

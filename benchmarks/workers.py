@@ -22,17 +22,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--path", default="/v1/chat/completions", help="/v1/chat/completions (default) or /predict")
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[64, 256])
-    ap.add_argument("--warmup", type=float, default=1.0)
-    ap.add_argument("--duration", type=float, default=3.0)
-    ap.add_argument("--rounds", type=int, default=4)
-    args = ap.parse_args()
+    from benchmarks.gateway_ab import report, run_rounds, side_by_side_args
+
+    args = side_by_side_args(ap, [64, 256], 1.0, 3.0, path=True)
 
     from benchmarks import gateway as g
     from benchmarks._common import free_port, machine, proc_threads, spawn_cmd
     from benchmarks.access import CHAT, redis_server
-    from benchmarks.gateway_ab import run_rounds, summary
 
     print(f"machine: {machine()}", flush=True)
     started = time.monotonic()
@@ -52,10 +48,7 @@ def main() -> None:
                 health="/healthz"))
         cells = run_rounds({n: (p.popen.pid, p.url + args.path) for n, p in gws.items()}, body, sim.popen.pid, args)
         threads = {n: proc_threads(p.popen.pid) for n, p in gws.items()}
-    print(f"\n{args.path}")
-    print(summary(cells, list(gws), args.concurrency, threads, "gateway"))
-    print(f"\n{args.rounds} round(s) x ({args.warmup} s warm-up + {args.duration} s measured) per cell; "
-          f"total {time.monotonic() - started:.0f} s")
+    report(cells, list(gws), threads, "gateway", args, started, title=args.path)
 
 
 if __name__ == "__main__":

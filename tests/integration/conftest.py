@@ -15,3 +15,12 @@ def pair() -> Iterator[tuple[Sim, Sim, Sim]]:
     arrive in many pieces (for the relay's control test): the fleet fault suites' upstreams."""
     with sims([], [], ["--step-ms", "20", "--output-tokens", "20"]) as started:
         yield tuple(started)  # type: ignore[misc]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request) -> dict:
+    """Gateway settings for the store under test: this process's memory (no URL), or a real Redis,
+    emptied first."""
+    if request.param == "memory":
+        return {}
+    return {"redis_url": request.getfixturevalue("redis_clean")}

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-import pytest
-
 from tests.support import gateway
 
 ADMIN = "vg-admin-" + "a" * 24
@@ -14,13 +12,6 @@ USER = "vg-user-" + "b" * 24
 CONFIG = [{"id": "admin", "key": ADMIN, "scopes": ["admin"]}, {"id": "fixed", "key": USER}]
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 AUTH = {"authorization": f"Bearer {ADMIN}"}
-
-
-@pytest.fixture(params=["memory", "redis"])
-def store(request) -> dict:
-    if request.param == "memory":
-        return {}
-    return {"redis_url": request.getfixturevalue("redis_clean")}
 
 
 async def test_a_key_is_shown_once_works_within_its_scopes_and_limits_and_dies_when_revoked(sim_url, store):

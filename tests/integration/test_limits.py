@@ -25,14 +25,6 @@ def keys(**limits) -> list[dict]:
             {"id": "user", "key": KEY, "alias": "team-a", **limits}]
 
 
-@pytest.fixture(params=["memory", "redis"])
-def store(request) -> dict:
-    """Settings for the store under test: memory (no URL) or a real, emptied Redis."""
-    if request.param == "memory":
-        return {}
-    return {"redis_url": request.getfixturevalue("redis_clean")}
-
-
 async def test_exactly_rpm_requests_succeed_in_a_minute_and_the_rest_name_the_limit(sim_url, store):
     async with gateway(sim_url, api_keys=keys(rpm=5), **store) as gw:
         answers = [await gw.client.post("/v1/chat/completions", json=CHAT, headers=bearer(KEY)) for _ in range(8)]
