@@ -66,6 +66,10 @@ class RequestContext:
     priority: str | None = None
     session: str | None = None
     principal: Any = None  # the caller's key (app.services.access.Principal), when keys are configured
+    # This request's tokens and cost so far (real for calls that ended, reserved for those in flight),
+    # for the remaining-limit headers of a key with limits.
+    tokens: int = 0
+    cost_usd: float = 0.0
 
     def next_upstream_id(self) -> str:
         return upstream_request_id(self.request_id)

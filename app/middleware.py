@@ -197,15 +197,15 @@ class BodyLimitMiddleware:
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/openapi.json"})
 SCOPE_BY_PREFIX = (("/v1/", "openai"), ("/predict", "predict"), ("/agent", "agent"), ("/tools", "tools"),
-                   ("/admin", "admin"), ("/metrics", "admin"))
+                   ("/admin", "admin"), ("/metrics", "metrics"))
 
 
 class AccessMiddleware:
     """API keys, when configured: the caller's key (``Authorization: Bearer`` or ``x-api-key``), the
     scope its route needs, and its request limits (rpm, tpm, concurrency, budgets), before anything
     else runs; a 401, 403 or 429 in the one error shape, and what is left of each limit in the
-    answer's headers. Liveness, readiness and the API's documents stay open; /metrics needs the admin
-    scope unless ``metrics_public``. The key's id (never the key) is bound to every log line."""
+    answer's headers. Liveness, readiness and the API's documents stay open; /metrics needs the
+    metrics (or admin) scope unless ``metrics_public``. The key's id (never the key) is bound to every log line."""
 
     def __init__(self, app: ASGIApp, keyring, meter, metrics_public: bool = False) -> None:
         self.app = app
@@ -246,11 +246,9 @@ class AccessMiddleware:
         if admission is None:
             await self.app(scope, receive, send)
             return
-        extra = admission.headers
-
         async def send_with_limits(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *extra]
+            if message["type"] == "http.response.start":  # what is left once this request's calls count
+                message["headers"] = [*message.get("headers", []), *admission.headers(ctx)]
             await send(message)
 
         try:

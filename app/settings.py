@@ -76,7 +76,8 @@ class ApiKeyConfig(BaseModel):
     key: SecretStr | None = None  # the key itself (hashed at start) ...
     key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")  # ... or only its SHA-256, hex
     alias: str | None = Field(None, max_length=64)
-    scopes: list[Literal["predict", "agent", "tools", "openai", "admin"]] = Field(
+    # admin: /admin (keys, usage) and /metrics; metrics: /metrics only (a scraper's key)
+    scopes: list[Literal["predict", "agent", "tools", "openai", "admin", "metrics"]] = Field(
         default_factory=lambda: ["predict", "agent", "tools", "openai"])
     models: list[str] | None = None  # None: every model
     tools: list[str] | None = None  # None: every tool (POST /tools/{name} and the agent's)

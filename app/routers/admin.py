@@ -98,7 +98,7 @@ async def usage(meter: MeterDep, key: str | None = None, model: str | None = Non
                 ) -> UsageReport:
     """Tokens, cost and upstream calls by key, model and UTC day, from the gateway's own accounting."""
     last = until or dt.datetime.now(dt.UTC).date()
-    first = since or last - dt.timedelta(days=29)
+    first = since or (last - dt.timedelta(days=29) if last.toordinal() > 29 else dt.date.min)
     if first > last or (last - first).days >= MAX_USAGE_DAYS:
         raise InvalidRequestError(f"since..until must be in order and span at most {MAX_USAGE_DAYS} days")
     rows = [UsageRow(**r) for r in await meter.usage(first.isoformat(), last.isoformat(), key, model)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -50,7 +51,7 @@ class Principal:
     priority_raise: bool = False  # X-Vgate-Priority may raise its requests' class
 
     def require(self, scope: str) -> None:
-        if scope not in self.scopes:
+        if scope not in self.scopes and not (scope == "metrics" and "admin" in self.scopes):
             raise ForbiddenError(f"this key has no {scope!r} scope", type="scope_missing", scope=scope)
 
     def allow_model(self, model: str) -> None:
@@ -81,7 +82,7 @@ class KeyRing:
         self._by_digest = dict(keys)
         self.cache_s = cache_s
         self.store = None  # app.services.keys.KeyStore, set by the lifespan
-        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self._cache: OrderedDict[str, tuple[float, Principal | None]] = OrderedDict()  # LRU
 
     @property
     def enabled(self) -> bool:
@@ -111,10 +112,11 @@ class KeyRing:
             hit = self._cache.get(d)
             if hit is not None and hit[0] > now:
                 principal = hit[1]
+                self._cache.move_to_end(d)
             else:
                 principal = await self.store.principal(d)
                 if len(self._cache) >= self.MAX_CACHED:
-                    self._cache.clear()
+                    self._cache.popitem(last=False)  # the least recently used: random keys sprayed go first
                 self._cache[d] = (now + self.cache_s, principal)
         if principal is None:
             raise UnauthorizedError("the API key is not valid")

@@ -12,13 +12,15 @@ import secrets
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.errors import NotFoundError, VGateError
 from app.services.access import KeyRing, Principal, digest, principal_of
 from app.services.state.connection import Health, guarded
 
-Scope = Literal["predict", "agent", "tools", "openai", "admin"]
+log = structlog.get_logger("vgate.keys")
+Scope = Literal["predict", "agent", "tools", "openai", "admin", "metrics"]
 KEY_PREFIX = "vg-"
 
 
@@ -69,6 +71,26 @@ class KeyConflict(VGateError):
     type = "key_conflict"
 
 
+# Each change is one script, so a key revoked while it is being changed stays revoked.
+_ADD = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"""
+_REPLACE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"""
+_DELETE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[2])
+return 1
+"""
+_KEYS = ["vg:keys:ids", "vg:keys:by_digest"]
+
+
 class KeyStore:
     """Admin keys by digest, in Redis (``redis``) or in memory."""
 
@@ -77,10 +99,15 @@ class KeyStore:
         self.health = health
         self._by_digest: dict[str, str] = {}  # memory: digest -> record JSON
         self._ids: dict[str, str] = {}  # memory: id -> digest
+        if redis is not None:
+            self._add, self._replace, self._delete = (redis.register_script(s) for s in (_ADD, _REPLACE, _DELETE))
 
     async def principal(self, key_digest: str) -> Principal | None:
         raw = await self._get_by_digest(key_digest)
-        return principal_of(KeyInfo.model_validate_json(raw), source="admin") if raw is not None else None
+        if raw is None:
+            return None
+        info = _read(raw)
+        return principal_of(info, source="admin") if info is not None else None
 
     async def _get_by_digest(self, key_digest: str) -> bytes | str | None:
         if self.redis is None:
@@ -96,10 +123,7 @@ class KeyStore:
             self._ids[info.id] = key_digest
             self._by_digest[key_digest] = raw
             return True
-        if not await guarded(self.redis.hsetnx("vg:keys:ids", info.id, key_digest), "keys_add", self.health):
-            return False
-        await guarded(self.redis.hset("vg:keys:by_digest", key_digest, raw), "keys_add", self.health)
-        return True
+        return bool(await guarded(self._add(keys=_KEYS, args=[info.id, key_digest, raw]), "keys_add", self.health))
 
     async def get(self, key_id: str) -> tuple[str, KeyInfo] | None:
         if self.redis is None:
@@ -109,31 +133,35 @@ class KeyStore:
         if d is None:
             return None
         raw = await self._get_by_digest(d.decode())
-        return (d.decode(), KeyInfo.model_validate_json(raw)) if raw is not None else None
+        info = _read(raw) if raw is not None else None
+        return (d.decode(), info) if info is not None else None
 
-    async def replace(self, key_digest: str, info: KeyInfo) -> None:
+    async def replace(self, key_digest: str, info: KeyInfo) -> bool:
+        """Store the changed record; False if the key was revoked meanwhile."""
         if self.redis is None:
+            if self._ids.get(info.id) != key_digest:
+                return False
             self._by_digest[key_digest] = info.model_dump_json()
-        else:
-            await guarded(self.redis.hset("vg:keys:by_digest", key_digest, info.model_dump_json()), "keys_update",
-                          self.health)
+            return True
+        return bool(await guarded(self._replace(keys=_KEYS, args=[info.id, key_digest, info.model_dump_json()]),
+                                  "keys_update", self.health))
 
-    async def delete(self, key_id: str, key_digest: str) -> None:
+    async def delete(self, key_id: str, key_digest: str) -> bool:
+        """Revoke; False if it was revoked meanwhile."""
         if self.redis is None:
-            self._ids.pop(key_id, None)
+            if self._ids.get(key_id) != key_digest:
+                return False
+            del self._ids[key_id]
             self._by_digest.pop(key_digest, None)
-            return
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hdel("vg:keys:by_digest", key_digest)
-        pipe.hdel("vg:keys:ids", key_id)
-        await guarded(pipe.execute(), "keys_delete", self.health)
+            return True
+        return bool(await guarded(self._delete(keys=_KEYS, args=[key_id, key_digest]), "keys_delete", self.health))
 
     async def all(self) -> list[KeyInfo]:
         if self.redis is None:
             raws = list(self._by_digest.values())
         else:
             raws = list((await guarded(self.redis.hgetall("vg:keys:by_digest"), "keys_list", self.health)).values())
-        return sorted((KeyInfo.model_validate_json(r) for r in raws), key=lambda k: k.id)
+        return sorted((info for r in raws if (info := _read(r)) is not None), key=lambda k: k.id)
 
 
 class KeyAdmin:
@@ -180,13 +208,15 @@ class KeyAdmin:
             if name in changes and changes[name] is None:
                 changes.pop(name)  # every key has them: null leaves them
         updated = KeyInfo(**{**info.model_dump(), **changes})
-        await self.store.replace(d, updated)
+        if not await self.store.replace(d, updated):
+            raise NotFoundError(f"no key {key_id!r} (revoked meanwhile)", type="key_not_found")
         self.keyring.forget(d)
         return updated
 
     async def revoke(self, key_id: str) -> None:
         d, _ = await self._made(key_id)
-        await self.store.delete(key_id, d)
+        if not await self.store.delete(key_id, d):
+            raise NotFoundError(f"no key {key_id!r} (revoked meanwhile)", type="key_not_found")
         self.keyring.forget(d)
 
     async def _made(self, key_id: str) -> tuple[str, KeyInfo]:
@@ -197,6 +227,14 @@ class KeyAdmin:
         if found is None:
             raise NotFoundError(f"no key {key_id!r}", type="key_not_found")
         return found
+
+
+def _read(raw: bytes | str) -> KeyInfo | None:
+    try:
+        return KeyInfo.model_validate_json(raw)
+    except ValidationError:  # a record written by another version, or damaged: not a key
+        log.warning("key_record_unreadable")
+        return None
 
 
 def _info_of(p: Principal) -> KeyInfo:

@@ -110,3 +110,36 @@ async def _kill_redis(url: str) -> None:
     except Exception:
         pass  # the server closes the connection as it exits
     await asyncio.sleep(0.2)
+
+
+async def test_usage_dates_out_of_range_are_a_422_not_a_500(sim_url):
+    async with gateway(sim_url, api_keys=CONFIG) as gw:
+        early = await gw.client.get("/admin/usage?until=0001-01-01", headers=AUTH)
+        bad = await gw.client.get("/admin/usage?since=yesterday", headers=AUTH)
+    assert early.status_code == 200 and early.json()["usage"] == []
+    assert bad.status_code == 422
+
+
+async def test_a_key_revoked_while_it_is_being_changed_stays_revoked(sim_url, redis_clean):
+    async with gateway(sim_url, api_keys=CONFIG, redis_url=redis_clean, key_cache_s=0) as gw:
+        for _ in range(20):
+            made = (await gw.client.post("/admin/keys", headers=AUTH, json={})).json()
+            patch, delete = await asyncio.gather(
+                gw.client.patch(f"/admin/keys/{made['id']}", headers=AUTH, json={"rpm": 100}),
+                gw.client.delete(f"/admin/keys/{made['id']}", headers=AUTH))
+            use = {"authorization": f"Bearer {made['key']}"}
+            assert delete.status_code == 204 and patch.status_code in (200, 404)
+            assert (await gw.client.post("/v1/chat/completions", json=CHAT, headers=use)).status_code == 401
+            listed = (await gw.client.get("/admin/keys", headers=AUTH)).json()["keys"]
+            assert made["id"] not in {k["id"] for k in listed}
+
+
+async def test_a_metrics_key_may_scrape_but_not_manage_keys(sim_url):
+    scraper = "vg-scrape-" + "s" * 24
+    keys = [*CONFIG, {"id": "prometheus", "key": scraper, "scopes": ["metrics"]}]
+    use = {"authorization": f"Bearer {scraper}"}
+    async with gateway(sim_url, api_keys=keys) as gw:
+        scrape = await gw.client.get("/metrics", headers=use)
+        admin = await gw.client.get("/metrics", headers=AUTH)
+        make = await gw.client.post("/admin/keys", headers=use, json={})
+    assert scrape.status_code == 200 and admin.status_code == 200 and make.status_code == 403

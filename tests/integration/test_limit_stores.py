@@ -47,7 +47,7 @@ async def test_settling_replaces_the_reservation_with_the_real_cost_and_records_
     limits = Limits(tpm=1000, budget_usd_daily=1.0)
     p = Periods.at()
     r = await store.reserve("k", limits, "r1", 600, 0.6, 10, p)
-    await store.settle("k", "r1", "m", 30, 20, 0.05, True, p)
+    await store.settle("k", "r1", "m", 30, 20, 0.05, True, True, p)
     again = await store.reserve("k", limits, "r2", 900, 0.9, 10, p)  # fits only after the settlement
     rows = await store.usage(p.day, p.day, "k", None)
     assert r.ok and again.ok and again.tokens_used == 950 and again.spent_day == pytest.approx(0.95)
@@ -80,7 +80,7 @@ async def test_the_stores_agree_on_a_sequence(redis_clean):
             r = await s.reserve("k", limits, f"r{n}", 20, 0.03, 60, p)
             answers[i].append((r.limit, r.tokens_used, round(r.spent_day, 6)))
             if r.ok:
-                await s.settle("k", f"r{n}", "m", 5, 5, 0.02, True, p)
+                await s.settle("k", f"r{n}", "m", 5, 5, 0.02, True, True, p)
     await client.aclose()
     assert answers[0] == answers[1]
 
@@ -91,10 +91,10 @@ async def test_settlements_survive_a_redis_that_lost_its_scripts(redis_clean):
     client = aredis.Redis.from_url(redis_clean)
     store = RedisLimitStore(client)
     p = Periods.at()
-    store.record("k", None, "m", 1, 2, 0.5, False, p)
+    store.record("k", None, "m", 1, 2, 0.5, False, True, p)
     await store.drain()
     await client.script_flush()  # as after a restart
-    store.record("k", None, "m", 3, 4, 0.25, False, p)
+    store.record("k", None, "m", 3, 4, 0.25, False, True, p)
     await store.drain()
     rows = await store.usage(p.day, p.day, "k", None)
     await client.aclose()

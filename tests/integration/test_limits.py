@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from app.services.limits import Limits, Periods
 from tests.support import gateway
 
 ADMIN = "vg-admin-" + "a" * 24
@@ -132,3 +133,121 @@ async def test_per_key_metrics_carry_the_alias_only_when_asked(sim_url):
         pooled = gw.metric("vgate_key_requests_total", key="all", model="sim-model")
         refusals = gw.metric("vgate_limit_refusals_total", limit="rpm")
     assert aliased == 1 and pooled == 1 and refusals == 1
+
+
+PRICES = {"sim-model": {"input_per_1k": 1.0, "output_per_1k": 1.0}}
+
+
+async def _spend(gw, path: str, body: dict, n: int) -> tuple[list, dict]:
+    answers = await asyncio.gather(*(gw.client.post(path, json=body, headers=bearer(KEY)) for _ in range(n)))
+    await gw.state.meter.drain()
+    return answers, (await gw.client.get("/admin/usage", headers=bearer(ADMIN))).json()["totals"]
+
+
+async def test_a_call_that_names_no_max_tokens_is_capped_so_the_budget_holds(sim_url, store):
+    # Without a cap a model may run to its context (min_tokens forces it here); the reservation is
+    # then no bound. A key with a budget gets max_tokens = limits_default_completion_tokens.
+    body = {"messages": [{"role": "user", "content": "hi"}], "min_tokens": 1000}
+    async with gateway(sim_url, api_keys=keys(budget_usd_daily=1.0), prices=PRICES,
+                       limits_default_completion_tokens=400, **store) as gw:
+        answers, totals = await _spend(gw, "/v1/chat/completions", body, 20)
+    ok = [r for r in answers if r.status_code == 200]
+    assert ok and all(r.json()["usage"]["completion_tokens"] <= 400 for r in ok)
+    assert totals["cost_usd"] <= 1.0 + (17 + 400) / 1000
+
+
+async def test_a_list_of_prompts_reserves_for_every_completion(sim_url, store):
+    body = {"prompt": ["a"] * 50, "max_tokens": 20, "min_tokens": 20}
+    async with gateway(sim_url, api_keys=keys(budget_usd_daily=5.0), prices=PRICES, **store) as gw:
+        answers, totals = await _spend(gw, "/v1/completions", body, 40)
+    assert any(r.status_code == 200 for r in answers) and any(r.status_code == 429 for r in answers)
+    assert totals["cost_usd"] <= 5.0  # the reservations (50 x (12 + 20) tokens each) bound what they spend
+
+
+async def test_a_token_bound_that_is_not_a_positive_integer_is_a_400_for_a_key_with_a_budget(sim_url):
+    async with gateway(sim_url, api_keys=keys(budget_usd_daily=1.0), prices=PRICES) as gw:
+        r = await gw.client.post("/v1/chat/completions", json={**CHAT, "max_tokens": "5000"}, headers=bearer(KEY))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+
+
+async def test_remaining_headers_count_the_request_itself(sim_url, store):
+    async with gateway(sim_url, api_keys=keys(tpm=1000, budget_usd_daily=1.0), prices=PRICES, **store) as gw:
+        r = await gw.client.post("/v1/chat/completions", json=CHAT, headers=bearer(KEY))
+    used = r.json()["usage"]["total_tokens"]
+    assert int(r.headers["x-ratelimit-remaining-tokens"]) == 1000 - used
+    assert float(r.headers["x-vgate-budget-remaining-usd-daily"]) == pytest.approx(1.0 - used / 1000, abs=1e-6)
+
+
+async def test_a_refusal_carries_the_remaining_headers(sim_url, store):
+    async with gateway(sim_url, api_keys=keys(rpm=1), **store) as gw:
+        await gw.client.post("/v1/chat/completions", json=CHAT, headers=bearer(KEY))
+        r = await gw.client.post("/v1/chat/completions", json=CHAT, headers=bearer(KEY))
+    assert r.status_code == 429 and r.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+async def test_calls_the_upstream_refused_are_not_requests_in_the_usage_report(sim_url, store):
+    bad = {**CHAT, "n": 2}  # the simulator answers 400
+    async with gateway(sim_url, api_keys=keys(budget_usd_daily=5.0), **store) as gw:
+        r = await gw.client.post("/v1/chat/completions", json=bad, headers=bearer(KEY))
+        await gw.state.meter.drain()
+        rows = (await gw.client.get("/admin/usage", headers=bearer(ADMIN))).json()["usage"]
+    assert r.status_code == 400 and rows == []
+
+
+async def test_a_call_cancelled_while_its_reservation_is_in_flight_gives_it_back(sim_url, redis_clean):
+    from types import SimpleNamespace
+
+    async with gateway(sim_url, api_keys=keys(), redis_url=redis_clean, prices={"m": PRICES["sim-model"]}) as gw:
+        meter = gw.state.meter
+        principal = SimpleNamespace(id="k", alias=None, limits=Limits(budget_usd_daily=1.0))
+        for spins in list(range(1, 30)) * 2:
+            call = SimpleNamespace(principal=principal, route="openai_chat", max_tokens=100, outputs=1, model="m",
+                                   messages=[{"role": "user", "content": "hi"}], tools=None, prompt_chars=2,
+                                   reservation=None, reserved=None, label="m", taken=False)
+            task = asyncio.create_task(meter.reserve(call))
+            for _ in range(spins):
+                await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            if call.reservation is not None:
+                meter.settle(call, 0, 0, 0.0)
+        await meter.drain()
+        call.max_tokens, call.reservation = 880, None  # 0.897 of the 1.0: fits only if nothing is held
+        await meter.reserve(call)
+    assert call.reservation is not None
+
+
+async def test_a_lease_redis_could_not_take_back_is_taken_back_once_it_answers(sim_url, redis_clean):
+    from types import SimpleNamespace
+
+    import redis.asyncio as aredis
+
+    async with gateway(sim_url, api_keys=keys(), redis_url=redis_clean) as gw:
+        meter = gw.state.meter
+        principal = SimpleNamespace(id="k", alias=None, limits=Limits(max_concurrent=1))
+        admission = await meter.admit(principal)
+        other = aredis.Redis.from_url(redis_clean)
+        await other.execute_command("CLIENT", "PAUSE", "1500", "ALL")  # Redis stalls for 1.5 s
+        await meter.leave(principal, admission)  # times out: retried in the background
+        await asyncio.sleep(3.5)
+        again = await meter.admit(principal)
+        await other.aclose()
+    assert again is not None and again.verdict.ok
+
+
+async def test_reservations_never_touch_the_money_spent(redis_clean):
+    # A reservation that lapses (its replica died, and Redis expired what it held) gives nothing back
+    # because it never took anything from the spent total.
+    import redis.asyncio as aredis
+
+    from app.services.limits import RedisLimitStore
+
+    client = aredis.Redis.from_url(redis_clean)
+    store = RedisLimitStore(client)
+    p = Periods.at()
+    assert (await store.reserve("k", Limits(budget_usd_daily=1.0), "r1", 10, 0.8, 0.3, p)).ok
+    spent = await client.get(f"vg:k:{{k}}:d:{p.day}")
+    await client.delete("vg:k:{k}:res", "vg:k:{k}:resv", "vg:k:{k}:rsum")  # as their TTL would
+    after = await store.reserve("k", Limits(budget_usd_daily=1.0), "r2", 10, 0.9, 10, p)
+    await client.aclose()
+    assert spent is None and after.ok

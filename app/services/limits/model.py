@@ -74,7 +74,7 @@ _current: list = [None, None]  # (second, Periods): one computation per second, 
 
 
 def periods_now() -> Periods:
-    """``Periods.at(now)``, computed once a second (its reset times are up to a second early)."""
+    """``Periods.at(now)``, computed once a second (its reset times may be up to a second long)."""
     second = int(time.time())
     if _current[0] != second:
         _current[1] = Periods.at(second)
@@ -101,14 +101,21 @@ class Verdict:
 
 
 class LimitExceeded(VGateError):
-    """429: a key's limit or budget; the message names it and when it resets."""
+    """429: a key's limit or budget; the message names it and when it resets; the headers say what is left."""
 
     status_code = 429
     type = "rate_limited"
 
+    def __init__(self, message: str, *, limit_headers: list[tuple[bytes, bytes]] | None = None, **kw) -> None:
+        super().__init__(message, **kw)
+        self.limit_headers = limit_headers or []
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), **{k.decode(): v.decode() for k, v in self.limit_headers}}
+
 
 def refusal(key_id: str, limits: Limits, verdict: Verdict, periods: Periods, *, cost: float = 0.0,
-            tokens: int = 0) -> LimitExceeded:
+            tokens: int = 0, headers: list[tuple[bytes, bytes]] | None = None) -> LimitExceeded:
     """The 429 for ``verdict`` (not ok), naming the limit, its value and when it frees up."""
     name = verdict.limit
     retry = max(verdict.retry_after_s, 0.001)
@@ -119,7 +126,8 @@ def refusal(key_id: str, limits: Limits, verdict: Verdict, periods: Periods, *, 
         msg = (f"key {key_id!r} may use {limits.tpm} tokens per minute (tpm); {verdict.tokens_used} are used or "
                f"reserved and this call reserves {tokens}; enough frees up in {when}")
     elif name == "max_concurrent":
-        msg = f"key {key_id!r} may have {limits.max_concurrent} requests in flight at once (max_concurrent)"
+        msg = (f"key {key_id!r} may have {limits.max_concurrent} requests in flight at once (max_concurrent); "
+               "one frees up when one of them ends")
     elif name == "budget_usd_daily":
         msg = (f"key {key_id!r} has spent its daily budget of ${limits.budget_usd_daily:g} "
                f"(${verdict.spent_day:.6f} spent or reserved{_needs(cost)}); it resets at 00:00 UTC, in {when}")
@@ -129,7 +137,7 @@ def refusal(key_id: str, limits: Limits, verdict: Verdict, periods: Periods, *, 
                f"in {when}")
     kind = "budget_exceeded" if name.startswith("budget") else "rate_limited"
     return LimitExceeded(msg, type=kind, retry_after_s=math.ceil(retry), limit=name,
-                         resets_in_s=round(retry, 3))
+                         resets_in_s=round(retry, 3), limit_headers=headers)
 
 
 def _needs(cost: float) -> str:

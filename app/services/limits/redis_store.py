@@ -1,17 +1,21 @@
 """Limits, reservations and usage in Redis, shared by every worker and replica.
 
 Each check is one Lua script, so it is atomic across processes: two gateways can never both take a
-key's last request of the minute or the last dollar of its budget. Time is Redis's own (``TIME``),
-so replicas whose clocks differ still share one window. The rules are those of ``memory.py``.
+key's last request of the minute or the last dollar of its budget. Windows and expiries use Redis's
+own clock (``TIME``), so replicas whose clocks differ share one window; the budget's day and month
+are named by the gateway (UTC). The rules are those of ``memory.py``: money is what settled calls
+spent plus what live reservations hold, and a reservation never settled (its replica died) lapses.
 
 Layout, per key id K (a single Redis or Sentinel; the scripts touch a key's own keys):
   vg:k:{K}:rq     ZSET lease -> time        requests admitted in the last 60 s (rpm)
   vg:k:{K}:live   ZSET lease -> expiry      requests in flight (max_concurrent; a dead replica's expire)
   vg:k:{K}:tk     ZSET res -> time          token entries in the last 60 s (tpm) ...
-  vg:k:{K}:tkv    HASH res -> tokens        ... and their sizes (reserved, then real)
-  vg:k:{K}:res    ZSET res -> expiry        reservations not yet settled ...
-  vg:k:{K}:resv   HASH res -> cost|day|mon  ... and what they hold (a call that never settles is reclaimed)
-  vg:k:{K}:d:DAY  STRING                    USD spent and reserved that UTC day
+  vg:k:{K}:tkv    HASH res -> tokens        ... their sizes (reserved, then real) ...
+  vg:k:{K}:tks    STRING                    ... and their sum
+  vg:k:{K}:res    ZSET res -> expiry        live reservations ...
+  vg:k:{K}:resv   HASH res -> USD           ... what each holds ...
+  vg:k:{K}:rsum   STRING                    ... and their sum
+  vg:k:{K}:d:DAY  STRING                    USD spent that UTC day (settled calls)
   vg:k:{K}:m:MON  STRING                    ... that month
   vg:k:{K}:u:DAY  HASH model\\tfield -> n    usage by model that day (requests, prompt, completion, cost)
   vg:usage:keys   SET                       the key ids with usage
@@ -32,63 +36,59 @@ log = structlog.get_logger("vgate.limits")
 USAGE_TTL_S = 400 * 86400  # a year and a month of daily usage
 SPEND_TTL_S = {"d": 3 * 86400, "m": 40 * 86400}
 
-# Shared by the scripts: KEYS[1..6] = rq, live, tk, tkv, res, resv. Drops what left the window,
-# leases past expiry, and reservations past their hold (their money goes back to the budget).
+# Shared by the scripts: KEYS[1..10] = rq, live, tk, tkv, res, resv, spend day, spend month, tks, rsum.
+# Drops what left the window, leases past expiry and reservations past their hold, keeping the sums.
 _PRELUDE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local window = tonumber(ARGV[1])
-local expired = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now)
-for _, res in ipairs(expired) do
-  local held = redis.call('HGET', KEYS[6], res)
-  if held then
-    local cost, dk, mk = string.match(held, '^([^|]+)|([^|]+)|([^|]+)$')
-    redis.call('INCRBYFLOAT', dk, -tonumber(cost))
-    redis.call('INCRBYFLOAT', mk, -tonumber(cost))
-    redis.call('HDEL', KEYS[6], res)
+local function drop(zset, hash, total, upto, float)
+  local gone = redis.call('ZRANGEBYSCORE', zset, '-inf', upto)
+  if #gone == 0 then return end
+  local sum = 0
+  for i = 1, #gone, 1000 do
+    local part = {unpack(gone, i, math.min(i + 999, #gone))}
+    for _, v in ipairs(redis.call('HMGET', hash, unpack(part))) do sum = sum + (tonumber(v) or 0) end
+    redis.call('HDEL', hash, unpack(part))
   end
+  redis.call('ZREMRANGEBYSCORE', zset, '-inf', upto)
+  if redis.call('HLEN', hash) == 0 then redis.call('DEL', total)
+  elseif float then redis.call('INCRBYFLOAT', total, -sum)
+  else redis.call('DECRBY', total, sum) end
 end
-if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now) end
+drop(KEYS[5], KEYS[6], KEYS[10], now, true)
+drop(KEYS[3], KEYS[4], KEYS[9], now - window, false)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - window)
-for i = 1, #old, 1000 do
-  redis.call('HDEL', KEYS[4], unpack(old, i, math.min(i + 999, #old)))
+local function positive(k)
+  local v = tonumber(redis.call('GET', k) or '0')
+  if v < 0 then return 0 end
+  return v
 end
-if #old > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window) end
-local function tokens_used()
-  local used = 0
-  for _, v in ipairs(redis.call('HVALS', KEYS[4])) do used = used + tonumber(v) end
-  return used
-end
+local used = positive(KEYS[9])
+local reserved = positive(KEYS[10])
+local sd, sm = positive(KEYS[7]) + reserved, positive(KEYS[8]) + reserved
 local function tokens_free_in(tpm, want)
-  local used = tokens_used()
+  local left = used
   local entries = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
   for i = 1, #entries, 2 do
-    used = used - tonumber(redis.call('HGET', KEYS[4], entries[i]) or '0')
-    if used == 0 or (used + want <= tpm and (want > 0 or used < tpm)) then
+    left = left - tonumber(redis.call('HGET', KEYS[4], entries[i]) or '0')
+    if left <= 0 or (left + want <= tpm and (want > 0 or left < tpm)) then
       return tonumber(entries[i + 1]) + window - now
     end
   end
   return window
 end
-local function spent(k)
-  local v = tonumber(redis.call('GET', k) or '0')
-  if v < 0 then return 0 end
-  return v
-end
 local function num(s) if s == '' then return nil end return tonumber(s) end
+local function keep(k, ms) redis.call('PEXPIRE', k, math.ceil(ms)) end
 """
 
-# KEYS[7], KEYS[8] = spend day, spend month. ARGV: window, lease, lease_s, rpm, tpm, max_concurrent,
-# budget_day, budget_month, day_reset_s, month_reset_s ('' = no such limit).
+# ARGV: window, lease, lease_s, rpm, tpm, max_concurrent, budget_day, budget_month, day_reset_s,
+# month_reset_s ('' = no such limit).
 _ADMIT = _PRELUDE + """
 local lease, lease_s = ARGV[2], tonumber(ARGV[3])
 local rpm, tpm, maxc, bday, bmon = num(ARGV[4]), num(ARGV[5]), num(ARGV[6]), num(ARGV[7]), num(ARGV[8])
-local sd, sm = spent(KEYS[7]), spent(KEYS[8])
 local nreq = redis.call('ZCARD', KEYS[1])
-local used = 0
-if tpm then used = tokens_used() end
 local limit, retry = '', 0
 if maxc and redis.call('ZCARD', KEYS[2]) >= maxc then limit, retry = 'max_concurrent', 1
 elseif rpm and nreq >= rpm then
@@ -101,11 +101,11 @@ end
 if limit == '' then
   if maxc then
     redis.call('ZADD', KEYS[2], now + lease_s, lease)
-    redis.call('PEXPIRE', KEYS[2], math.ceil(lease_s * 1000))
+    keep(KEYS[2], lease_s * 1000)
   end
   if rpm then
     redis.call('ZADD', KEYS[1], now, lease)
-    redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000))
+    keep(KEYS[1], window * 1000)
     nreq = nreq + 1
   end
 end
@@ -118,9 +118,6 @@ return {limit, tostring(retry), nreq, tostring(reset), used, tostring(sd), tostr
 _RESERVE = _PRELUDE + """
 local res, tokens, cost, hold = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local tpm, bday, bmon = num(ARGV[6]), num(ARGV[7]), num(ARGV[8])
-local sd, sm = spent(KEYS[7]), spent(KEYS[8])
-local used = 0
-if tpm then used = tokens_used() end
 local limit, retry = '', 0
 if tpm and used > 0 and used + tokens > tpm then limit, retry = 'tpm', tokens_free_in(tpm, tokens)
 elseif bday and sd + cost > bday then limit, retry = 'budget_usd_daily', tonumber(ARGV[9])
@@ -130,58 +127,65 @@ if limit == '' then
   if tpm then
     redis.call('ZADD', KEYS[3], now, res)
     redis.call('HSET', KEYS[4], res, tokens)
-    redis.call('PEXPIRE', KEYS[3], math.ceil(window * 1000))
-    redis.call('PEXPIRE', KEYS[4], math.ceil(window * 1000))
+    redis.call('INCRBY', KEYS[9], tokens)
+    for i = 3, 9, 6 do keep(KEYS[i], window * 1000) end
+    keep(KEYS[4], window * 1000)
     used = used + tokens
   end
-  redis.call('INCRBYFLOAT', KEYS[7], cost)
-  redis.call('INCRBYFLOAT', KEYS[8], cost)
-  redis.call('EXPIRE', KEYS[7], tonumber(ARGV[11]))
-  redis.call('EXPIRE', KEYS[8], tonumber(ARGV[12]))
   redis.call('ZADD', KEYS[5], now + hold, res)
-  redis.call('HSET', KEYS[6], res, ARGV[4] .. '|' .. KEYS[7] .. '|' .. KEYS[8])
-  redis.call('PEXPIRE', KEYS[5], math.ceil(hold * 1000) + 60000)
-  redis.call('PEXPIRE', KEYS[6], math.ceil(hold * 1000) + 60000)
+  redis.call('HSET', KEYS[6], res, ARGV[4])
+  redis.call('INCRBYFLOAT', KEYS[10], cost)
+  keep(KEYS[5], hold * 1000)
+  keep(KEYS[6], hold * 1000)
+  keep(KEYS[10], hold * 1000)
   sd, sm = sd + cost, sm + cost
 end
 return {limit, tostring(retry), 0, '0', used, tostring(sd), tostring(sm)}
 """
 
-# KEYS[9] usage hash, KEYS[10] the usage index. ARGV: window, res ('' = none), model, prompt,
-# completion, cost, count_tokens (1/0), key id, day ttl, month ttl
+# KEYS[11] usage hash, KEYS[12] the usage index. ARGV: window, res ('' = none), model, prompt,
+# completion, cost, count_tokens (1/0), key id, day ttl, month ttl, served (1/0)
 _SETTLE = _PRELUDE + """
 local res, model = ARGV[2], ARGV[3]
 local prompt, completion, cost = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local held = nil
-if res ~= '' then held = redis.call('HGET', KEYS[6], res) end
-if held then
-  local reserved, dk, mk = string.match(held, '^([^|]+)|([^|]+)|([^|]+)$')
-  redis.call('INCRBYFLOAT', dk, cost - tonumber(reserved))
-  redis.call('INCRBYFLOAT', mk, cost - tonumber(reserved))
-  redis.call('HDEL', KEYS[6], res)
-  redis.call('ZREM', KEYS[5], res)
-else
+if res ~= '' then
+  local held = redis.call('HGET', KEYS[6], res)
+  if held then
+    redis.call('HDEL', KEYS[6], res)
+    redis.call('ZREM', KEYS[5], res)
+    if redis.call('HLEN', KEYS[6]) == 0 then redis.call('DEL', KEYS[10])
+    else redis.call('INCRBYFLOAT', KEYS[10], -tonumber(held)) end
+  end
+end
+if cost > 0 then
   redis.call('INCRBYFLOAT', KEYS[7], cost)
   redis.call('INCRBYFLOAT', KEYS[8], cost)
   redis.call('EXPIRE', KEYS[7], tonumber(ARGV[9]))
   redis.call('EXPIRE', KEYS[8], tonumber(ARGV[10]))
 end
-if res ~= '' and redis.call('HEXISTS', KEYS[4], res) == 1 then
-  redis.call('HSET', KEYS[4], res, prompt + completion)
-elseif ARGV[7] == '1' and prompt + completion > 0 then
+local total = prompt + completion
+local was = nil
+if res ~= '' then was = redis.call('HGET', KEYS[4], res) end
+if was then
+  redis.call('HSET', KEYS[4], res, total)
+  redis.call('INCRBY', KEYS[9], total - tonumber(was))
+elseif ARGV[7] == '1' and total > 0 then
   local id = res
   if id == '' then id = 'u' .. tostring(now) .. ':' .. tostring(math.random(1000000)) end
   redis.call('ZADD', KEYS[3], now, id)
-  redis.call('HSET', KEYS[4], id, prompt + completion)
-  redis.call('PEXPIRE', KEYS[3], math.ceil(window * 1000))
-  redis.call('PEXPIRE', KEYS[4], math.ceil(window * 1000))
+  redis.call('HSET', KEYS[4], id, total)
+  redis.call('INCRBY', KEYS[9], total)
+  for i = 3, 9, 6 do keep(KEYS[i], window * 1000) end
+  keep(KEYS[4], window * 1000)
 end
-redis.call('HINCRBY', KEYS[9], model .. '\\trequests', 1)
-redis.call('HINCRBY', KEYS[9], model .. '\\tprompt', prompt)
-redis.call('HINCRBY', KEYS[9], model .. '\\tcompletion', completion)
-redis.call('HINCRBYFLOAT', KEYS[9], model .. '\\tcost', cost)
-redis.call('EXPIRE', KEYS[9], %d)
-redis.call('SADD', KEYS[10], ARGV[8])
+if ARGV[11] == '1' then
+  redis.call('HINCRBY', KEYS[11], model .. '\\trequests', 1)
+  redis.call('HINCRBY', KEYS[11], model .. '\\tprompt', prompt)
+  redis.call('HINCRBY', KEYS[11], model .. '\\tcompletion', completion)
+  redis.call('HINCRBYFLOAT', KEYS[11], model .. '\\tcost', cost)
+  redis.call('EXPIRE', KEYS[11], %d)
+  redis.call('SADD', KEYS[12], ARGV[8])
+end
 return 1
 """ % USAGE_TTL_S
 
@@ -189,7 +193,7 @@ return 1
 def _keys(key: str, periods: Periods) -> list[str]:
     p = f"vg:k:{{{key}}}:"
     return [p + "rq", p + "live", p + "tk", p + "tkv", p + "res", p + "resv", f"{p}d:{periods.day}",
-            f"{p}m:{periods.month}"]
+            f"{p}m:{periods.month}", p + "tks", p + "rsum"]
 
 
 def _arg(v) -> str:
@@ -274,21 +278,21 @@ class RedisLimitStore:
                       periods: Periods) -> Verdict:
         raw = await guarded(self._reserve(keys=_keys(key, periods), args=[
             WINDOW_S, res, tokens, repr(float(cost)), hold_s, _arg(limits.tpm), _arg(limits.budget_usd_daily),
-            _arg(limits.budget_usd_monthly), periods.day_reset_s, periods.month_reset_s, SPEND_TTL_S["d"],
-            SPEND_TTL_S["m"]]), "limits_reserve", self.health)
+            _arg(limits.budget_usd_monthly), periods.day_reset_s, periods.month_reset_s]), "limits_reserve",
+            self.health)
         return _verdict(raw)
 
     async def settle(self, key: str, res: str | None, model: str, prompt: int, completion: int, cost: float,
-                     count_tokens: bool, periods: Periods) -> None:
-        keys, args = self._settle_call(key, res, model, prompt, completion, cost, count_tokens, periods)
+                     count_tokens: bool, served: bool, periods: Periods) -> None:
+        keys, args = self._settle_call(key, res, model, prompt, completion, cost, count_tokens, served, periods)
         await guarded(self._settle(keys=keys, args=args), "limits_settle", self.health)
 
     @staticmethod
     def _settle_call(key: str, res: str | None, model: str, prompt: int, completion: int, cost: float,
-                     count_tokens: bool, periods: Periods) -> tuple[list, list]:
+                     count_tokens: bool, served: bool, periods: Periods) -> tuple[list, list]:
         keys = [*_keys(key, periods), f"vg:k:{{{key}}}:u:{periods.day}", "vg:usage:keys"]
         return keys, [WINDOW_S, res or "", model, prompt, completion, repr(float(cost)), "1" if count_tokens else "0",
-                      key, SPEND_TTL_S["d"], SPEND_TTL_S["m"]]
+                      key, SPEND_TTL_S["d"], SPEND_TTL_S["m"], "1" if served else "0"]
 
     async def usage(self, since: str, until: str, key: str | None, model: str | None) -> list[dict]:
         if key is not None:
@@ -317,11 +321,6 @@ class RedisLimitStore:
                              "completion_tokens": int(row.get("completion", 0)),
                              "cost_usd": float(row.get("cost", 0.0))})
         return rows
-
-    async def spent(self, key: str, periods: Periods) -> tuple[float, float]:
-        ks = _keys(key, periods)
-        d, m = await guarded(self.redis.mget(ks[6], ks[7]), "limits_spent", self.health)
-        return max(0.0, float(d or 0)), max(0.0, float(m or 0))
 
     async def ping(self) -> bool:
         await guarded(self.redis.ping(), "ping", self.health)

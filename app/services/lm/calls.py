@@ -53,7 +53,9 @@ class Call:
     upstream: Any = None  # where the last attempt went
     tried: set[Any] = field(default_factory=set)  # upstreams whose attempt failed: the next goes elsewhere
     timing: bool = False  # the request's upstream timer is running for it
-    max_tokens: int | None = None  # what it may generate, for the reservation against a key's limits
+    max_tokens: int | None = None  # what it may generate, for the reservation against a key's limits ...
+    outputs: int = 1  # ... per completion it makes (n, prompts in a list)
+    reserved: tuple[int, float] | None = None  # the reservation's tokens and cost
     principal: Any = None  # the API key it is made for (its limits and usage)
     reservation: str | None = None  # its tokens and cost reserved against the key's limits
 
@@ -131,7 +133,7 @@ class CallBooks:
             c.cost.inc(cost)
         if call.on_usage is not None and call.taken:
             call.on_usage(CallUsage(usage, cost, estimated))
-        if call.principal is not None and (call.taken or call.reservation is not None) and self.meter is not None:
+        if call.principal is not None and self.meter is not None and (call.taken or call.reservation is not None):
             self.meter.settle(call, usage.prompt_tokens, usage.completion_tokens, cost)
         c.requests.inc()
         c.queue_time.observe(call.started - call.entered)

@@ -40,7 +40,7 @@ from app.services.lm.errors import (
     upstream_message,
 )
 from app.services.passthrough.relay import StreamReader, error_event, event_end, read_usage
-from app.services.passthrough.request import RESPONSES, Endpoint, Prepared, read, with_model
+from app.services.passthrough.request import RESPONSES, Endpoint, Prepared, cap_completion, read, with_model
 from app.services.upstreams import Upstream, prefix_key
 from app.services.upstreams.wire import WireResponse
 from app.settings import Settings
@@ -94,11 +94,14 @@ class PassthroughService:
         model = await self.lm.resolve_model(prep.model)
         with_model(prep, model)
         ctx = request_context.get()
+        principal = ctx.principal if ctx is not None else None
+        if principal is not None and principal.limits.per_call:
+            cap_completion(endpoint, prep, self.settings.limits_default_completion_tokens)
         session = ctx.session if ctx is not None else None
         call = Call(model=model, label=self.lm.model_label(model), route=endpoint.route, messages=prep.messages,
                     tools=prep.tools, on_usage=None, priority=self.lm.dispatch.priority("openai"),
                     affinity=self._affinity(model, prep, session), prompt_chars=prep.prompt_chars,
-                    max_tokens=prep.max_tokens)
+                    max_tokens=prep.max_tokens, outputs=prep.outputs)
         deadline = call.entered + self.settings.request_timeout_s
         timer = ctx.timer if ctx is not None else None
         request_id = ctx.request_id if ctx is not None else None

@@ -51,12 +51,19 @@ def connect(settings) -> Redis | None:
 
 
 class Health:
-    """Whether Redis answered last time, for the metric and one log line per change."""
+    """Whether Redis answered last time, for the metric and one log line per change; after a failure,
+    commands fail at once for ``quiet_s`` (then one tries again), so an outage costs each request
+    nothing rather than a timeout."""
 
-    def __init__(self, metrics=None) -> None:
+    def __init__(self, metrics=None, quiet_s: float = 1.0) -> None:
         self.metrics = metrics
         self.up = True
         self.since = time.monotonic()
+        self.quiet_s = quiet_s
+        self.failed_at = float("-inf")
+
+    def resting(self) -> bool:
+        return not self.up and time.monotonic() - self.failed_at < self.quiet_s
 
     def ok(self) -> None:
         if not self.up:
@@ -67,6 +74,7 @@ class Health:
                 self.metrics.store_up.set(1)
 
     def failed(self, op: str, exc: BaseException) -> None:
+        self.failed_at = time.monotonic()
         if self.metrics is not None:
             self.metrics.store_errors.labels(op=op).inc()
         if self.up:
@@ -78,7 +86,13 @@ class Health:
 
 
 async def guarded(aw: Awaitable[T], op: str, health: Health | None = None) -> T:
-    """``aw``'s result, or ``StoreUnavailable`` for any Redis failure (connection, timeout, error)."""
+    """``aw``'s result, or ``StoreUnavailable`` for any Redis failure (connection, timeout, error),
+    at once while Redis has just failed."""
+    if health is not None and health.resting():
+        close = getattr(aw, "close", None)
+        if close is not None:
+            close()  # never started: no "never awaited" warning
+        raise StoreUnavailable()
     try:
         result = await aw
     except (RedisError, OSError) as exc:
