@@ -205,8 +205,8 @@ class Settings(BaseSettings):
     # When the store (Redis) cannot be reached: false refuses calls of keys with limits (503, fail
     # closed); true lets them through uncounted (fail open).
     limits_fail_open: bool = False
-    # Prompt tokens are estimated as bytes / 4; a call that names no max_tokens reserves this many
-    # completion tokens against tpm and the budgets until its real usage is known.
+    # A key with tpm or a budget: its passthrough calls that name no max_tokens get this many (so that
+    # the reservation, prompt bytes / 3 plus max_tokens, bounds what they spend).
     limits_default_completion_tokens: int = Field(1024, ge=1)
     # Per-key usage metrics carry the key's alias (or id); off: one series for all keys.
     metrics_key_alias: bool = False

@@ -34,6 +34,7 @@ from app.services.state.connection import Health, StoreUnavailable, guarded
 log = structlog.get_logger("vgate.limits")
 
 USAGE_TTL_S = 400 * 86400  # a year and a month of daily usage
+USAGE_BATCH = 1000
 SPEND_TTL_S = {"d": 3 * 86400, "m": 40 * 86400}
 
 # Shared by the scripts: KEYS[1..10] = rq, live, tk, tkv, res, resv, spend day, spend month, tks, rsum.
@@ -301,11 +302,13 @@ class RedisLimitStore:
             keys = sorted(k.decode() for k in await guarded(self.redis.smembers("vg:usage:keys"), "usage",
                                                              self.health))
         days = days_between(since, until)
-        pipe = self.redis.pipeline(transaction=False)
         pairs = [(d, k) for d in days for k in keys]
-        for d, k in pairs:
-            pipe.hgetall(f"vg:k:{{{k}}}:u:{d}")
-        results = await guarded(pipe.execute(), "usage", self.health)
+        results = []
+        for i in range(0, len(pairs), USAGE_BATCH):  # bounded pipelines, however many keys and days
+            pipe = self.redis.pipeline(transaction=False)
+            for d, k in pairs[i:i + USAGE_BATCH]:
+                pipe.hgetall(f"vg:k:{{{k}}}:u:{d}")
+            results += await guarded(pipe.execute(), "usage", self.health)
         rows = []
         for (d, k), fields in zip(pairs, results, strict=True):
             by_model: dict[str, dict] = {}
