@@ -1,8 +1,8 @@
-"""POST /agent (SSE or JSON) and GET /agent/runs/{run_id}/events (resume with Last-Event-ID)."""
+"""POST /agent (SSE or JSON) and GET /agent/runs/{run_id}/events (resume with Last-Event-ID; with
+Redis, through any replica)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Annotated, Any, Literal
@@ -17,10 +17,11 @@ from app.errors import InvalidRequestError
 from app.routers.deps import AgentDep, SettingsDep, cancel_on_disconnect, routing_hints
 from app.routers.json_body import JSONBodyRoute
 from app.routers.schemas import EVENT_STREAM_RESPONSE, AgentFinal, error_responses
-from app.services.agent import AgentRun, AgentService, Mode
+from app.services.agent import AgentService, Mode
+from app.services.agent.runs import event_json
+from app.services.agent.shared_runs import RunLike
 from app.services.programs import PredictConfig
 from app.settings import Settings
-from app.tools.executor import strict_json
 
 log = structlog.get_logger("vgate.agent")
 
@@ -118,7 +119,7 @@ def _wants_json(request: Request) -> bool:
 async def run_agent(body: AgentRequest, request: Request, agent: AgentDep,
                     settings: SettingsDep) -> EventSourceResponse | dict[str, Any]:
     task = agent.make_task(config=body.config, **body.model_dump(exclude={"config"}, exclude_none=True))
-    run = agent.start(task)
+    run = await agent.start(task)
     if _wants_json(request):
         return await cancel_on_disconnect(request, agent.result(run))
     return _event_stream(run, 0, agent, settings)
@@ -129,12 +130,14 @@ async def run_agent(body: AgentRequest, request: Request, agent: AgentDep,
     response_model=None,
     response_class=EventSourceResponse,
     responses={200: EVENT_STREAM_RESPONSE, **error_responses(
-        404, 422, _404="unknown or expired run (run_not_found)", _422="Last-Event-ID is not an event id")},
+        404, 422, 503, _404="unknown or expired run (run_not_found)", _422="Last-Event-ID is not an event id",
+        _503="the run is not on this replica and the shared store (Redis) is unreachable (store_unavailable)")},
 )
 async def resume_agent(run_id: str, agent: AgentDep, settings: SettingsDep,
                        last_event_id: Annotated[str | None, Header()] = None) -> EventSourceResponse:
-    """The events after ``Last-Event-ID`` (header, as EventSource sends it), then the live ones."""
-    run = agent.get_run(run_id)
+    """The events after ``Last-Event-ID`` (header, as EventSource sends it), then the live ones. A
+    run of another replica is read from Redis (``VGATE_REDIS_URL``)."""
+    run = await agent.find_run(run_id)
     try:
         after = int(last_event_id or 0)
     except ValueError:
@@ -142,13 +145,13 @@ async def resume_agent(run_id: str, agent: AgentDep, settings: SettingsDep,
     return _event_stream(run, after, agent, settings)
 
 
-def _event_stream(run: AgentRun, after_id: int, agent: AgentService, settings: Settings) -> EventSourceResponse:
+def _event_stream(run: RunLike, after_id: int, agent: AgentService, settings: Settings) -> EventSourceResponse:
     stopping = anyio.Event()  # set by sse-starlette when the server begins shutting down
 
     async def events() -> AsyncIterator[ServerSentEvent]:
         async with aclosing(agent.follow(run, after_id, stopping)) as followed:
             async for ev in followed:
-                yield ServerSentEvent(data=_event_json(ev.data), event=ev.event, id=str(ev.id))
+                yield ServerSentEvent(data=event_json(ev.data), event=ev.event, id=str(ev.id))
 
     # The run has shutdown_grace_s to finish and then ends with its shutting_down event; the stream
     # is held open a little longer so that event reaches the client before the connection closes.
@@ -156,20 +159,3 @@ def _event_stream(run: AgentRun, after_id: int, agent: AgentService, settings: S
                                headers={"x-vgate-run-id": run.run_id}, shutdown_event=stopping,
                                shutdown_grace_period=settings.shutdown_grace_s + 1)
 
-
-def _event_json(data: Any) -> str:
-    """An event's data as JSON text any client reads: no NaN or Infinity (a browser's JSON.parse
-    refuses them: null instead), no lone surrogate (no UTF-8 stream carries one: U+FFFD instead).
-    The tools and the loop keep them out of events; this is the backstop, and it never raises (a
-    stream that raises ends without its final event)."""
-    try:
-        text = json.dumps(data, ensure_ascii=False, allow_nan=False, default=str)
-        text.encode("utf-8")
-        return text
-    except (ValueError, RecursionError):  # UnicodeEncodeError and NaN are ValueErrors
-        pass
-    try:  # ASCII: also escapes what default=str made of an object
-        return json.dumps(strict_json(data), ensure_ascii=True, allow_nan=False, default=str)
-    except (ValueError, RecursionError):  # nested past the recursion limit, or circular
-        log.error("agent_event_unserialisable", keys=sorted(map(str, data)) if isinstance(data, dict) else None)
-        return json.dumps({"type": "internal_error", "message": "this event's data could not be serialised"})

@@ -411,7 +411,7 @@ async def test_a_bad_tool_name_400_does_not_switch_the_model_to_react():
 
 async def test_too_many_concurrent_runs_is_503(sim_latency_url):
     async with gateway(sim_latency_url, agent_max_concurrent_runs=1) as gw:
-        first = gw.state.agent.start(AgentTask(
+        first = await gw.state.agent.start(AgentTask(
             messages=[{"role": "user", "content": "write a long story"}], instructions=None, tool_names=[],
             max_steps=1, model=None, config=PredictConfig(max_tokens=2000)))
         r = await gw.client.post("/agent", json={"input": "hi"})

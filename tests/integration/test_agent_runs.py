@@ -64,7 +64,7 @@ async def test_a_run_cancelled_before_its_first_step_is_not_left_live(sim_url):
     must still end, free its place under the cap and its session."""
     async with gateway(sim_url, agent_max_concurrent_runs=1) as gw:
         agent = gw.state.agent
-        run = agent.start(agent.make_task(input="hello", tools=[], session_id="s1"))
+        run = await agent.start(agent.make_task(input="hello", tools=[], session_id="s1"))
         run.task.cancel()
         await asyncio.wait({run.task})
         r = await gw.client.post("/agent", json={"input": "again", "tools": [], "session_id": "s1"})

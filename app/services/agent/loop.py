@@ -24,6 +24,7 @@ from app.errors import UpstreamBadRequestError, VGateError
 from app.metrics import Metrics
 from app.services.agent import react
 from app.services.agent.runs import AgentRun, SessionStore
+from app.services.agent.shared_sessions import SharedSessions
 from app.services.agent.stream import Coalescer
 from app.services.agent.task import AgentTask
 from app.services.lm import CallUsage, ContentDelta, Done, LMClient, LMResult, ReasoningDelta, ToolCall, Usage
@@ -54,7 +55,7 @@ class RunLoop:
     """The loop of one run, with what it needs of the gateway."""
 
     def __init__(self, run: AgentRun, task: AgentTask, *, lm: LMClient, tools: ToolExecutor, settings: Settings,
-                 metrics: Metrics, sessions: SessionStore, tool_support: ToolSupport) -> None:
+                 metrics: Metrics, sessions: SessionStore | SharedSessions, tool_support: ToolSupport) -> None:
         self.run = run
         self.task = task
         self.lm = lm
@@ -75,6 +76,7 @@ class RunLoop:
     async def main(self) -> None:
         run, task, totals = self.run, self.task, self.totals
         structlog.contextvars.bind_contextvars(run_id=run.run_id)
+        last: tuple[str, dict[str, Any]] = ("error", dict(_INTERNAL_ERROR))  # the run's last event
         try:
             model = await self.lm.resolve_model(task.model)
             run.model = model
@@ -130,41 +132,50 @@ class RunLoop:
                                     "raise config.max_tokens")
             if task.session_id:
                 final["session_id"] = task.session_id
-            run.publish("final", final)
+            last = ("final", final)
         except asyncio.CancelledError:
             self.outcome = "cancelled"
             if run.shutting_down:
-                run.publish("error", {"status": 503, "type": "shutting_down", "retryable": True,
-                                      "message": "the gateway is shutting down and stopped the run before it "
-                                                 "finished; send it again"})
+                last = ("error", {"status": 503, "type": "shutting_down", "retryable": True,
+                                  "message": "the gateway is shutting down and stopped the run before it "
+                                             "finished; send it again"})
             else:
-                run.publish("error", {"type": "cancelled", "message": "the run was cancelled (its clients left)"})
+                last = ("error", {"type": "cancelled", "message": "the run was cancelled (its clients left)"})
             raise
         except VGateError as exc:
-            run.publish("error", {"status": exc.status_code, **exc.body()})
+            last = ("error", {"status": exc.status_code, **exc.body()})
         except Exception:
             log.exception("agent_run_crashed")
-            run.publish("error", {"type": "internal_error", "message": "internal error; the run id is in the logs"})
         finally:
-            self.finish()
+            # The session is free before the last event is out: a client that sees it may start
+            # the session's next turn at once, on any replica.
+            try:
+                if task.session_key is not None and not self._closed:
+                    await self.sessions.checkin(task.session_key, self._kept())
+            finally:
+                self.finish(*last)
 
     def abandon(self) -> None:
         """The task is done: if it never ran (cancelled before its first step), end the run now."""
         if not self._closed:
             self.outcome = "cancelled"
-            self.run.publish("error", {"type": "cancelled", "message": "the run was cancelled before it started"})
-            self.finish()
+            if self.task.session_key is not None:
+                self.sessions.checkin_nowait(self.task.session_key, None)
+            self.finish("error", {"type": "cancelled", "message": "the run was cancelled before it started"})
 
-    def finish(self) -> None:
-        """Close the run's books, once: its log, its session, its metrics."""
+    def _kept(self) -> list[dict[str, Any]] | None:
+        """What the session keeps of the run: the conversation if it ended well, else nothing new."""
+        return self.conversation if self.outcome in ("ok", "max_steps", "length") else None
+
+    def finish(self, event: str, data: dict[str, Any]) -> None:
+        """Close the run's books, once: its last event, its log, its metrics (its session is
+        checked in first, by the caller)."""
         if self._closed:
             return
         self._closed = True
-        run, task, totals = self.run, self.task, self.totals
+        run, totals = self.run, self.totals
+        run.publish(event, data)
         run.finish()
-        if task.session_key is not None:
-            self.sessions.release(task.session_key,
-                                  self.conversation if self.outcome in ("ok", "max_steps", "length") else None)
         self.metrics.agent_runs.labels(outcome=self.outcome).inc()
         self.metrics.agent_steps.observe(totals.steps)
         log.info("agent_run", outcome=self.outcome, steps=totals.steps, model_calls=totals.model_calls,
@@ -362,6 +373,9 @@ def _refuses_auto_tools(message: str) -> bool:
     remembered per model; any other 400 (a bad tool name, say) is the request's own problem."""
     m = message.lower()
     return "enable-auto-tool-choice" in m or '"auto" tool choice' in m
+
+
+_INTERNAL_ERROR = {"type": "internal_error", "message": "internal error; the run id is in the logs"}
 
 
 class _SwitchToReact(Exception):

@@ -1,8 +1,9 @@
 """In-memory state of agent runs: the event log each run keeps for resumable streams, and the
 conversations kept for ``session_id``. Both are bounded in size and time.
 
-(Kept behind small classes so that a Redis-backed version can replace them for several
-gateway replicas without touching the agent loop.)
+With ``VGATE_REDIS_URL`` the logs are also copied to Redis and the sessions live there, for several
+gateway replicas (``shared_runs``, ``shared_sessions``): the same small interfaces, so the agent
+loop does not know which it has.
 """
 
 from __future__ import annotations
@@ -12,20 +13,51 @@ import json
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import structlog
+
+from app.tools.executor import strict_json
+
+log = structlog.get_logger("vgate.agent")
+
+TERMINAL_EVENTS = ("final", "error")  # a run's last event is one of these
 
 
 @dataclass(slots=True)
 class AgentEvent:
+    """One event of a run's log: ``id`` is its place in the log (1, 2, 3, ...), the SSE id."""
+
     id: int
     event: str
     data: dict[str, Any]
 
 
+def event_json(data: Any) -> str:
+    """An event's data as JSON text any client reads: no NaN or Infinity (a browser's JSON.parse
+    refuses them: null instead), no lone surrogate (no UTF-8 stream carries one: U+FFFD instead).
+    The tools and the loop keep them out of events; this is the backstop, and it never raises (a
+    stream that raises ends without its final event). The SSE stream and the shared log in Redis
+    both write events with it."""
+    try:
+        text = json.dumps(data, ensure_ascii=False, allow_nan=False, default=str)
+        text.encode("utf-8")
+        return text
+    except (ValueError, RecursionError):  # UnicodeEncodeError and NaN are ValueErrors
+        pass
+    try:  # ASCII: also escapes what default=str made of an object
+        return json.dumps(strict_json(data), ensure_ascii=True, allow_nan=False, default=str)
+    except (ValueError, RecursionError):  # nested past the recursion limit, or circular
+        log.error("agent_event_unserialisable", keys=sorted(map(str, data)) if isinstance(data, dict) else None)
+        return json.dumps({"type": "internal_error", "message": "this event's data could not be serialised"})
+
+
 @dataclass
 class AgentRun:
+    """A run of this process: its event log, its task and its clients."""
+
     run_id: str
     model: str | None = None
     session_id: str | None = None
@@ -36,6 +68,8 @@ class AgentRun:
     subscribers: int = 0
     cancel_timer: asyncio.TimerHandle | None = None  # pending cancellation: nobody follows the run
     shutting_down: bool = False  # the gateway stopped it (shutdown grace over): its error event says so
+    # Told of each change (an event, the end), synchronously: the writer of the shared log in Redis.
+    listener: Callable[[], None] | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -56,6 +90,8 @@ class AgentRun:
     def _wake(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+        if self.listener is not None:
+            self.listener()
 
     async def follow(self, after_id: int = 0) -> AsyncIterator[AgentEvent]:
         """Events with id > ``after_id``, then live ones until the run ends.
@@ -137,6 +173,7 @@ class SessionStore:
         return list(s.messages)
 
     def release(self, session_id: str, messages: list[dict[str, Any]] | None) -> None:
+        """The session free again, with ``messages`` as its history (None: the history unchanged)."""
         s = self._sessions.get(session_id)
         if s is None:
             return
@@ -144,6 +181,23 @@ class SessionStore:
             s.messages = trim_history(messages, self.max_messages, self.max_bytes)
         s.busy = False
         s.touched = time.monotonic()
+
+    # The interface the agent service and loop use, which ``SharedSessions`` (Redis) has too.
+
+    async def checkout(self, session_id: str) -> list[dict[str, Any]] | None:
+        """``acquire``: the history, the session busy; None if a run already uses it."""
+        return self.acquire(session_id)
+
+    async def checkin(self, session_id: str, messages: list[dict[str, Any]] | None) -> None:
+        """``release``."""
+        self.release(session_id, messages)
+
+    def checkin_nowait(self, session_id: str, messages: list[dict[str, Any]] | None) -> None:
+        """``release``, from code that cannot wait (a task's done callback)."""
+        self.release(session_id, messages)
+
+    async def aclose(self) -> None:
+        """Nothing to close: the sessions are in memory."""
 
     def _evict(self) -> None:
         now = time.monotonic()
