@@ -168,7 +168,7 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
         app.state.passthrough = PassthroughService(lm, settings, metrics)
         executor = build_tool_executor(settings, metrics, tools_http)
         app.state.tools = executor
-        app.state.agent = AgentService(lm, executor, settings, metrics, redis=redis)
+        app.state.agent = AgentService(lm, executor, settings, metrics, redis=redis, health=health)
         log.info("startup", version=__version__, upstreams=[u.url for u in settings.upstream_configs()],
                  programs=sorted(programs), api_keys=len(settings.api_keys),
                  store="redis" if redis is not None else "memory")
