@@ -1,0 +1,207 @@
+"""/agent across gateway replicas that share one Redis (VGATE_REDIS_URL): a run's event log is read
+through any replica, sessions are continued on any replica and run on one at a time, and an
+unreachable Redis leaves each replica its own runs (a 503 store_unavailable for the rest).
+
+Two apps in one process are two replicas (each has its own runs and its own Redis client); the last
+test runs two real `vgate serve` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import httpx
+import redis as redis_sync
+
+from tests.integration.test_agent_api import names, parse_sse, read_events, run_sse
+from tests.support import free_port, gateway, live_gateway, redis_server, spawn
+
+KEY_ONE = "vg-" + "1" * 29
+KEY_TWO = "vg-" + "2" * 29
+KEYS = [{"id": "one", "key": KEY_ONE, "scopes": ["agent"]}, {"id": "two", "key": KEY_TWO, "scopes": ["agent"]}]
+# About 60 tokens at the slow simulator's 50 ms a step: a run that lasts three seconds or so.
+STORY = {"input": "write a long story", "tools": [], "config": {"max_tokens": 80, "min_tokens": 60}}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def assert_whole(ids: list[int]) -> None:
+    assert ids == list(range(ids[0], ids[0] + len(ids))), ids  # each once, in order, no gap
+
+
+async def started(agent, events: int = 2):
+    """The run that ``agent`` has live, once it has published ``events`` events."""
+    for _ in range(500):
+        live = agent.runs.live()
+        if live and len(live[0].events) >= events:
+            return live[0]
+        await asyncio.sleep(0.01)
+    raise AssertionError("no run started")
+
+
+def test_a_run_started_on_one_replica_is_resumed_on_another(sim_slow_url, redis_clean):
+    """A client leaves replica A mid-run and comes back through B with Last-Event-ID: B has never
+    seen the run, reads what it missed from Redis and follows it live to its final event. A keeps the
+    run going past its disconnect grace because the client follows it through B."""
+
+    async def scenario(a: str, b: str) -> tuple[str, list[dict], list[dict], float]:
+        async with httpx.AsyncClient(timeout=30) as c:
+            async with c.stream("POST", f"{a}/agent", json=STORY) as r:
+                run_id = r.headers["x-vgate-run-id"]
+                seen = await read_events(r, lambda events: len(events) >= 3)
+            t0 = time.perf_counter()
+            r2 = await c.get(f"{b}/agent/runs/{run_id}/events", headers={"Last-Event-ID": str(seen[-1]["id"])})
+            assert r2.status_code == 200, r2.text
+            assert any(line.startswith(":") for line in r2.text.splitlines())  # B's heartbeats
+            return run_id, seen, parse_sse(r2.text), time.perf_counter() - t0
+
+    grace = 0.3
+    with live_gateway(sim_slow_url, redis_url=redis_clean, agent_disconnect_grace_s=grace) as (a, _), \
+            live_gateway(sim_slow_url, redis_url=redis_clean, sse_heartbeat_s=0.5) as (b, b_app):
+        run_id, seen, rest, followed_s = asyncio.run(scenario(a, b))
+        assert b_app.state.agent.runs.get(run_id) is None  # B served it from Redis
+    assert [e["id"] for e in seen] == [1, 2, 3]
+    assert rest[0]["id"] == seen[-1]["id"] + 1
+    assert_whole([e["id"] for e in seen + rest])
+    assert rest[-1]["event"] == "final", rest[-1]  # not cancelled when the client left A
+    assert rest[-1]["data"]["usage"]["completion_tokens"] >= 60
+    assert followed_s > 3 * grace  # it was followed live, well past A's grace
+    answer = "".join(e["data"]["text"] for e in seen + rest if e["event"] == "delta")
+    assert answer == rest[-1]["data"]["answer"]
+
+
+async def test_a_run_is_resumable_through_another_replica_only_by_its_key(sim_url, redis_clean):
+    async with gateway(sim_url, redis_url=redis_clean, api_keys=KEYS) as a, \
+            gateway(sim_url, redis_url=redis_clean, api_keys=KEYS) as b:
+        whole = await run_sse(a.client, {"input": 'CALL calculator {"expression": "6*7"}'}, headers=bearer(KEY_ONE))
+        run_id = whole[0]["data"]["run_id"]
+        own = await b.client.get(f"/agent/runs/{run_id}/events", headers={**bearer(KEY_ONE), "Last-Event-ID": "1"})
+        other = await b.client.get(f"/agent/runs/{run_id}/events", headers=bearer(KEY_TWO))
+        other_local = await a.client.get(f"/agent/runs/{run_id}/events", headers=bearer(KEY_TWO))
+        unknown = await b.client.get("/agent/runs/run_nope/events", headers=bearer(KEY_ONE))
+    assert names(whole) == ["run", "tool_call", "tool_result", "final"]
+    assert own.status_code == 200 and parse_sse(own.text) == whole[1:]  # the same events, ids and data
+    for r in (other, unknown):
+        assert r.status_code == 404 and r.json()["error"]["type"] == "run_not_found"
+    assert other.json()["error"]["message"] == other_local.json()["error"]["message"]  # as the local answer
+
+
+async def test_a_sessions_next_turn_on_another_replica_sees_its_history(sim_url, redis_clean):
+    """The simulator follows `ALWAYS CALL` lines of a conversation's first user message, which only
+    the kept history can show it on B."""
+    turn = {"session_id": "s1", "tools": ["calculator"], "max_steps": 1}
+    async with gateway(sim_url, redis_url=redis_clean) as a, gateway(sim_url, redis_url=redis_clean) as b:
+        first = await run_sse(a.client, {**turn, "input": 'ALWAYS CALL calculator {"expression": "3*3"}'})
+        second = await run_sse(b.client, {**turn, "input": "and now?"})
+        alone = await run_sse(b.client, {**turn, "input": "and now?", "session_id": "s2"})
+        third = await run_sse(a.client, {**turn, "input": "and then?"})
+    assert names(first) == names(second) == names(third) == ["run", "tool_call", "tool_result", "final"]
+    assert names(alone) == ["run", "final"]
+    usage = [t[-1]["data"]["usage"]["prompt_tokens"] for t in (alone, second, third)]
+    assert usage[0] < usage[1] < usage[2]  # each turn sees all the turns before it, wherever they ran
+
+
+async def test_a_session_busy_on_one_replica_is_409_on_another(sim_slow_url, redis_clean):
+    async with gateway(sim_slow_url, redis_url=redis_clean) as a, gateway(sim_slow_url, redis_url=redis_clean) as b:
+        running = asyncio.create_task(a.client.post("/agent", json={**STORY, "session_id": "busy"}))
+        await started(a.state.agent)
+        busy = await b.client.post("/agent", json={"input": "hi", "tools": [], "session_id": "busy"})
+        other = await b.client.post("/agent", json={"input": "hi", "tools": [], "session_id": "free"})
+        first = await running
+        after = await b.client.post("/agent", json={"input": "hi", "tools": [], "session_id": "busy"})
+    assert busy.status_code == 409 and busy.json()["error"]["type"] == "session_busy"
+    assert other.status_code == 200
+    assert parse_sse(first.text)[-1]["event"] == "final"
+    assert after.status_code == 200 and parse_sse(after.text)[-1]["event"] == "final"  # the lease is free
+
+
+async def test_with_redis_gone_runs_go_on_locally_and_the_rest_is_a_quick_503(sim_slow_url):
+    """Redis stops mid-run: the run still ends on its replica and is resumable there; another
+    replica cannot find it (503 store_unavailable, at once), nor run a session. Each failure is
+    counted, the outage logged once."""
+    from structlog.testing import capture_logs
+
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(redis_server())
+        async with gateway(sim_slow_url, redis_url=url) as a, gateway(sim_slow_url, redis_url=url) as b:
+            with capture_logs() as logs:
+                running = asyncio.create_task(a.client.post("/agent", json=STORY))
+                await started(a.state.agent)
+                stack.close()  # redis-server stopped
+                whole = parse_sse((await running).text)
+                run_id = whole[0]["data"]["run_id"]
+                local = await a.client.get(f"/agent/runs/{run_id}/events", headers={"Last-Event-ID": "2"})
+                t0 = time.perf_counter()
+                elsewhere = await b.client.get(f"/agent/runs/{run_id}/events", headers={"Last-Event-ID": "2"})
+                resume_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                session = await a.client.post("/agent", json={"input": "hi", "tools": [], "session_id": "s"})
+                session_s = time.perf_counter() - t0
+                plain = await a.client.post("/agent", json={"input": "hi", "tools": []})
+                await asyncio.sleep(0.5)  # the writers try again
+            log_errors = a.metric("vgate_store_errors_total", op="agent_run_log")
+            store_up = a.metric("vgate_store_up")
+    assert whole[-1]["event"] == "final"
+    assert_whole([e["id"] for e in whole])
+    assert local.status_code == 200 and parse_sse(local.text) == whole[2:]
+    for r in (elsewhere, session):
+        assert r.status_code == 503 and r.json()["error"]["type"] == "store_unavailable", r.text
+        assert r.headers["retry-after"] == "1"
+    assert resume_s < 3 and session_s < 3
+    assert plain.status_code == 200 and parse_sse(plain.text)[-1]["event"] == "final"  # no session: no Redis
+    assert log_errors >= 2 and store_up == 0
+    assert [e["event"] for e in logs].count("store_unreachable") == 2  # once by each replica
+
+
+async def test_a_run_whose_replica_is_gone_ends_with_run_lost(sim_url, redis_clean):
+    """A log left live by a replica that died (no liveness key): its follower ends it, once, with a
+    retryable error event after its last one; later readers find the same log, finished."""
+    client = redis_sync.Redis.from_url(redis_clean)
+    try:
+        client.xadd("vg:run:{run_dead}:events", {"event": "run", "data": '{"run_id": "run_dead"}'}, id="0-1")
+        client.xadd("vg:run:{run_dead}:events", {"event": "delta", "data": '{"text": "Once", "step": 1}'}, id="0-2")
+        client.hset("vg:run:{run_dead}:meta", mapping={"owner": "", "replica": "gone:1:x", "session_id": "",
+                                                        "model": "m", "finished": 0})
+        async with gateway(sim_url, redis_url=redis_clean) as b:
+            first = parse_sse((await b.client.get("/agent/runs/run_dead/events")).text)
+            again = parse_sse((await b.client.get("/agent/runs/run_dead/events", headers={"Last-Event-ID": "1"})).text)
+        finished = client.hget("vg:run:{run_dead}:meta", "finished")
+    finally:
+        client.close()
+    assert [(e["id"], e["event"]) for e in first] == [(1, "run"), (2, "delta"), (3, "error")]
+    assert first[-1]["data"]["type"] == "run_lost" and first[-1]["data"]["retryable"] is True
+    assert again == first[1:] and finished == b"1"
+
+
+def test_two_gateway_processes_share_a_run(sim_slow_url, redis_clean):
+    """Two `vgate serve` processes: a run started on one is resumed on the other, mid-run, with each
+    event after Last-Event-ID once, through the final one."""
+
+    async def scenario(a: str, b: str) -> tuple[list[dict], list[dict]]:
+        async with httpx.AsyncClient(timeout=30) as c:
+            async with c.stream("POST", f"{a}/agent", json=STORY) as r:
+                run_id = r.headers["x-vgate-run-id"]
+                seen = await read_events(r, lambda events: len(events) >= 4)
+            r2 = await c.get(f"{b}/agent/runs/{run_id}/events", headers={"Last-Event-ID": str(seen[-1]["id"])})
+            assert r2.status_code == 200, r2.text
+            return seen, parse_sse(r2.text)
+
+    env = {"VGATE_REDIS_URL": redis_clean, "VGATE_AGENT_DISCONNECT_GRACE_S": "0.3", "VGATE_LOG_LEVEL": "WARNING"}
+    pa, pb = free_port(), free_port()
+    with spawn(["serve", "--upstream", sim_slow_url, "--port", str(pa)], pa, env=env) as a, \
+            spawn(["serve", "--upstream", sim_slow_url, "--port", str(pb)], pb, env=env) as b:
+        seen, rest = asyncio.run(scenario(a, b))
+    assert rest[0]["id"] == seen[-1]["id"] + 1
+    assert_whole([e["id"] for e in seen + rest])
+    assert rest[-1]["event"] == "final" and rest[-1]["data"]["usage"]["completion_tokens"] >= 60
+    client = redis_sync.Redis.from_url(redis_clean)
+    try:
+        run_id = rest[-1]["data"]["run_id"]
+        meta = client.hgetall(f"vg:run:{{{run_id}}}:meta")
+        ttl = client.ttl(f"vg:run:{{{run_id}}}:events")
+    finally:
+        client.close()
+    assert meta[b"finished"] == b"1" and 0 < ttl <= 300  # kept agent_resume_ttl_s once finished
