@@ -215,7 +215,8 @@ class Settings(BaseSettings):
     # Redis for state shared by workers and replicas: limits, keys made through /admin/keys, usage,
     # agent sessions and run event logs. Empty: in this process's memory.
     redis_url: SecretStr | None = None
-    redis_timeout_s: float = Field(0.5, gt=0, le=30)  # per command; an unreachable Redis never hangs a request
+    # Per command (a stalled Redis never hangs a request); not too tight: a busy event loop's lag counts.
+    redis_timeout_s: float = Field(1.0, gt=0, le=30)
 
     # --- cost ------------------------------------------------------------
     prices: dict[str, Price] = Field(default_factory=dict)

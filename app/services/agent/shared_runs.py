@@ -104,7 +104,7 @@ class SharedRuns:
         self.live_ttl_ms = int(max(self.LIVE_TTL_S, settings.agent_resume_ttl_s) * 1000)
         self.resume_ttl_s = settings.agent_resume_ttl_s
         self.grace_s = settings.agent_disconnect_grace_s
-        # A blocking read must answer within the client's socket timeout (0.5 s by default).
+        # A blocking read must answer within the client's socket timeout (1 s by default).
         self.block_ms = max(1, int(min(1.0, settings.redis_timeout_s / 2) * 1000))
         self.follow_script = redis.register_script(_FOLLOW)
         self.followed_script = redis.register_script(_FOLLOWED)

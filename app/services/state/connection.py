@@ -16,6 +16,7 @@ import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
 from redis.retry import Retry
 
 from app.errors import VGateError
@@ -74,7 +75,8 @@ class Health:
                 self.metrics.store_up.set(1)
 
     def failed(self, op: str, exc: BaseException) -> None:
-        self.failed_at = time.monotonic()
+        if not isinstance(exc, RedisTimeout):  # refused or dropped: Redis is away. A timeout may be this
+            self.failed_at = time.monotonic()  # process's own busy loop, and must not refuse the next second
         if self.metrics is not None:
             self.metrics.store_errors.labels(op=op).inc()
         if self.up:
