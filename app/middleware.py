@@ -9,7 +9,6 @@ For every HTTP request it
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
@@ -254,5 +253,4 @@ class AccessMiddleware:
         try:
             await self.app(scope, receive, send_with_limits)
         finally:
-            if admission.lease is not None:  # shielded: a cancelled request still frees its slot
-                await asyncio.shield(self.meter.leave(principal, admission))
+            self.meter.leave(principal, admission)  # no await: a cancelled request frees its slot too

@@ -56,6 +56,9 @@ class MemoryLimitStore:
         return v
 
     async def leave(self, key: str, lease: str) -> None:
+        self.leave_soon(key, lease)
+
+    def leave_soon(self, key: str, lease: str) -> None:
         k = self._keys.get(key)
         if k is not None:
             k.live.pop(lease, None)

@@ -31,7 +31,6 @@ from app.services.state.connection import StoreUnavailable
 log = structlog.get_logger("vgate.limits")
 BYTES_PER_TOKEN = 3
 TEMPLATE_TOKENS = 8  # a chat template's role markers per message (Qwen's are 5)
-LEAVE_RETRIES_S = (0.5, 1, 2, 4, 8, 16)  # a lease Redis could not take back: tried again, then it expires
 
 
 @dataclass(slots=True)
@@ -57,7 +56,6 @@ class Meter:
         self.hold_s = settings.request_timeout_s + 60.0  # ... and its reservations lapse after this
         self._refused: dict[str, object] = {}
         self._children: dict[tuple[str, str], tuple] = {}
-        self._background: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------ requests
 
@@ -76,32 +74,17 @@ class Meter:
             raise
         except asyncio.CancelledError:  # it may have been taken: give it back
             if limits.max_concurrent is not None:
-                self._leave_later(principal.id, lease)
+                self.store.leave_soon(principal.id, lease)
             raise
         if not verdict.ok:
             self._count_refusal(verdict.limit)
             raise refusal(principal.id, limits, verdict, periods, headers=limit_headers(limits, verdict))
         return Admission(lease if limits.max_concurrent is not None else None, limits, verdict)
 
-    async def leave(self, principal, admission: Admission) -> None:
-        if admission.lease is None:
-            return
-        try:
-            await self.store.leave(principal.id, admission.lease)
-        except StoreUnavailable:
-            self._leave_later(principal.id, admission.lease)
-
-    def _leave_later(self, key: str, lease: str) -> None:
-        async def retry() -> None:
-            for delay in (0, *LEAVE_RETRIES_S):
-                await asyncio.sleep(delay)
-                try:
-                    await self.store.leave(key, lease)
-                    return
-                except StoreUnavailable:
-                    continue
-
-        self._spawn(retry())
+    def leave(self, principal, admission: Admission) -> None:
+        """Give the request's lease back (in Redis: with the next settlements, retried while it is away)."""
+        if admission.lease is not None:
+            self.store.leave_soon(principal.id, admission.lease)
 
     # ------------------------------------------------------------ calls
 
@@ -168,8 +151,6 @@ class Meter:
 
     async def aclose(self) -> None:
         """Let the settlements in flight reach the store (bounded: a few seconds)."""
-        for task in self._background:
-            task.cancel()
         if self.store is not None:
             try:
                 await asyncio.wait_for(self.store.drain(), 5)
@@ -190,10 +171,6 @@ class Meter:
             child = self._refused[limit] = self.metrics.limit_refusals.labels(limit=limit)
         child.inc()
 
-    def _spawn(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
 
 _PROCESS = os.urandom(6).hex()  # unique across replicas, then a counter: cheaper than a uuid4 per call

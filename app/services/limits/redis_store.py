@@ -35,6 +35,7 @@ log = structlog.get_logger("vgate.limits")
 
 USAGE_TTL_S = 400 * 86400  # a year and a month of daily usage
 USAGE_BATCH = 1000
+LEAVE_TRIES = 8  # a lease given back while Redis is away: tried again over about a minute
 SPEND_TTL_S = {"d": 3 * 86400, "m": 40 * 86400}
 
 # Shared by the scripts: KEYS[1..10] = rq, live, tk, tkv, res, resv, spend day, spend month, tks, rsum.
@@ -216,38 +217,58 @@ class RedisLimitStore:
         self._admit = redis.register_script(_ADMIT)
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
-        self._queued: list[tuple] = []  # settlements waiting for the next pipeline
+        self._queued: list[tuple] = []  # settlements waiting for the next pipeline ...
+        self._leaving: list[tuple[str, str, int]] = []  # ... and leases to give back (key, lease, tries)
         self._flushing: asyncio.Task | None = None
 
     def record(self, *settlement) -> None:
-        """``settle`` in the background: settlements that arrive together go to Redis in one pipeline
-        (one round trip and one task for many calls, not one each)."""
+        """``settle`` in the background: settlements (and leases given back) that arrive together go
+        to Redis in one pipeline (one round trip and one task for many calls, not one each)."""
         self._queued.append(settlement)
+        self._schedule()
+
+    def leave_soon(self, key: str, lease: str, tries: int = 0) -> None:
+        """``leave`` in the background, with the next settlements; retried while Redis is away (else
+        the lease would hold a max_concurrent slot until it expires)."""
+        self._leaving.append((key, lease, tries))
+        self._schedule()
+
+    def _schedule(self) -> None:
         if self._flushing is None:
             self._flushing = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
         try:
-            while self._queued:
+            while self._queued or self._leaving:
                 batch, self._queued = self._queued, []
+                leaving, self._leaving = self._leaving, []
                 try:
-                    await guarded(self._settle_batch(batch), "limits_settle", self.health)
+                    await guarded(self._settle_batch(batch, leaving), "limits_settle", self.health)
                 except StoreUnavailable:
                     for s in batch:
                         log.warning("usage_not_recorded", key_id=s[0], model=s[2], prompt_tokens=s[3],
                                     completion_tokens=s[4], cost_usd=s[5])
+                    retry = [(k, lease, n + 1) for k, lease, n in leaving if n + 1 < LEAVE_TRIES]
+                    if retry:
+                        asyncio.get_running_loop().call_later(
+                            2 ** retry[0][2] / 4, lambda r=retry: [self.leave_soon(*x) for x in r])
         finally:
             self._flushing = None
 
-    async def _settle_batch(self, batch: list[tuple]) -> None:
+    async def _settle_batch(self, batch: list[tuple], leaving: list[tuple[str, str, int]]) -> None:
         """EVALSHA each in one pipeline (redis-py's script objects would add a SCRIPT EXISTS round
-        trip to every pipeline); a Redis that lost its scripts (restarted) gets the script again."""
+        trip to every pipeline), after the leases' ZREMs; a Redis that lost its scripts (restarted)
+        gets the script again."""
         for attempt in range(2):
             pipe = self.redis.pipeline(transaction=False)
+            for key, lease, _ in leaving:
+                pipe.zrem(f"vg:k:{{{key}}}:live", lease)
             for s in batch:
                 keys, args = self._settle_call(*s)
                 pipe.evalsha(self._settle.sha, len(keys), *keys, *args)
             results = await pipe.execute(raise_on_error=False)
+            leaving = []  # given back, whatever happens next
+            results = results[len(results) - len(batch):]
             lost = [s for s, r in zip(batch, results, strict=True) if isinstance(r, NoScriptError)]
             failed = next((r for r in results if isinstance(r, Exception) and not isinstance(r, NoScriptError)),
                           None)
