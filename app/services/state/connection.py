@@ -8,6 +8,7 @@ second, never a hang; the failure is a ``StoreUnavailable`` (503 with a retry hi
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -15,7 +16,8 @@ from typing import TypeVar
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 from redis.retry import Retry
 
@@ -87,9 +89,19 @@ class Health:
                 self.metrics.store_up.set(0)
 
 
+def _not_an_outage(exc: BaseException) -> bool:
+    """Redis answered (with an error for this command), or this process ran out of pooled
+    connections: Redis itself is there, and other commands must not be refused for it."""
+    if isinstance(exc, ResponseError):
+        return True
+    return isinstance(exc, RedisConnectionError) and isinstance(exc.__cause__, (asyncio.TimeoutError, TimeoutError)) \
+        and "No connection available" in str(exc)
+
+
 async def guarded(aw: Awaitable[T], op: str, health: Health | None = None) -> T:
     """``aw``'s result, or ``StoreUnavailable`` for any Redis failure (connection, timeout, error),
-    at once while Redis has just failed."""
+    at once while Redis has just failed. A command Redis refused, or a moment without a free
+    pooled connection, fails alone: it does not mark Redis as down."""
     if health is not None and health.resting():
         close = getattr(aw, "close", None)
         if close is not None:
@@ -98,6 +110,12 @@ async def guarded(aw: Awaitable[T], op: str, health: Health | None = None) -> T:
     try:
         result = await aw
     except (RedisError, OSError) as exc:
+        if _not_an_outage(exc):
+            log.warning("store_command_failed", op=op, error=type(exc).__name__)
+            if health is not None and health.metrics is not None:
+                health.metrics.store_errors.labels(op=op).inc()
+            raise StoreUnavailable("the gateway's shared state (Redis) could not do this just now; retry shortly") \
+                from exc
         if health is not None:
             health.failed(op, exc)
         raise StoreUnavailable() from exc
