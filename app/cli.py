@@ -82,7 +82,7 @@ def _serve_workers(settings: Settings, options: dict) -> None:
     settings = settings.model_copy()
     # The cap stands for vLLM's max_num_seqs: shared out, the workers together keep to it (each
     # worker's scheduler sees only its own calls).
-    settings.max_inflight_per_upstream = -(-settings.max_inflight_per_upstream // workers)
+    settings.max_inflight_per_upstream = max(1, settings.max_inflight_per_upstream // workers)
     given = next((os.environ[name] for name in _MULTIPROC_ENV if os.environ.get(name)), None)
     for name in _MULTIPROC_ENV:  # this process (prometheus_client imported just now) keeps no metrics files
         os.environ.pop(name, None)
@@ -95,6 +95,8 @@ def _serve_workers(settings: Settings, options: dict) -> None:
     # It also configures this process's logging (uvicorn's supervisor: a worker died, restarted).
     create_app(_settings_from_json(payload))
     if given:
+        if os.path.exists(given) and not os.path.isdir(given):
+            sys.exit(f"vgate serve: PROMETHEUS_MULTIPROC_DIR={given} is not a directory")
         os.makedirs(given, exist_ok=True)
         for stale in Path(given).glob("*.db"):  # an earlier run's values would be added to this one's
             stale.unlink(missing_ok=True)
@@ -178,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="worker processes on the one port (or VGATE_WORKERS; default 1). More than one needs "
                         "VGATE_REDIS_URL; /metrics then adds up all the workers, and max_inflight_per_upstream "
-                        "is shared out between them (each gets 1/N of it, rounded up), as each worker routes "
+                        "is shared out between them (each gets 1/N of it, rounded down, at least 1), as each worker routes "
                         "on its own view of the upstreams")
     p.set_defaults(func=_serve)
 

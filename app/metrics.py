@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -108,7 +109,10 @@ def sweep_dead_processes(path: str) -> None:
     pids = {int(m[1]) for name in os.listdir(path) if (m := _LIVE_GAUGE_FILE.fullmatch(name))}
     for pid in pids - {os.getpid()}:
         if _process_gone(pid):
-            mark_process_dead(pid, path)
+            try:
+                mark_process_dead(pid, path)
+            except FileNotFoundError:
+                pass  # another worker, answering a scrape at the same moment, removed it first
 
 
 class Metrics:
@@ -249,7 +253,13 @@ class Metrics:
         if path is None:
             return generate_latest(self.registry)
         refresh_function_gauges()
-        sweep_dead_processes(path)
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path)
-        return generate_latest(registry)
+        try:
+            sweep_dead_processes(path)
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path)
+            return generate_latest(registry)
+        except (OSError, ValueError, struct.error) as exc:  # the directory gone, a file cut short
+            from app.errors import VGateError
+
+            raise VGateError("the workers' metrics could not be read; see the gateway's log", status_code=503,
+                             type="metrics_unavailable", retry_after_s=1.0) from exc

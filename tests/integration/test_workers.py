@@ -203,3 +203,22 @@ def test_one_worker_keeps_its_metrics_in_memory_even_with_a_multiprocess_directo
         samples = scrape(url)
         assert summed(samples, "vgate_requests_total", "route", ("/predict",)) == 1
         assert list(tmp_path.iterdir()) == []
+
+
+
+def test_workers_sweeping_dead_workers_at_the_same_moment_do_not_fail_a_scrape(tmp_path):
+    """Scrapes answered by several workers at once all find the dead workers' live-gauge files; all
+    but one then find them gone, which must not fail the scrape (prometheus-client does not expect it)."""
+    import subprocess
+    import sys
+
+    for pid in range(2**22 + 1, 2**22 + 400):  # above the default pid_max: no such processes
+        (tmp_path / f"gauge_livesum_{pid}.db").write_bytes(b"")
+    code = ("import sys, time; from app.metrics import sweep_dead_processes; "
+            "time.sleep(max(0, float(sys.argv[2]) - time.time())); sweep_dead_processes(sys.argv[1])")
+    start = str(time.time() + 1.0)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), start], stderr=subprocess.PIPE)
+             for _ in range(4)]
+    errors = [p.communicate(timeout=30)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    assert not list(tmp_path.iterdir())
