@@ -201,7 +201,8 @@ class LMClient:
                     tools=tools, on_usage=on_usage, priority=self.dispatch.priority(priority_route or route),
                     affinity=self.dispatch.affinity(model, messages, tools),
                     in_batch=priority_route == "predict_batch",
-                    max_tokens=params.get("max_tokens") or params.get("max_completion_tokens"))
+                    max_tokens=params.get("max_tokens") or params.get("max_completion_tokens"),
+                    outputs=max(1, int(params.get("n") or 1)))
         if _exclude:
             call.tried.update(_exclude)
         deadline = _deadline if _deadline is not None else call.entered + self.settings.request_timeout_s
