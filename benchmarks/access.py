@@ -58,6 +58,18 @@ def redis_server(port: int):
             p.wait(5)
 
 
+def start_harness(stack: contextlib.ExitStack, path: str, role: str):
+    """Redis and the simulator (pinned for ``role``, or not with "any"), and the body for ``path``."""
+    from benchmarks import gateway as g
+    from benchmarks._common import free_port, spawn_cmd
+
+    redis_url = stack.enter_context(redis_server(free_port()))
+    sim_port = free_port()
+    sim = stack.enter_context(spawn_cmd("sim", [sys.executable, "-m", "app.cli", "sim", "--port", str(sim_port)],
+                                        sim_port, role=role))
+    return redis_url, sim, CHAT if path.startswith("/v1/") else g.predict_body()
+
+
 def variants(redis_url: str) -> dict[str, dict[str, str]]:
     key = {"id": "bench", "key": KEY}
     keys = lambda **lim: json.dumps([{**key, **lim}])  # noqa: E731
@@ -82,18 +94,15 @@ def main() -> None:
     pin_self("harness")
     print(f"machine: {machine()}", flush=True)
     started = time.monotonic()
-    body = CHAT if args.path.startswith("/v1/") else g.predict_body()
-    sim_port = free_port()
     with contextlib.ExitStack() as stack:
-        redis_url = stack.enter_context(redis_server(free_port()))
-        sim = stack.enter_context(spawn("sim", ["sim", "--port", str(sim_port)], sim_port, role="harness"))
+        redis_url, sim, body = start_harness(stack, args.path, "harness")
         gws = {}
         for name, env in variants(redis_url).items():
             port = free_port()
             gws[name] = stack.enter_context(spawn(name, ["serve", "--upstream", sim.url, "--port", str(port)], port,
                                                   role="target", env={**g.GW_ENV, **env}, health="/healthz"))
         auth = {name: {"authorization": f"Bearer {KEY}"} for name in gws if name != "open"}
-        cells = run_rounds({n: (p.popen.pid, p.url + args.path) for n, p in gws.items()}, body, sim.pid, args,
+        cells = run_rounds({n: (p.popen.pid, p.url + args.path) for n, p in gws.items()}, body, sim.popen.pid, args,
                            headers=auth)
         threads = {n: proc_threads(p.popen.pid) for n, p in gws.items()}
     report(cells, list(gws), threads, "gateway", args, started, title=args.path)

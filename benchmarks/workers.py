@@ -28,16 +28,12 @@ def main() -> None:
 
     from benchmarks import gateway as g
     from benchmarks._common import free_port, machine, proc_threads, spawn_cmd
-    from benchmarks.access import CHAT, redis_server
+    from benchmarks.access import start_harness
 
     print(f"machine: {machine()}", flush=True)
     started = time.monotonic()
-    body = CHAT if args.path.startswith("/v1/") else g.predict_body()
-    sim_port = free_port()
     with contextlib.ExitStack() as stack:
-        redis_url = stack.enter_context(redis_server(free_port()))
-        sim = stack.enter_context(spawn_cmd("sim", [sys.executable, "-m", "app.cli", "sim", "--port", str(sim_port)],
-                                            sim_port, role="any"))
+        redis_url, sim, body = start_harness(stack, args.path, "any")
         gws = {}
         for n in (1, 2):
             port = free_port()
