@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 
 import httpx
@@ -63,6 +64,12 @@ def test_a_run_started_on_one_replica_is_resumed_on_another(sim_slow_url, redis_
             live_gateway(sim_slow_url, redis_url=redis_clean, sse_heartbeat_s=0.5) as (b, b_app):
         run_id, seen, rest, followed_s = asyncio.run(scenario(a, b))
         assert b_app.state.agent.runs.get(run_id) is None  # B served it from Redis
+    client = redis_sync.Redis.from_url(redis_clean)
+    try:
+        followers_ttl_ms = client.pttl(f"vg:run:{{{run_id}}}:followers")
+    finally:
+        client.close()
+    assert followers_ttl_ms <= 5000  # B's presence ended with the run, not kept for an hour
     assert [e["id"] for e in seen] == [1, 2, 3]
     assert rest[0]["id"] == seen[-1]["id"] + 1
     assert_whole([e["id"] for e in seen + rest])
@@ -205,3 +212,75 @@ def test_two_gateway_processes_share_a_run(sim_slow_url, redis_clean):
     finally:
         client.close()
     assert meta[b"finished"] == b"1" and 0 < ttl <= 300  # kept agent_resume_ttl_s once finished
+
+
+def test_a_follower_leaving_another_replica_keeps_the_run_for_the_disconnect_grace(sim_slow_url, redis_clean):
+    """A client follows A's run through B and goes away mid-run: B keeps it present in the run's
+    followers for the disconnect grace (as A would for its own client), not for the few seconds
+    its presence had left."""
+    grace = 30
+
+    async def scenario(a: str, b: str) -> float:
+        async with httpx.AsyncClient(timeout=30) as c:
+            async with c.stream("POST", f"{a}/agent", json=STORY) as r:
+                run_id = r.headers["x-vgate-run-id"]
+                await read_events(r, lambda events: len(events) >= 2)
+            async with c.stream("GET", f"{b}/agent/runs/{run_id}/events", headers={"Last-Event-ID": "2"}) as r:
+                await read_events(r, lambda events: len(events) >= 2)
+        await asyncio.sleep(0.5)  # B has seen its client go
+        client = redis_sync.Redis.from_url(redis_clean)
+        try:
+            scores = client.zrange(f"vg:run:{{{run_id}}}:followers", 0, -1, withscores=True)
+            seconds, micros = client.time()
+        finally:
+            client.close()
+        return max(score for _, score in scores) - (seconds * 1000 + micros // 1000)
+
+    with live_gateway(sim_slow_url, redis_url=redis_clean, agent_disconnect_grace_s=grace) as (a, _), \
+            live_gateway(sim_slow_url, redis_url=redis_clean, agent_disconnect_grace_s=grace) as (b, _):
+        left_ms = asyncio.run(scenario(a, b))
+    assert left_ms > (grace - 5) * 1000
+
+
+def test_a_follower_counts_as_a_client_of_the_run_while_it_replays_a_long_log(sim_url, redis_clean):
+    """A live run of another replica with a log of some 24 MB, and a client that reads little of
+    it: while B is still replaying, held up by the client, the run has B among its followers."""
+    client = redis_sync.Redis.from_url(redis_clean)
+    events, meta, followers = "vg:run:{run_long}:events", "vg:run:{run_long}:meta", "vg:run:{run_long}:followers"
+    pipe = client.pipeline(transaction=False)
+    for i in range(1, 3001):
+        pipe.xadd(events, {"event": "delta", "data": json.dumps({"text": "x" * 8000, "step": 1})}, id=f"0-{i}")
+    pipe.hset(meta, mapping={"owner": "", "replica": "busy:1:x", "session_id": "", "model": "m", "finished": 0})
+    pipe.set("vg:replica:busy:1:x", 1, px=60_000)
+    pipe.execute()
+
+    async def scenario(b: str) -> int:
+        async with httpx.AsyncClient(timeout=30) as c:
+            async with c.stream("GET", f"{b}/agent/runs/run_long/events") as r:
+                chunks = r.aiter_bytes()  # held: a generator collected would close the response
+                await anext(chunks)
+                await asyncio.sleep(4.5)  # twice the presence, and more
+                seconds, micros = client.time()
+                return client.zcount(followers, f"({seconds * 1000 + micros // 1000}", "+inf")
+
+    try:
+        with live_gateway(sim_url, redis_url=redis_clean) as (b, b_app):
+            b_app.state.agent.shared.follower_ttl_s = 2.0
+            present = asyncio.run(scenario(b))
+    finally:
+        client.close()
+    assert present == 1
+
+
+async def test_many_followers_through_another_replica_share_one_blocking_read(sim_slow_url, redis_clean):
+    """300 clients follow A's run through B: far more than B's pool of Redis connections (64), which
+    a blocking read each would exhaust. Each gets the whole rest of the log."""
+    async with gateway(sim_slow_url, redis_url=redis_clean) as a, gateway(sim_slow_url, redis_url=redis_clean) as b:
+        running = asyncio.create_task(a.client.post("/agent", json=STORY))
+        run = await started(a.state.agent)
+        followed = await asyncio.gather(*(b.client.get(f"/agent/runs/{run.run_id}/events",
+                                                      headers={"Last-Event-ID": "1"}) for _ in range(300)))
+        whole = parse_sse((await running).text)
+    assert whole[-1]["event"] == "final"
+    for r in followed:
+        assert r.status_code == 200 and parse_sse(r.text) == whole[1:]

@@ -107,11 +107,13 @@ class AgentRun:
 
 
 class RunStore:
-    """Runs by id; finished runs stay ``ttl_s`` for clients that reconnect, at most ``max_runs`` in all."""
+    """Runs by id; finished runs stay ``ttl_s`` for clients that reconnect, at most ``max_runs`` in all.
+    ``on_drop`` is told of each run it lets go of (the shared log's writer then lets go of it too)."""
 
-    def __init__(self, ttl_s: float, max_runs: int) -> None:
+    def __init__(self, ttl_s: float, max_runs: int, on_drop: Callable[[AgentRun], None] | None = None) -> None:
         self.ttl_s = ttl_s
         self.max_runs = max_runs
+        self.on_drop = on_drop
         self._runs: OrderedDict[str, AgentRun] = OrderedDict()
 
     def create(self) -> AgentRun:
@@ -130,12 +132,17 @@ class RunStore:
     def _evict(self) -> None:
         now = time.monotonic()
         for rid in [r for r, run in self._runs.items() if run.finished_at and now - run.finished_at > self.ttl_s]:
-            del self._runs[rid]
+            self._drop(rid)
         while len(self._runs) >= self.max_runs:
             oldest = next((r for r, run in self._runs.items() if run.finished), None)
             if oldest is None:
                 break  # every kept run is live (AgentService caps live runs)
-            del self._runs[oldest]
+            self._drop(oldest)
+
+    def _drop(self, run_id: str) -> None:
+        run = self._runs.pop(run_id)
+        if self.on_drop is not None:
+            self.on_drop(run)
 
     def __len__(self) -> int:
         return len(self._runs)

@@ -51,6 +51,7 @@ class AgentService:
         else:
             health = health or Health(metrics)  # Redis failures: counted, logged once per outage
             self.shared = SharedRuns(redis, settings, health)
+            self.runs.on_drop = self.shared.dropped
             self.sessions = SharedSessions(redis, settings, health)
         self.tool_support = ToolSupport()  # which upstream models recently refused native tool calling
         self._checks: set[asyncio.Task] = set()  # runs' "followed elsewhere?" checks under way
@@ -62,8 +63,10 @@ class AgentService:
         for run in live:
             self.stop_for_shutdown(run)
         await asyncio.gather(*(r.task for r in live), return_exceptions=True)
-        for check in list(self._checks):
+        checks = list(self._checks)
+        for check in checks:
             check.cancel()
+        await asyncio.gather(*checks, return_exceptions=True)
         await self.sessions.aclose()
         if self.shared is not None:
             await self.shared.aclose()
