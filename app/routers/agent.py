@@ -3,6 +3,7 @@ Redis, through any replica)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Annotated, Any, Literal
@@ -130,19 +131,38 @@ async def run_agent(body: AgentRequest, request: Request, agent: AgentDep,
     response_model=None,
     response_class=EventSourceResponse,
     responses={200: EVENT_STREAM_RESPONSE, **error_responses(
-        404, 422, 503, _404="unknown or expired run (run_not_found)", _422="Last-Event-ID is not an event id",
+        404, 422, 503, _404="unknown or expired run (run_not_found)",
+        _422="Last-Event-ID is not an event id (ASCII digits, 0 to 2**53), or is past the last event of a "
+             "finished run",
         _503="the run is not on this replica and the shared store (Redis) is unreachable (store_unavailable)")},
 )
 async def resume_agent(run_id: str, agent: AgentDep, settings: SettingsDep,
                        last_event_id: Annotated[str | None, Header()] = None) -> EventSourceResponse:
     """The events after ``Last-Event-ID`` (header, as EventSource sends it), then the live ones. A
-    run of another replica is read from Redis (``VGATE_REDIS_URL``)."""
-    run = await agent.find_run(run_id)
-    try:
-        after = int(last_event_id or 0)
-    except ValueError:
-        raise InvalidRequestError("Last-Event-ID must be an integer event id") from None
+    run of another replica is read from Redis (``VGATE_REDIS_URL``).
+
+    The header is checked before the run is looked up, so a malformed one is the same 422 on every
+    replica (see ``last_event_id_value``). An id past the last event of a finished run is a 422 (no
+    client saw it: it is not this run's); on a live run it waits for the events after it."""
+    after = last_event_id_value(last_event_id)
+    run = await agent.find_run(run_id, after)
     return _event_stream(run, after, agent, settings)
+
+
+_EVENT_ID = re.compile(r"[0-9]{1,16}")  # 2**53 has 16 digits
+MAX_EVENT_ID = 2**53  # the largest integer a JavaScript client (EventSource) holds exactly
+
+
+def last_event_id_value(header: str | None) -> int:
+    """The event id a ``Last-Event-ID`` header names: ASCII digits only (no sign, no ``_``, no other
+    script's digits), at most 16 of them, 0 to 2**53. Absent or empty (EventSource sends none before
+    its first id): 0, the whole log. Anything else is a 422 ``invalid_request``."""
+    if not header:
+        return 0
+    if _EVENT_ID.fullmatch(header) is None or int(header) > MAX_EVENT_ID:
+        raise InvalidRequestError("the Last-Event-ID header must be an event id: ASCII digits, 0 to 2**53",
+                                  param="Last-Event-ID")
+    return int(header)
 
 
 def _event_stream(run: RunLike, after_id: int, agent: AgentService, settings: Settings) -> EventSourceResponse:

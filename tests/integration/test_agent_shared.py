@@ -214,6 +214,30 @@ def test_two_gateway_processes_share_a_run(sim_slow_url, redis_clean):
     assert meta[b"finished"] == b"1" and 0 < ttl <= 300  # kept agent_resume_ttl_s once finished
 
 
+async def test_last_event_id_is_checked_before_the_run_and_alike_on_every_replica(sim_url, redis_clean):
+    """Only ASCII digits, 0 to 2**53, are an event id: anything else is a 422 naming the header, even
+    for an unknown run (it is checked first), on the run's replica (local) as on another (Redis). An
+    id past the last event of a finished run is a 422 too; the last event's own id is an empty 200."""
+    bad = ["-1", "+3", "1_0", "1.0", "0x10", "3a", "²".encode(), "٣".encode(), str(2**53 + 1), "9" * 40]
+    async with gateway(sim_url, redis_url=redis_clean) as a, gateway(sim_url, redis_url=redis_clean) as b:
+        whole = await run_sse(a.client, {"input": "hi", "tools": []})
+        run_id, last = whole[0]["data"]["run_id"], whole[-1]["id"]
+        for replica in (a, b):
+            for value in [*bad, str(last + 1), str(2**53)]:
+                for path in (f"/agent/runs/{run_id}/events", "/agent/runs/run_nope/events"):
+                    r = await replica.client.get(path, headers={"Last-Event-ID": value})
+                    if path.endswith("run_nope/events") and value in (str(last + 1), str(2**53)):
+                        assert r.status_code == 404, (value, r.text)  # a well-formed id: the run is looked up
+                        continue
+                    assert r.status_code == 422, (value, path, r.text)
+                    error = r.json()["error"]
+                    assert error["type"] == "invalid_request" and "Last-Event-ID" in error["message"], error
+            at_end = await replica.client.get(f"/agent/runs/{run_id}/events", headers={"Last-Event-ID": str(last)})
+            leading_zero = await replica.client.get(f"/agent/runs/{run_id}/events", headers={"Last-Event-ID": "01"})
+            assert at_end.status_code == 200 and parse_sse(at_end.text) == []
+            assert parse_sse(leading_zero.text) == whole[1:]
+
+
 def test_a_follower_leaving_another_replica_keeps_the_run_for_the_disconnect_grace(sim_slow_url, redis_clean):
     """A client follows A's run through B and goes away mid-run: B keeps it present in the run's
     followers for the disconnect grace (as A would for its own client), not for the few seconds

@@ -163,16 +163,21 @@ class AgentService:
 
     # ------------------------------------------------------------------ clients of a run
 
-    async def find_run(self, run_id: str) -> RunLike:
-        """The run: this replica's, or with Redis one that another replica runs (or ran). A run of
-        another API key is not there (404 ``run_not_found``, as an unknown one); a run not here while
-        Redis is unreachable is a 503 ``store_unavailable``."""
+    async def find_run(self, run_id: str, after_id: int = 0) -> RunLike:
+        """The run, to follow after event ``after_id``: this replica's, or with Redis one that another
+        replica runs (or ran). A run of another API key is not there (404 ``run_not_found``, as an
+        unknown one); a run not here while Redis is unreachable is a 503 ``store_unavailable``; an
+        ``after_id`` past the last event of a finished run is a 422 (the same from every replica)."""
         run: RunLike | None = self.runs.get(run_id)
         if run is None and self.shared is not None:
             run = await self.shared.find(run_id)
         principal = current_principal()
         if run is None or (principal is not None and run.owner != principal.id):  # another key's: not there
             raise NotFoundError(f"unknown or expired run {run_id!r}", type="run_not_found")
+        last = run.last_id if isinstance(run, RemoteRun) else len(run.events)
+        if run.finished and after_id > last:
+            raise InvalidRequestError(f"the Last-Event-ID header names event {after_id}, past this finished "
+                                      f"run's last event ({last})", param="Last-Event-ID", last_event_id=last)
         return run
 
     async def follow(self, run: RunLike, after_id: int = 0,
