@@ -107,6 +107,7 @@ async def test_a_sessions_next_turn_on_another_replica_sees_its_history(sim_url,
         third = await run_sse(a.client, {**turn, "input": "and then?"})
     assert names(first) == names(second) == names(third) == ["run", "tool_call", "tool_result", "final"]
     assert names(alone) == ["run", "final"]
+    assert not any("session_saved" in t[-1]["data"] for t in (first, second, alone, third))  # each turn kept
     usage = [t[-1]["data"]["usage"]["prompt_tokens"] for t in (alone, second, third)]
     assert usage[0] < usage[1] < usage[2]  # each turn sees all the turns before it, wherever they ran
 
@@ -308,3 +309,16 @@ async def test_many_followers_through_another_replica_share_one_blocking_read(si
     assert whole[-1]["event"] == "final"
     for r in followed:
         assert r.status_code == 200 and parse_sse(r.text) == whole[1:]
+
+
+async def test_sessions_in_redis_are_bounded_by_agent_max_sessions(sim_url, redis_clean):
+    """As in memory: past agent_max_sessions the least recently used session is dropped."""
+    client = redis_sync.Redis.from_url(redis_clean)
+    try:
+        async with gateway(sim_url, redis_url=redis_clean, agent_max_sessions=2) as a:
+            for sid in ("s1", "s2", "s3", "s2", "s4"):
+                await run_sse(a.client, {"input": "hi", "tools": [], "session_id": sid})
+        kept = {sid for sid in ("s1", "s2", "s3", "s4") if client.exists(f"vg:session:{{{sid}}}:history")}
+    finally:
+        client.close()
+    assert kept == {"s2", "s4"}

@@ -1,5 +1,5 @@
 """Agent runs and sessions in Redis when things go wrong: a replica taken for dead while it still
-writes, Redis losing a run's keys mid-run, Redis unreachable while
+writes, Redis losing a run's keys mid-run, replies lost on the way back, Redis unreachable while
 runs finish. A real redis-server throughout; a small TCP proxy in front of it (``RedisProxy``) makes
 it unreachable or loses its replies."""
 
@@ -10,6 +10,8 @@ import contextlib
 from urllib.parse import urlparse
 
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 from structlog.testing import capture_logs
 
 from app.services.agent.shared_keys import entry_event, replica_key, run_keys
@@ -179,6 +181,47 @@ async def _has(r: aredis.Redis, run_id: str, n: int) -> bool:
     return await r.xlen(run_keys(run_id)[0]) >= n
 
 
+async def test_a_session_checkout_whose_reply_was_lost_leaves_no_lease(sim_url, redis_clean):
+    """The lease was taken in Redis but its reply never came (a 503): the gateway gives it back in
+    the background, so the session is not busy for the lease's 30 s."""
+    async with RedisProxy(redis_clean) as proxy, \
+            gateway(sim_url, redis_url=proxy.url, redis_timeout_s=0.3) as a:
+        proxy.swallow = True
+        lost = await a.client.post("/agent", json={"input": "hi", "tools": [], "session_id": "s"})
+        proxy.swallow = False
+        for _ in range(60):
+            again = await a.client.post("/agent", json={"input": "hi", "tools": [], "session_id": "s"})
+            if again.status_code != 409:
+                break
+            await asyncio.sleep(0.1)
+    assert lost.status_code == 503 and lost.json()["error"]["type"] == "store_unavailable"
+    assert again.status_code == 200, again.text
+
+
+def retrying(gw) -> None:
+    """The gateway's Redis client retrying a command once on a new connection, as redis-py's asyncio
+    client does with an asyncio ``Retry`` (``state.connection`` passes it the synchronous one, which
+    that client never retries with)."""
+    retry = AsyncRetry(NoBackoff(), 1)
+    pool = gw.state.redis.connection_pool
+    pool.connection_kwargs["retry"] = retry
+    pool.set_retry(retry)
+
+
+async def test_a_session_checkout_retried_after_a_dropped_connection_takes_its_own_lease(sim_url, redis_clean):
+    """The lease was taken but the connection dropped before the reply: the client's retry finds the
+    lease it took itself, not a busy session."""
+    async with RedisProxy(redis_clean) as proxy, gateway(sim_url, redis_url=proxy.url) as a:
+        retrying(a)
+        proxy.cut_on = b"{t}:lease"
+        first = await a.client.post("/agent", json={"input": "hi", "tools": [], "session_id": "t"})
+        assert proxy.cut_on is None  # the cut happened
+        second = await a.client.post("/agent", json={"input": "hi", "tools": [], "session_id": "t"})
+    assert first.status_code == 200, first.text
+    assert parse_sse(first.text)[-1]["event"] == "final"
+    assert second.status_code == 200  # and the lease was given back
+
+
 async def test_a_finished_run_dropped_while_redis_is_away_keeps_no_events_and_is_sealed_once_it_is_back(
         sim_slow_url, redis_clean):
     r = aredis.Redis.from_url(redis_clean)
@@ -227,3 +270,13 @@ async def test_logs_waiting_to_be_sealed_are_bounded_in_number(sim_url, redis_cl
 
 async def _finished(r: aredis.Redis, meta_key: str) -> bool:
     return await r.hget(meta_key, "finished") == b"1"
+
+
+async def test_a_turn_whose_history_could_not_be_saved_says_so(sim_slow_url, redis_clean):
+    async with RedisProxy(redis_clean) as proxy, gateway(sim_slow_url, redis_url=proxy.url) as a:
+        running = asyncio.create_task(a.client.post("/agent", json={**STORY, "session_id": "s"}))
+        await started(a.state.agent)
+        proxy.down()
+        unsaved = parse_sse((await running).text)[-1]
+    assert unsaved["event"] == "final" and unsaved["data"]["session_saved"] is False
+    assert unsaved["data"]["session_id"] == "s"

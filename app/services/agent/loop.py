@@ -148,10 +148,14 @@ class RunLoop:
             log.exception("agent_run_crashed")
         finally:
             # The session is free before the last event is out: a client that sees it may start
-            # the session's next turn at once, on any replica.
+            # the session's next turn at once, on any replica. A turn whose history could not be
+            # kept (Redis unreachable, the lease lost) says so in its final event. The check-in goes
+            # on if the run is cancelled meanwhile (SharedSessions.checkin).
             try:
                 if task.session_key is not None and not self._closed:
-                    await self.sessions.checkin(task.session_key, self._kept())
+                    saved = await self.sessions.checkin(task.session_key, self._kept())
+                    if not saved and last[0] == "final":
+                        last[1]["session_saved"] = False
             finally:
                 self.finish(*last)
 

@@ -179,15 +179,17 @@ class SessionStore:
         self._sessions.move_to_end(session_id)
         return list(s.messages)
 
-    def release(self, session_id: str, messages: list[dict[str, Any]] | None) -> None:
-        """The session free again, with ``messages`` as its history (None: the history unchanged)."""
+    def release(self, session_id: str, messages: list[dict[str, Any]] | None) -> bool:
+        """The session free again, with ``messages`` as its history (None: the history unchanged).
+        Whether it was there to release."""
         s = self._sessions.get(session_id)
         if s is None:
-            return
+            return False
         if messages is not None:
             s.messages = trim_history(messages, self.max_messages, self.max_bytes)
         s.busy = False
         s.touched = time.monotonic()
+        return True
 
     # The interface the agent service and loop use, which ``SharedSessions`` (Redis) has too.
 
@@ -195,9 +197,9 @@ class SessionStore:
         """``acquire``: the history, the session busy; None if a run already uses it."""
         return self.acquire(session_id)
 
-    async def checkin(self, session_id: str, messages: list[dict[str, Any]] | None) -> None:
-        """``release``."""
-        self.release(session_id, messages)
+    async def checkin(self, session_id: str, messages: list[dict[str, Any]] | None) -> bool:
+        """``release``: whether the history was kept."""
+        return self.release(session_id, messages)
 
     def checkin_nowait(self, session_id: str, messages: list[dict[str, Any]] | None) -> None:
         """``release``, from code that cannot wait (a task's done callback)."""
