@@ -251,6 +251,9 @@ class AgentFinalEvent(BaseModel):
     run_id: str
     session_id: str | Omittable = _omitted("the session, when the run continued one")
     message: str | Omittable = _omitted("why the run stopped early (max_steps, length)")
+    session_saved: bool | Omittable = _omitted(
+        "false when the turn could not be added to the session's history (the shared store unreachable, or "
+        "the session's lease lost); absent when it was kept")
 
 
 class AgentErrorEvent(ErrorInfo):

@@ -10,8 +10,6 @@ import contextlib
 from urllib.parse import urlparse
 
 import redis.asyncio as aredis
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import NoBackoff
 from structlog.testing import capture_logs
 
 from app.services.agent.shared_keys import entry_event, replica_key, run_keys
@@ -198,21 +196,10 @@ async def test_a_session_checkout_whose_reply_was_lost_leaves_no_lease(sim_url, 
     assert again.status_code == 200, again.text
 
 
-def retrying(gw) -> None:
-    """The gateway's Redis client retrying a command once on a new connection, as redis-py's asyncio
-    client does with an asyncio ``Retry`` (``state.connection`` passes it the synchronous one, which
-    that client never retries with)."""
-    retry = AsyncRetry(NoBackoff(), 1)
-    pool = gw.state.redis.connection_pool
-    pool.connection_kwargs["retry"] = retry
-    pool.set_retry(retry)
-
-
 async def test_a_session_checkout_retried_after_a_dropped_connection_takes_its_own_lease(sim_url, redis_clean):
-    """The lease was taken but the connection dropped before the reply: the client's retry finds the
-    lease it took itself, not a busy session."""
+    """The lease was taken but the connection dropped before the reply: the client's retry (redis-py's
+    asyncio Retry, once, on a new connection) finds the lease it took itself, not a busy session."""
     async with RedisProxy(redis_clean) as proxy, gateway(sim_url, redis_url=proxy.url) as a:
-        retrying(a)
         proxy.cut_on = b"{t}:lease"
         first = await a.client.post("/agent", json={"input": "hi", "tools": [], "session_id": "t"})
         assert proxy.cut_on is None  # the cut happened

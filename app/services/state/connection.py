@@ -15,11 +15,11 @@ from typing import TypeVar
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry  # the asyncio one: redis-py's sync Retry is ignored by the asyncio pool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
-from redis.retry import Retry
 
 from app.errors import VGateError
 
