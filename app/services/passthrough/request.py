@@ -50,17 +50,14 @@ class Prepared:
     @property
     def max_tokens(self) -> int | None:
         """What the call may generate, if the client said (for a key's token and budget reservation)."""
-        for name in MAX_TOKEN_FIELDS:
-            value = self.body.get(name)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
-        return None
+        return next((v for name in MAX_TOKEN_FIELDS if _positive_int(v := self.body.get(name))), None)
 
     @property
     def outputs(self) -> int:
         """How many completions the call makes: ``n`` (or ``best_of``) per prompt, prompts in a list."""
         body = self.body
-        per_prompt = max(_count(body.get("n")), _count(body.get("best_of")))
+        per_prompt = max(n if _positive_int(n := body.get("n")) else 1,
+                         b if _positive_int(b := body.get("best_of")) else 1)
         prompt = body.get("prompt")
         prompts = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
         return per_prompt * max(1, prompts)
@@ -69,8 +66,8 @@ class Prepared:
 MAX_TOKEN_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
 
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 1 else 1
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def cap_completion(endpoint: Endpoint, prep: Prepared, default: int) -> None:
@@ -79,7 +76,7 @@ def cap_completion(endpoint: Endpoint, prep: Prepared, default: int) -> None:
     (the gateway's reservation is then an upper bound of what it spends)."""
     for name in MAX_TOKEN_FIELDS:
         value = prep.body.get(name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        if value is not None and not _positive_int(value):
             raise InvalidRequestError(f"{name!r} must be a positive integer", status_code=400, param=name)
     if prep.max_tokens is None and endpoint is not EMBEDDINGS:
         prep.body["max_output_tokens" if endpoint is RESPONSES else "max_tokens"] = default
