@@ -180,8 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="worker processes on the one port (or VGATE_WORKERS; default 1). More than one needs "
                         "VGATE_REDIS_URL; /metrics then adds up all the workers, and max_inflight_per_upstream "
-                        "is shared out between them (each gets 1/N of it, rounded down, at least 1), as each worker routes "
-                        "on its own view of the upstreams")
+                        "is shared out between them (each gets 1/N of it, rounded down, at least 1), as each "
+                        "worker routes on its own view of the upstreams")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("sim", help="run the vLLM simulator")
