@@ -159,7 +159,7 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
         app.state.redis = redis
         meter.store = RedisLimitStore(redis, health) if redis is not None else MemoryLimitStore()
         keyring.store = KeyStore(redis, health)
-        app.state.keys = KeyAdmin(keyring, keyring.store)
+        app.state.keys = KeyAdmin(keyring)
         lm = LMClient(settings, metrics, transport=lm_transport, meter=meter)
         lm.start()
         tools_http = httpx.AsyncClient(timeout=settings.tool_timeout_s, follow_redirects=False)

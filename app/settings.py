@@ -67,29 +67,41 @@ class UpstreamConfig(BaseModel):
         return v
 
 
-class ApiKeyConfig(BaseModel):
-    """A caller's key, from configuration (``[[api_keys]]`` in the TOML file, or VGATE_API_KEYS)."""
+# admin: /admin (keys, usage) and /metrics; metrics: /metrics only (a scraper's key)
+KeyScope = Literal["predict", "agent", "tools", "openai", "admin", "metrics"]
+KEY_ID_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"  # an id is in logs and errors, never the key
 
-    model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")  # in logs and errors, never the key
-    key: SecretStr | None = None  # the key itself (hashed at start) ...
-    key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")  # ... or only its SHA-256, hex
-    alias: str | None = Field(None, max_length=64)
-    # admin: /admin (keys, usage) and /metrics; metrics: /metrics only (a scraper's key)
-    scopes: list[Literal["predict", "agent", "tools", "openai", "admin", "metrics"]] = Field(
-        default_factory=lambda: ["predict", "agent", "tools", "openai"])
-    models: list[str] | None = None  # None: every model
-    tools: list[str] | None = None  # None: every tool (POST /tools/{name} and the agent's)
-    # X-Vgate-Priority may raise this key's requests (a batch route's to interactive); any key may lower.
-    priority_raise: bool = False
-    # Limits (None: none). Requests and tokens per minute are sliding 60 s windows; budgets are in USD
-    # from the gateway's cost accounting (prices), per UTC day and month.
+class KeyLimits(BaseModel):
+    """A key's limits (None: none). Requests and tokens per minute are sliding 60 s windows; budgets
+    are in USD from the gateway's cost accounting (prices), per UTC day and month."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt limit fails, not silently unlimited
+
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
     max_concurrent: int | None = Field(None, ge=1)
     budget_usd_daily: float | None = Field(None, ge=0, allow_inf_nan=False)
     budget_usd_monthly: float | None = Field(None, ge=0, allow_inf_nan=False)
+
+
+class KeyPolicy(KeyLimits):
+    """What a key may do, and its limits: the same fields in the configuration and in /admin/keys."""
+
+    alias: str | None = Field(None, max_length=64)
+    scopes: list[KeyScope] = Field(default_factory=lambda: ["predict", "agent", "tools", "openai"])
+    models: list[str] | None = None  # None: every model
+    tools: list[str] | None = None  # None: every tool (POST /tools/{name} and the agent's)
+    # X-Vgate-Priority may raise this key's requests (a batch route's to interactive); any key may lower.
+    priority_raise: bool = False
+
+
+class ApiKeyConfig(KeyPolicy):
+    """A caller's key, from configuration (``[[api_keys]]`` in the TOML file, or VGATE_API_KEYS)."""
+
+    id: str = Field(pattern=KEY_ID_PATTERN)
+    key: SecretStr | None = None  # the key itself (hashed at start) ...
+    key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")  # ... or only its SHA-256, hex
 
     @model_validator(mode="after")
     def _one_key(self) -> ApiKeyConfig:

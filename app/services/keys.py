@@ -13,43 +13,28 @@ import time
 from typing import Any, Literal
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from app.errors import NotFoundError, VGateError
 from app.services.access import KeyRing, Principal, digest, principal_of
 from app.services.state.connection import Health, guarded
+from app.settings import KEY_ID_PATTERN, KeyLimits, KeyPolicy, KeyScope
 
 log = structlog.get_logger("vgate.keys")
-Scope = Literal["predict", "agent", "tools", "openai", "admin", "metrics"]
 KEY_PREFIX = "vg-"
 
 
-class KeyLimits(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class KeyCreate(KeyPolicy):
+    """A new key: what it may do and its limits, as a configured key's. ``id``: default, generated."""
 
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
-    max_concurrent: int | None = Field(None, ge=1)
-    budget_usd_daily: float | None = Field(None, ge=0, allow_inf_nan=False)
-    budget_usd_monthly: float | None = Field(None, ge=0, allow_inf_nan=False)
-
-
-class KeyCreate(KeyLimits):
-    """A new key: what it may do and its limits. ``id``: default, generated."""
-
-    id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
-    alias: str | None = Field(None, max_length=64)
-    scopes: list[Scope] = Field(default_factory=lambda: ["predict", "agent", "tools", "openai"])
-    models: list[str] | None = None
-    tools: list[str] | None = None
-    priority_raise: bool = False  # X-Vgate-Priority may raise its requests' class
+    id: str | None = Field(None, pattern=KEY_ID_PATTERN)
 
 
 class KeyUpdate(KeyLimits):
     """Fields to change; a field sent as null is cleared (a limit removed, every model allowed)."""
 
     alias: str | None = Field(None, max_length=64)
-    scopes: list[Scope] | None = None
+    scopes: list[KeyScope] | None = None
     models: list[str] | None = None
     tools: list[str] | None = None
     priority_raise: bool | None = None
@@ -165,11 +150,14 @@ class KeyStore:
 
 
 class KeyAdmin:
-    """The /admin/keys operations over the keyring (configured keys) and the store (made ones)."""
+    """The /admin/keys operations over the keyring: its configured keys, and its store's made ones."""
 
-    def __init__(self, keyring: KeyRing, store: KeyStore) -> None:
+    def __init__(self, keyring: KeyRing) -> None:
         self.keyring = keyring
-        self.store = store
+
+    @property
+    def store(self) -> KeyStore:
+        return self.keyring.store
 
     def _require_access_control(self) -> None:
         if not self.keyring.enabled:
