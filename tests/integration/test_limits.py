@@ -203,7 +203,7 @@ async def test_a_call_cancelled_while_its_reservation_is_in_flight_gives_it_back
         for spins in list(range(1, 30)) * 2:
             call = SimpleNamespace(principal=principal, route="openai_chat", max_tokens=100, outputs=1, model="m",
                                    messages=[{"role": "user", "content": "hi"}], tools=None, prompt_chars=2,
-                                   reservation=None, reserved=None, label="m", taken=False)
+                                   reservation=None, label="m", taken=False)
             task = asyncio.create_task(meter.reserve(call))
             for _ in range(spins):
                 await asyncio.sleep(0)

@@ -113,7 +113,7 @@ class Meter:
         if not verdict.ok:
             self._count_refusal(verdict.limit)
             raise refusal(principal.id, limits, verdict, periods, cost=cost, tokens=tokens)
-        call.reservation, call.reserved = res, (tokens, cost)
+        call.reservation = (res, tokens, cost)
         ctx = request_context.get()
         if ctx is not None:
             ctx.tokens += tokens
@@ -140,14 +140,13 @@ class Meter:
             c[1].inc(prompt)
             c[2].inc(completion)
             c[3].inc(cost)
+        res, held_tokens, held_cost = call.reservation or (None, 0, 0.0)
         ctx = request_context.get()
         if ctx is not None:
-            held_tokens, held_cost = call.reserved or (0, 0.0)
             ctx.tokens += prompt + completion - held_tokens
             ctx.cost_usd += cost - held_cost
-        call.reserved = None
-        self.store.record(principal.id, call.reservation, call.model, prompt, completion, cost,
-                          principal.limits.tpm is not None, served, periods_now())
+        self.store.record(principal.id, res, call.model, prompt, completion, cost, principal.limits.tpm is not None,
+                          served, periods_now())
 
     async def aclose(self) -> None:
         """Let the settlements in flight reach the store (bounded: a few seconds)."""

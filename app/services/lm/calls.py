@@ -55,9 +55,8 @@ class Call:
     timing: bool = False  # the request's upstream timer is running for it
     max_tokens: int | None = None  # what it may generate, for the reservation against a key's limits ...
     outputs: int = 1  # ... per completion it makes (n, prompts in a list)
-    reserved: tuple[int, float] | None = None  # the reservation's tokens and cost
     principal: Any = None  # the API key it is made for (its limits and usage)
-    reservation: str | None = None  # its tokens and cost reserved against the key's limits
+    reservation: tuple[str, int, float] | None = None  # id, tokens and cost held against the key's limits
 
 
 @dataclass(frozen=True, slots=True)
