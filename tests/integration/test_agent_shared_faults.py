@@ -115,18 +115,24 @@ async def forget_replica(r: aredis.Redis, replica: str) -> None:
         await asyncio.sleep(0.02)
 
 
+async def follow_while_forgotten(a, b, r: aredis.Redis) -> tuple:
+    """A runs a run that waits on its slow tool while its liveness key keeps vanishing; B follows it
+    to its end. The run, what B's client got, and what A's own client got."""
+    running = asyncio.create_task(a.client.post("/agent", json={"input": 'CALL slow {"tag": "x"}'}))
+    run = await started(a.state.agent)
+    forgetting = asyncio.create_task(forget_replica(r, a.state.agent.shared.replica))
+    followed = parse_sse((await b.client.get(f"/agent/runs/{run.run_id}/events")).text)
+    forgetting.cancel()
+    return run, followed, parse_sse((await running).text)
+
+
 async def test_a_replica_slow_to_say_it_is_alive_is_not_taken_for_dead_while_its_run_goes(sim_url, redis_clean):
     """A's liveness key keeps vanishing (as if A were slow to renew it) while its run waits 2 s on a
     tool: B, which follows the run, does not end it with run_lost, as the log was written recently."""
     r = aredis.Redis.from_url(redis_clean)
     async with gateway(sim_url, redis_url=redis_clean) as a, gateway(sim_url, redis_url=redis_clean) as b:
         add_test_tools(a, slow_s=2.0)
-        running = asyncio.create_task(a.client.post("/agent", json={"input": 'CALL slow {"tag": "x"}'}))
-        run = await started(a.state.agent)
-        forgetting = asyncio.create_task(forget_replica(r, a.state.agent.shared.replica))
-        followed = parse_sse((await b.client.get(f"/agent/runs/{run.run_id}/events")).text)
-        forgetting.cancel()
-        whole = parse_sse((await running).text)
+        _, followed, whole = await follow_while_forgotten(a, b, r)
     await r.aclose()
     assert names(whole) == ["run", "tool_call", "tool_result", "final"]
     assert followed == whole  # not ended by a run_lost
@@ -141,12 +147,7 @@ async def test_a_log_sealed_by_a_follower_takes_no_more_events_from_its_writer(s
         b.state.agent.shared.seal_silence_ms = 0
         b.state.agent.shared.hub.CHECK_S = 0.0
         with capture_logs() as logs:
-            running = asyncio.create_task(a.client.post("/agent", json={"input": 'CALL slow {"tag": "x"}'}))
-            run = await started(a.state.agent)
-            forgetting = asyncio.create_task(forget_replica(r, a.state.agent.shared.replica))
-            followed = parse_sse((await b.client.get(f"/agent/runs/{run.run_id}/events")).text)
-            forgetting.cancel()
-            whole = parse_sse((await running).text)
+            run, followed, whole = await follow_while_forgotten(a, b, r)
         stream = await stream_of(r, run.run_id)
         _, meta_key, _ = run_keys(run.run_id)
         meta = await r.hgetall(meta_key)

@@ -35,17 +35,22 @@ from tests.support import gateway
 # --------------------------------------------------------------------------- a stream that breaks midway
 
 
+async def faulted_call(fl, kind: str, prefix: str, fault: str, **fault_kw) -> tuple:
+    """One ``kind`` call under ``fault``: its request id, outcome, and the books before and after."""
+    rid = f"{prefix}-{next(_ids)}"
+    fl.faults.fault(rid, fault, **fault_kw)
+    before = await fl.books()
+    o = await call(fl, kind, rid)
+    return rid, o, before, await fl.books()
+
+
 @pytest.mark.parametrize("fault", ["stream_error=3", "drop_after_chunks=3"])
 async def test_a_passthrough_stream_that_breaks_midway_ends_with_an_error_and_is_not_retried(pair, fault):
     """Three events reached the client, then the upstream sent an error event (stream_error) or cut
     the connection (drop): the client gets an error event then [DONE]; nothing is retried (its bytes
     are out) and the call is booked once."""
     async with fleet(pair) as fl:
-        rid = f"midway-{next(_ids)}"
-        fl.faults.fault(rid, fault)
-        before = await fl.books()
-        o = await call(fl, "v1_stream", rid)
-        after = await fl.books()
+        rid, o, before, after = await faulted_call(fl, "v1_stream", "midway", fault)
     assert o.status == 200, o.describe()
     content = [d for d in o.events if '"delta"' in d]
     assert len(content) >= 2, f"the events before the break reached the client: {o.describe()}"
@@ -71,11 +76,7 @@ async def test_a_passthrough_stream_that_breaks_midway_ends_with_an_error_and_is
 @pytest.mark.parametrize("fault", ["stream_error=3", "drop_after_chunks=3"])
 async def test_an_agent_stream_that_breaks_midway_ends_with_an_error_event(pair, fault):
     async with fleet(pair) as fl:
-        rid = f"agentmid-{next(_ids)}"
-        fl.faults.fault(rid, fault)
-        before = await fl.books()
-        o = await call(fl, "agent_sse", rid)
-        after = await fl.books()
+        rid, o, before, after = await faulted_call(fl, "agent_sse", "agentmid", fault)
     kinds = [e["event"] for e in o.events]
     assert o.status == 200 and "delta" in kinds, o.describe()
     assert kinds[-1] == "error" and "final" not in kinds, o.describe()
@@ -88,11 +89,7 @@ async def test_an_agent_stream_that_breaks_midway_ends_with_an_error_event(pair,
 async def test_predict_replays_a_stream_that_broke_midway_on_the_other_upstream(pair):
     """/predict passes nothing on until the end, so a stream cut midway is replayed elsewhere."""
     async with fleet(pair) as fl:
-        rid = f"replay-{next(_ids)}"
-        fl.faults.fault(rid, "drop_after_chunks=3", times=1)
-        before = await fl.books()
-        o = await call(fl, "predict", rid)
-        after = await fl.books()
+        rid, o, before, after = await faulted_call(fl, "predict", "replay", "drop_after_chunks=3", times=1)
         replays = metric_sum(fl.registry, "vgate_upstream_retries_total", reason="replay")
     assert o.ok, o.describe()
     where = distinct_upstreams(fl, rid, 2)
