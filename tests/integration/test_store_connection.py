@@ -35,3 +35,38 @@ async def test_after_a_refused_connection_commands_fail_at_once_for_a_moment():
         await guarded(client.ping(), "ping", health)
     await client.aclose()
     assert not health.up and time.perf_counter() - t0 < 0.01
+
+
+async def test_a_task_cancelled_while_redis_drops_its_connections_is_cancelled():
+    """redis-py can turn a cancellation that arrives while it reconnects into a ConnectionError (about
+    one in four here): ``guarded`` gives the task its cancellation back instead of a StoreUnavailable,
+    so a loop that retries on StoreUnavailable (a run log's writer) still stops when cancelled."""
+    import asyncio
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()  # accepts, then closes at once: Redis going away
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    client = connect(Settings(redis_url=f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"))
+
+    async def retry_forever() -> None:
+        while True:
+            try:
+                await guarded(client.ping(), "ping")
+            except StoreUnavailable:
+                await asyncio.sleep(0.001)
+
+    lost = 0
+    for trial in range(40):
+        task = asyncio.create_task(retry_forever())
+        await asyncio.sleep(trial * 0.0003)  # cancelled at different moments of a reconnect
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=1.0)
+        if not done:
+            lost += 1
+            while not task.done():  # let go of it anyway
+                task.cancel()
+                await asyncio.sleep(0.01)
+    server.close()
+    await client.aclose()
+    assert lost == 0

@@ -107,9 +107,15 @@ async def guarded(aw: Awaitable[T], op: str, health: Health | None = None) -> T:
         if close is not None:
             close()  # never started: no "never awaited" warning
         raise StoreUnavailable()
+    task = asyncio.current_task()
+    cancels = task.cancelling() if task is not None else 0
     try:
         result = await aw
     except (RedisError, OSError) as exc:
+        if task is not None and task.cancelling() > cancels:
+            # redis-py turned a cancellation that came while it (re)connected into a connection error:
+            # give the task its cancellation back, or a loop that retries on StoreUnavailable never stops
+            raise asyncio.CancelledError() from exc
         if _not_an_outage(exc):
             log.warning("store_command_failed", op=op, error=type(exc).__name__)
             if health is not None and health.metrics is not None:
@@ -119,6 +125,9 @@ async def guarded(aw: Awaitable[T], op: str, health: Health | None = None) -> T:
         if health is not None:
             health.failed(op, exc)
         raise StoreUnavailable() from exc
+    if task is not None and task.cancelling() > cancels:
+        task.uncancel()  # a cancellation swallowed on the way to a result: it is raised at the next await
+        task.cancel()
     if health is not None:
         health.ok()
     return result
