@@ -120,6 +120,7 @@ async def follow_while_forgotten(a, b, r: aredis.Redis) -> tuple:
     to its end. The run, what B's client got, and what A's own client got."""
     running = asyncio.create_task(a.client.post("/agent", json={"input": 'CALL slow {"tag": "x"}'}))
     run = await started(a.state.agent)
+    await until(lambda: _has(r, run.run_id, 2))  # B can find the run (A writes its log a few ms after it starts)
     forgetting = asyncio.create_task(forget_replica(r, a.state.agent.shared.replica))
     followed = parse_sse((await b.client.get(f"/agent/runs/{run.run_id}/events")).text)
     forgetting.cancel()
@@ -248,12 +249,18 @@ async def test_logs_waiting_to_be_sealed_are_bounded_in_number(sim_url, redis_cl
         proxy.down()
         with capture_logs() as logs:
             runs = [(await run_sse(a.client, {"input": "hi", "tools": []}))[0]["data"]["run_id"] for _ in range(3)]
-            await asyncio.sleep(0)  # the given-up writer's task ends
+            await until(given_up(shared, runs[0]))  # its task, cancelled, ends
         sealing = set(shared._sealing)
         writers = set(shared._writers)
     assert sealing == {runs[1]}  # the first run's dropped for the second's, the newest is still kept
     assert runs[0] not in writers
     assert [e["run_id"] for e in logs if e["event"] == "agent_run_log_unsealed"] == [runs[0]]
+
+
+def given_up(shared, run_id: str):
+    async def check() -> bool:
+        return run_id not in shared._writers
+    return check
 
 
 async def _finished(r: aredis.Redis, meta_key: str) -> bool:
