@@ -196,6 +196,7 @@ class BodyLimitMiddleware:
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/openapi.json"})
 SCOPE_BY_PREFIX = (("/v1/", "openai"), ("/predict", "predict"), ("/agent", "agent"), ("/tools", "tools"),
+                   ("/evaluate", "predict"), ("/jobs", "predict"), ("/optimize", "admin"),
                    ("/admin", "admin"), ("/metrics", "metrics"))
 
 

@@ -113,7 +113,7 @@ class ApiKeyConfig(KeyPolicy):
 
 
 Priority = Literal["interactive", "batch"]
-PRIORITY_ROUTES = ("predict", "predict_batch", "agent", "openai")
+PRIORITY_ROUTES = ("predict", "predict_batch", "agent", "openai", "evaluate", "optimize")
 
 
 class Settings(BaseSettings):
@@ -196,7 +196,8 @@ class Settings(BaseSettings):
     # Priority class per route; a request's X-Vgate-Priority header may lower it, and raise it only
     # if allow_priority_raise (every caller) or the API key has priority_raise.
     priorities: dict[str, Priority] = Field(default_factory=lambda: {
-        "predict": "interactive", "predict_batch": "batch", "agent": "interactive", "openai": "interactive"})
+        "predict": "interactive", "predict_batch": "batch", "agent": "interactive", "openai": "interactive",
+        "evaluate": "batch", "optimize": "batch"})
     allow_priority_raise: bool = False
     # vLLM >= 0.12 silently ignores guided_json/guided_regex/guided_choice/guided_grammar; the
     # passthrough refuses them with a 400 naming the replacement, or (true) rewrites them into

@@ -80,10 +80,13 @@ class PredictService:
         demos: list[dict[str, Any]] | None = None,
         model: str | None = None,
         config: PredictConfig | None = None,
+        priority_route: str = "predict",
     ) -> Prediction:
+        """One input. ``priority_route`` names the route whose priority class the call gets (an
+        evaluation's or optimization's calls run at ``evaluate``'s or ``optimize``'s, batch)."""
         sig, fmt = self._prepare(signature, module)
         values = signature.validate_inputs(inputs)
-        return await self._run(sig, fmt, values, module, demos, model, config, "predict")
+        return await self._run(sig, fmt, values, module, demos, model, config, priority_route)
 
     async def predict_batch(
         self,

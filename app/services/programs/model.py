@@ -14,41 +14,12 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from app.services.programs.config import Module, PredictConfig
 from app.services.signature import Signature, parse_signature
-
-Module = Literal["predict", "chain_of_thought"]
-
-
-class PredictConfig(BaseModel):
-    """Sampling settings passed to vLLM. Unknown keys are refused, never dropped silently."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    temperature: float | None = Field(None, ge=0, le=2)
-    max_tokens: int | None = Field(None, ge=1, le=131072)
-    min_tokens: int | None = Field(None, ge=0, le=131072)  # vLLM: no stop before this many tokens
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=-1)
-    min_p: float | None = Field(None, ge=0, le=1)
-    seed: int | None = None
-    stop: list[str] | None = Field(None, max_length=16)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    repetition_penalty: float | None = Field(None, gt=0, le=2)
-    chat_template_kwargs: dict[str, Any] | None = None  # e.g. Qwen3 {"enable_thinking": false}
-
-    def merged(self, override: PredictConfig | None) -> PredictConfig:
-        if override is None:
-            return self
-        return self.model_copy(update=override.model_dump(exclude_unset=True))
-
-    def upstream_params(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
-
 
 class Program(BaseModel):
     model_config = ConfigDict(extra="forbid")
