@@ -30,7 +30,7 @@ from app.services.limits import MemoryLimitStore, Meter, RedisLimitStore
 from app.services.lm import LMClient
 from app.services.passthrough import PassthroughService
 from app.services.predict import PredictService
-from app.services.programs import load_programs
+from app.services.programs import ProgramRegistry, ProgramRunner, load_programs
 from app.services.state import connect as connect_store
 from app.services.state.connection import Health, StoreUnavailable, guarded
 from app.settings import Settings
@@ -148,7 +148,7 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
     settings = settings or Settings()
     configure_logging(settings.log_format, settings.log_level)
     metrics = Metrics()
-    programs = load_programs(settings.programs_dir)  # fail at start on a broken program file
+    programs = ProgramRegistry(load_programs(settings.programs_dir))  # fail at start on a broken program file
     keyring = build_keyring(settings)
     meter = Meter(settings, metrics)
 
@@ -165,12 +165,13 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
         tools_http = httpx.AsyncClient(timeout=settings.tool_timeout_s, follow_redirects=False)
         app.state.lm = lm
         app.state.predict = PredictService(lm, settings, metrics)
+        app.state.runner = ProgramRunner(app.state.predict)
         app.state.passthrough = PassthroughService(lm, settings, metrics)
         executor = build_tool_executor(settings, metrics, tools_http)
         app.state.tools = executor
         app.state.agent = AgentService(lm, executor, settings, metrics, redis=redis, health=health)
         log.info("startup", version=__version__, upstreams=[u.url for u in settings.upstream_configs()],
-                 programs=sorted(programs), api_keys=len(settings.api_keys),
+                 programs=programs.names(), api_keys=len(settings.api_keys),
                  store="redis" if redis is not None else "memory")
         if redis is not None:  # say now, not at the first request, that Redis is not there
             try:

@@ -17,7 +17,7 @@ from app.services.limits import Meter
 from app.services.lm import LMClient
 from app.services.passthrough import PassthroughService
 from app.services.predict import PredictService
-from app.services.programs import Program
+from app.services.programs import ProgramRegistry, ProgramRunner
 from app.services.upstreams import PRIORITIES
 from app.settings import Settings
 from app.tools import ToolExecutor
@@ -42,7 +42,8 @@ SettingsDep = Annotated[Settings, Depends(_state("settings"))]
 MetricsDep = Annotated[Metrics, Depends(_state("metrics"))]
 LMDep = Annotated[LMClient, Depends(_state("lm"))]
 PredictDep = Annotated[PredictService, Depends(_state("predict"))]
-ProgramsDep = Annotated[dict[str, Program], Depends(_state("programs"))]
+ProgramsDep = Annotated[ProgramRegistry, Depends(_state("programs"))]
+RunnerDep = Annotated[ProgramRunner, Depends(_state("runner"))]
 AgentDep = Annotated[AgentService, Depends(_state("agent"))]
 ExecutorDep = Annotated[ToolExecutor, Depends(_state("tools"))]
 PassthroughDep = Annotated[PassthroughService, Depends(_state("passthrough"))]

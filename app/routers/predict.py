@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.errors import InvalidRequestError, NotFoundError
+from app.errors import InvalidRequestError
 from app.routers.deps import (
     PredictDep,
     ProgramsDep,
@@ -76,11 +76,8 @@ async def predict(
     config: PredictConfig | None = None
     program_name = None
     if body.program is not None:
-        program = programs.get(body.program)
-        if program is None:
-            raise NotFoundError(f"unknown program {body.program!r}", type="program_not_found",
-                                available=sorted(programs))
-        program_name = program.name
+        program = programs.resolve(body.program)
+        program_name = program.name if program.version == 1 else f"{program.name}@{program.version}"
         signature = program.parsed()
         if body.instructions:
             signature = signature.with_instructions(body.instructions)
@@ -132,4 +129,4 @@ async def predict(
 
 @router.get("/predict/programs", response_model=ProgramList, responses=error_responses())
 async def list_programs(programs: ProgramsDep) -> dict[str, Any]:
-    return {"programs": [p.summary() for p in programs.values()]}
+    return {"programs": [p.summary() for p in programs.latest()]}

@@ -187,6 +187,7 @@ class BatchPredictResponse(BaseModel):
 
 class ProgramSummary(BaseModel):
     name: str
+    version: int = Field(description="the newest version, the one a request naming the program gets")
     description: str
     signature: str
     instructions: str | None

@@ -25,6 +25,7 @@ class Program(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+    version: int = Field(1, ge=1, description="programs get versions (sentiment@3); the newest is the default")
     description: str = ""
     signature: str | dict[str, Any]
     instructions: str | None = None
@@ -45,6 +46,7 @@ class Program(BaseModel):
         sig = self.parsed()
         return {
             "name": self.name,
+            "version": self.version,
             "description": self.description,
             "signature": str(sig),
             "instructions": sig.instructions,
@@ -69,7 +71,8 @@ def load_programs(directory: Path) -> dict[str, Program]:
             program.parsed()  # the signature must parse now, not at the first request
         except Exception as exc:  # unreadable file, bad JSON/TOML, ValidationError, SignatureError
             raise ValueError(f"invalid program file {path}: {exc}") from exc
-        if program.name in programs:
-            raise ValueError(f"duplicate program name {program.name!r} in {path}")
-        programs[program.name] = program
+        ref = program.name if program.version == 1 else f"{program.name}@{program.version}"
+        if ref in programs:
+            raise ValueError(f"duplicate program {ref!r} in {path}")
+        programs[ref] = program
     return programs
