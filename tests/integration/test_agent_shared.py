@@ -34,11 +34,14 @@ def assert_whole(ids: list[int]) -> None:
 
 
 async def started(agent, events: int = 2):
-    """The run that ``agent`` has live, once it has published ``events`` events."""
+    """The run that ``agent`` has live, once it has published ``events`` events and, with Redis, written
+    them to its shared log (another replica can find the run only then)."""
     for _ in range(500):
         live = agent.runs.live()
         if live and len(live[0].events) >= events:
-            return live[0]
+            writer = agent.shared._writers.get(live[0].run_id) if agent.shared is not None else None
+            if writer is None or writer.written >= events:
+                return live[0]
         await asyncio.sleep(0.01)
     raise AssertionError("no run started")
 
