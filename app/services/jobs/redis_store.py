@@ -228,7 +228,7 @@ class RedisJobs:
     # ------------------------------------------------------------------ this replica's jobs
 
     async def create(self, job: Job) -> None:
-        """Record the new job (and this replica alive) before it starts. Raises ``StoreUnavailable``."""
+        """Record the new job before it starts (its first write). Raises ``StoreUnavailable``."""
         job.replica = self.replica
         writer = JobWriter(self, job)
         await writer.write()
