@@ -74,7 +74,10 @@ class FileVersions:
                 f"{self.directory} is not writable ({exc.strerror or exc}); set VGATE_PROGRAMS_DIR to a writable "
                 "directory, or VGATE_REDIS_URL to keep versions in Redis", directory=str(self.directory)) from None
         finally:
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass  # the directory itself is not there
 
     async def load(self) -> list[Program]:
         return []
