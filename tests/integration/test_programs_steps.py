@@ -14,6 +14,8 @@ from tests.support import gateway, sim_reset, sim_stats
 
 QUESTION = {"question": "Why did the Roman Empire fall, and how long did it take?"}
 
+SIGNATURE = "question: str -> answer: str, supported: bool, issues: list[str], sub_questions: list[str]"
+
 
 def usage_sum(entries: list[dict]) -> dict:
     total = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
@@ -31,7 +33,7 @@ async def test_research_answer_end_to_end(sim_url):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["program"] == "research_answer" and body["module"] == "steps"
-    assert body["signature"] == "question: str -> answer: str, supported: bool, sub_questions: list[str]"
+    assert body["signature"] == SIGNATURE
     out = body["outputs"]
     assert isinstance(out["answer"], str) and isinstance(out["supported"], bool)
     trace = {step["name"]: step for step in body["trace"]}

@@ -13,6 +13,8 @@ from app.services.signature import TypeSpec
 
 QA = {"name": "qa", "signature": "context: list[str], question: str -> answer: str"}
 
+SIGNATURE = "question: str -> answer: str, supported: bool, issues: list[str], sub_questions: list[str]"
+
 
 def steps_program(steps: list[dict], *, inputs=None, outputs=None, name: str = "multi", **extra) -> dict:
     return {"name": name, "inputs": inputs or {"question": "str"},
@@ -40,7 +42,7 @@ def test_the_shipped_programs_load_and_research_answer_is_multi_step():
     programs = load_programs(Path("app/programs"))
     research = programs["research_answer"]
     assert [s.name for s in research.steps] == ["plan", "answer", "synthesize", "verify"]
-    assert str(research.parsed()) == "question: str -> answer: str, supported: bool, sub_questions: list[str]"
+    assert str(research.parsed()) == SIGNATURE
     assert research.summary()["module"] == "steps"
     plan = research.plan()
     assert plan.steps[1].outputs == {"answer": TypeSpec.list_of(TypeSpec("str"))}  # mapped: a list
