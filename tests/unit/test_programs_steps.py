@@ -126,6 +126,8 @@ def test_a_step_calling_an_unknown_program_or_version_is_refused(tmp_path):
     (steps_program([{**PLAN, "name": "inputs"}], outputs={"q": "inputs.questions"}), "may not be named 'inputs'"),
     (steps_program([{**PLAN, "signature": "question -> questions: lisst[str]"}], outputs={"q": "plan.questions"}),
      "step 'plan': "),
+    (steps_program([{**PLAN, "demos": [{"question": "q", "answer": "a"}]}], outputs={"q": "plan.questions"}),
+     "step 'plan': demo 0 has unknown field(s) 'answer'"),
 ])
 def test_malformed_multi_step_files_are_refused(tmp_path, program, needle):
     assert needle in load_error(tmp_path, QA, program)
