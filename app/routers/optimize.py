@@ -1,0 +1,5 @@
+"""POST /optimize (placeholder, filled in below)."""
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["optimize"])
