@@ -39,7 +39,8 @@ def check_dataset(signature: Signature, examples: list[Example], metric: Metric,
         try:
             signature.validate_inputs(example.inputs)
         except InvalidRequestError as exc:
-            raise _bad(name, i, exc.message, **{k: v for k, v in exc.details.items() if k not in ("dataset", "index")})
+            details = {k: v for k, v in exc.details.items() if k not in ("dataset", "index")}
+            raise _bad(name, i, exc.message, **details) from None
         extra = [k for k in example.outputs if k not in outputs]
         if extra:
             raise _bad(name, i, f"expected output(s) {', '.join(map(repr, extra))} are not outputs of the program; "
