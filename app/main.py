@@ -22,11 +22,12 @@ from app.errors import VGateError, clean_errors
 from app.logging import configure_logging, info_enabled
 from app.metrics import Metrics
 from app.middleware import AccessMiddleware, BodyLimitMiddleware, RequestContextMiddleware
-from app.routers import admin, agent, health, openai, predict, schemas, tools
+from app.routers import admin, agent, health, jobs, openai, predict, schemas, tools
 from app.routers import evaluate as evaluate_router
 from app.routers import optimize as optimize_router
 from app.services.access import build_keyring
 from app.services.agent import AgentService
+from app.services.jobs import JobService
 from app.services.keys import KeyAdmin, KeyStore
 from app.services.limits import MemoryLimitStore, Meter, RedisLimitStore
 from app.services.lm import LMClient
@@ -95,6 +96,7 @@ def _install_openapi(app: FastAPI) -> None:
             doc.setdefault("paths", {}).update(openai.openapi_paths())  # plain ASGI routes (see routers/openai.py)
             components = doc.setdefault("components", {}).setdefault("schemas", {})
             components.update(schemas.event_stream_components())
+            components.update(jobs.event_stream_components())
             if app.state.keyring.enabled:  # how to present a key, on every route that needs one
                 doc["components"]["securitySchemes"] = {
                     "bearer": {"type": "http", "scheme": "bearer"},
@@ -172,6 +174,7 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
         executor = build_tool_executor(settings, metrics, tools_http)
         app.state.tools = executor
         app.state.agent = AgentService(lm, executor, settings, metrics, redis=redis, health=health)
+        app.state.jobs = JobService(settings, metrics, redis=redis, health=health)
         log.info("startup", version=__version__, upstreams=[u.url for u in settings.upstream_configs()],
                  programs=programs.names(), api_keys=len(settings.api_keys),
                  store="redis" if redis is not None else "memory")
@@ -190,6 +193,7 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
             yield
         finally:
             await app.state.agent.aclose()
+            await app.state.jobs.aclose()
             await lm.aclose()
             await meter.aclose()
             await tools_http.aclose()
@@ -218,6 +222,7 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
     app.include_router(tools.router)
     app.include_router(openai.router)
     app.include_router(admin.router)
+    app.include_router(jobs.router)
     app.include_router(evaluate_router.router)
     app.include_router(optimize_router.router)
     app.router.routes.extend(openai.routes)
@@ -229,10 +234,11 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["*"],
             # readable by a browser script: the run id to resume an /agent stream, the retry hint
-            expose_headers=["x-request-id", "x-vgate-overhead-ms", "x-vgate-run-id", "retry-after"],
+            expose_headers=["x-request-id", "x-vgate-overhead-ms", "x-vgate-run-id", "x-vgate-job-id", "location",
+                            "retry-after"],
         )
     app.add_middleware(RequestContextMiddleware, metrics=metrics,  # outermost: the request id is bound first
                        access_log=info_enabled(settings.log_level))

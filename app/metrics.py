@@ -224,6 +224,12 @@ class Metrics:
             registry=r,
         )
 
+        # jobs (kind: evaluate, optimize; status: succeeded, failed, cancelled)
+        self.jobs = Counter("vgate_jobs", "Jobs finished, by kind and status", ["kind", "status"], registry=r)
+        self.jobs_running = _Gauge(
+            "vgate_jobs_running", "Jobs running", ["kind"], registry=r, multiprocess_mode="livesum"
+        )
+
         # Access, limits, shared state. key: the key's alias (or id) with metrics_key_alias, else "all"
         self.limit_refusals = Counter(
             "vgate_limit_refusals", "Calls refused by a key's limit", ["limit"], registry=r

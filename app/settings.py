@@ -267,6 +267,11 @@ class Settings(BaseSettings):
     # continues live). 0: cancel at once, freeing vLLM's sequence and running tools.
     agent_disconnect_grace_s: float = Field(0.0, ge=0)
     sse_heartbeat_s: float = Field(15.0, gt=0)
+
+    # --- jobs (long /evaluate and /optimize runs) -------------------------
+    job_ttl_s: float = Field(3600.0, gt=0)  # a finished job stays readable this long ...
+    jobs_max_kept: int = Field(1000, ge=1)  # ... at most this many in memory (oldest finished dropped first)
+    jobs_max_running: int = Field(64, ge=1)  # per replica; more get a 503 with Retry-After
     cors_origins: list[str] = Field(default_factory=list)
 
     # --- observability ----------------------------------------------------

@@ -12,6 +12,7 @@ from app.context import request_context
 from app.errors import InvalidRequestError, VGateError
 from app.metrics import Metrics
 from app.services.agent import AgentService
+from app.services.jobs import JobService
 from app.services.keys import KeyAdmin
 from app.services.limits import Meter
 from app.services.lm import LMClient
@@ -50,6 +51,7 @@ PassthroughDep = Annotated[PassthroughService, Depends(_state("passthrough"))]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
 KeysDep = Annotated[KeyAdmin, Depends(_state("keys"))]
 MeterDep = Annotated[Meter, Depends(_state("meter"))]
+JobsDep = Annotated[JobService, Depends(_state("jobs"))]
 
 
 PRIORITY_HEADER = "x-vgate-priority"
