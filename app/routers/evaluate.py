@@ -6,15 +6,25 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.routers.deps import LMDep, ProgramsDep, RunnerDep, SettingsDep, cancel_on_disconnect, routing_hints
+from app.routers.deps import (
+    JobsDep,
+    LMDep,
+    ProgramsDep,
+    RunnerDep,
+    SettingsDep,
+    cancel_on_disconnect,
+    routing_hints,
+)
 from app.routers.json_body import JSONBodyRoute
 from app.routers.schemas import Cost, ErrorInfo, Omittable, Usage, _omitted, error_responses
 from app.services.access import current_principal
 from app.services.evaluation import Example
-from app.services.evaluation.service import admit, build_run, job_wanted, no_jobs, prepare, run_evaluation
+from app.services.evaluation.service import admit, build_run, job_wanted, prepare, run_evaluation
+from app.services.jobs import JobService
 from app.services.programs import Module, PredictConfig
 
 router = APIRouter(tags=["evaluate"], route_class=JSONBodyRoute, dependencies=[Depends(routing_hints)])
@@ -78,27 +88,25 @@ class EvaluateResponse(BaseModel):
 
 
 class JobAccepted(BaseModel):
-    """A job started: follow it at GET /jobs/{job_id} (its result is the 200 answer's body) or
+    """A job started: follow it at GET /jobs/{job_id} (its ``result`` is the 200 answer's body) or
     GET /jobs/{job_id}/events (progress over SSE)."""
 
     job_id: str
     kind: Literal["evaluate", "optimize"]
-    status: str
-    total: int = Field(description="the units of work its progress counts to")
-    location: str
+    status: str = Field(description="queued or running (or already finished)")
+    progress: dict[str, Any] = Field(description="{done, total}: examples (evaluate) or calls (optimize)")
+    created_at: float = Field(description="unix time")
+    location: str = Field(description="/jobs/{job_id}, also in the Location header")
 
 
-async def start_job(request: Request, kind: str, work: Callable[[Any], Awaitable[dict[str, Any]]],
+async def start_job(jobs: JobService, kind: str, work: Callable[[Any], Awaitable[dict[str, Any]]],
                     total: int) -> JSONResponse:
-    """Submit ``work`` to the gateway's job service; a 202 pointing at it."""
-    jobs = getattr(request.app.state, "jobs", None)
-    if jobs is None:
-        raise no_jobs()
+    """Submit ``work`` to the gateway's job service (owned by the caller's key); a 202 pointing at it."""
     principal = current_principal()
     job_id = await jobs.submit(kind, work, total=total, owner=principal.id if principal is not None else None)
     location = f"/jobs/{job_id}"
-    body = {"job_id": job_id, "kind": kind, "status": "queued", "total": total, "location": location}
-    return JSONResponse(body, status_code=202, headers={"Location": location})
+    body = {**(await jobs.get(job_id)), "location": location}
+    return JSONResponse(jsonable_encoder(body), status_code=202, headers={"Location": location})
 
 
 @router.post(
@@ -115,7 +123,7 @@ async def start_job(request: Request, kind: str, work: Callable[[Any], Awaitable
     },
 )
 async def evaluate(body: EvaluateRequest, request: Request, programs: ProgramsDep, runner: RunnerDep, lm: LMDep,
-                   settings: SettingsDep) -> Any:
+                   jobs: JobsDep, settings: SettingsDep) -> Any:
     run = build_run(programs, program=body.program, version=body.version, signature=body.signature,
                     instructions=body.instructions, module=body.module, demos=body.demos, model=body.model,
                     config=body.config, priority_route="evaluate")
@@ -125,5 +133,5 @@ async def evaluate(body: EvaluateRequest, request: Request, programs: ProgramsDe
         async def work(progress: Any) -> dict[str, Any]:
             return await run_evaluation(runner, run, body.dataset, metric, progress.advance)
 
-        return await start_job(request, "evaluate", work, total=len(body.dataset))
+        return await start_job(jobs, "evaluate", work, total=len(body.dataset))
     return await cancel_on_disconnect(request, run_evaluation(runner, run, body.dataset, metric))

@@ -108,7 +108,7 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         return {"score": self.score, "scores": self.field_scores(), "results": [r.as_dict() for r in self.results],
                 "count": len(self.results), "failed": self.failed, "usage": self.usage.as_dict(),
-                "cost_usd": self.cost_usd, "latency_ms": round(self.latency_ms, 2)}
+                "cost_usd": round(self.cost_usd, 10), "latency_ms": round(self.latency_ms, 2)}
 
 
 def error_body(exc: VGateError) -> dict[str, Any]:

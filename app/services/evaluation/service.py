@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from app.errors import VGateError
 from app.services.adapter import demo_messages
 from app.services.evaluation.dataset import Example, check_dataset
 from app.services.evaluation.evaluate import ExampleResult, Report, Run, evaluate
@@ -105,7 +104,3 @@ def _mean(advance: Advance) -> Callable[[ExampleResult], Awaitable[None]]:
 
 def job_wanted(asked: bool, size: int, settings: Settings) -> bool:
     return asked or size > settings.evaluate_job_threshold
-
-
-def no_jobs() -> VGateError:
-    return VGateError("jobs are not available on this gateway", status_code=503, type="jobs_unavailable")
