@@ -4,6 +4,7 @@ otherwise) and the versions an optimization adds. The newest version is a name's
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from app.errors import InvalidRequestError, NotFoundError
 from app.services.programs.model import Program
@@ -62,4 +63,14 @@ class ProgramRegistry:
                 raise NotFoundError(f"program {name!r} has no version {version}", type="program_not_found",
                                     versions=known)
             raise NotFoundError(f"unknown program {name!r}", type="program_not_found", available=self.names())
+        return program
+
+    async def save_version(self, base: Program, *, demos: list[dict[str, Any]], score_before: float | None,
+                           score_after: float | None, provenance: dict[str, Any]) -> Program:
+        """A new version of ``base``'s program (the next number) with these demos: what an
+        optimization saves. Minimal, in this process's memory only (the programs branch replaces
+        it: persisted, with its score and provenance)."""
+        version = max((p.version for p in self.versions(base.name)), default=0) + 1
+        program = base.model_copy(update={"version": version, "demos": [dict(d) for d in demos]})
+        self.add(program)
         return program
