@@ -10,7 +10,8 @@ that is not a string is compared as its canonical JSON text (``5`` as ``"5"``, `
                         ``True != 1`` and ``"5" != 5`` (a JSON boolean is never a number).
 * ``normalized_match``  equal after :func:`normalize_text`.
 * ``contains``          the normalised expected text occurs in the normalised prediction, on word
-                        boundaries (``"paris"`` is in ``"it is paris"``, not in ``"parisian"``).
+                        boundaries (``"paris"`` is in ``"it is paris"``, not in ``"parisian"``);
+                        an empty expected text is in every prediction.
 * ``numeric``           ``|p - e| <= max(tolerance, relative * |e|)`` (defaults 0: equal numbers);
                         numbers may be given as strings (``"5"``, ``" 5.0 "``, ``"1,000"``); a
                         value that is no number (or a boolean, NaN, infinity) scores 0.
@@ -77,7 +78,7 @@ def normalized_match(prediction: Any, expected: Any) -> float:
 
 def contains(prediction: Any, expected: Any) -> float:
     want = normalize_text(expected)
-    return float(f" {want} " in f" {normalize_text(prediction)} ")
+    return float(not want or f" {want} " in f" {normalize_text(prediction)} ")
 
 
 def parse_number(value: Any) -> float | None:
