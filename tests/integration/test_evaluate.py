@@ -172,8 +172,8 @@ async def test_a_failed_example_scores_zero_and_counts_in_failed():
     ({"model": "no-such-model"}, 404, "model_not_found", ""),
 ])
 async def test_bad_requests_are_clear_errors_before_any_call(sim_url, change, status, kind, needle):
-    body = {"signature": "question -> answer: int", "dataset": [{"inputs": {"question": "x"}, "outputs": {"answer": 1}}],
-            **change}
+    example = {"inputs": {"question": "x"}, "outputs": {"answer": 1}}
+    body = {"signature": "question -> answer: int", "dataset": [example], **change}
     async with gateway(sim_url, evaluate_max_examples=3) as gw:
         r = await gw.client.post("/evaluate", json=body)
         calls = gw.metric("vgate_predictions_total", module="predict", outcome="ok")
