@@ -152,7 +152,8 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
     settings = settings or Settings()
     configure_logging(settings.log_format, settings.log_level)
     metrics = Metrics()
-    programs = ProgramRegistry(load_programs(settings.programs_dir))  # fail at start on a broken program file
+    programs = ProgramRegistry(load_programs(settings.programs_dir),  # fail at start on a broken program file
+                               directory=settings.programs_dir)  # where saved versions go (without Redis)
     keyring = build_keyring(settings)
     meter = Meter(settings, metrics)
 
@@ -161,6 +162,8 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
         redis = connect_store(settings)  # None: state in this process's memory
         health = Health(metrics)
         app.state.redis = redis
+        if redis is not None:
+            programs.use_redis(redis, health)  # saved program versions are shared by every replica
         meter.store = RedisLimitStore(redis, health) if redis is not None else MemoryLimitStore()
         keyring.store = KeyStore(redis, health)
         app.state.keys = KeyAdmin(keyring)

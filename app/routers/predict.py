@@ -1,4 +1,5 @@
-"""POST /predict and GET /predict/programs: parse, call the predict service, shape the response."""
+"""POST /predict, GET /predict/programs and GET /predict/programs/{name}: parse, call the predict
+service (or the program runner, for a multi-step program), shape the response."""
 
 from __future__ import annotations
 
@@ -7,19 +8,27 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.errors import InvalidRequestError
+from app.errors import InvalidRequestError, VGateError
 from app.routers.deps import (
     PredictDep,
     ProgramsDep,
     RequestIdDep,
+    RunnerDep,
     SettingsDep,
     cancel_on_disconnect,
     routing_hints,
 )
 from app.routers.json_body import JSONBodyRoute
-from app.routers.schemas import BatchPredictResponse, PredictResponse, ProgramList, error_responses
-from app.services.predict import Prediction
-from app.services.programs import Module, PredictConfig
+from app.routers.schemas import (
+    BatchPredictResponse,
+    PredictResponse,
+    ProgramList,
+    ProgramVersions,
+    error_responses,
+)
+from app.services.predict import BatchResult
+from app.services.programs import Module, PredictConfig, Program, ProgramRunner
+from app.services.programs.run import refuse_step_overrides
 from app.services.signature import parse_signature, parse_signature_cached
 
 router = APIRouter(tags=["predict"], route_class=JSONBodyRoute, dependencies=[Depends(routing_hints)])
@@ -31,7 +40,9 @@ class PredictRequest(BaseModel):
     signature: str | dict[str, Any] | None = Field(
         None, description='DSPy string form ("question -> answer: int") or the JSON field form'
     )
-    program: str | None = Field(None, description="name of a program loaded at start (GET /predict/programs)")
+    program: str | None = Field(None, description="a program (GET /predict/programs): 'sentiment' (the newest "
+                                "version) or 'sentiment@3'")
+    version: int | None = Field(None, ge=1, description="the program's version (the newest when left out)")
     instructions: str | None = None
     inputs: dict[str, Any] | None = Field(None, description="one example")
     batch: list[dict[str, Any]] | None = Field(None, description="many examples, each answered independently")
@@ -44,6 +55,8 @@ class PredictRequest(BaseModel):
     def _one_of_each(self) -> PredictRequest:
         if (self.signature is None) == (self.program is None):
             raise ValueError("give exactly one of 'signature' or 'program'")
+        if self.version is not None and self.program is None:
+            raise ValueError("'version' goes with 'program'")
         if (self.inputs is None) == (self.batch is None):
             raise ValueError("give exactly one of 'inputs' (one example) or 'batch' (a list of examples)")
         if self.batch is not None and not self.batch:
@@ -67,6 +80,7 @@ async def predict(
     request: Request,
     service: PredictDep,
     programs: ProgramsDep,
+    runner: RunnerDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
 ) -> dict[str, Any]:
@@ -76,8 +90,11 @@ async def predict(
     config: PredictConfig | None = None
     program_name = None
     if body.program is not None:
-        program = programs.resolve(body.program)
-        program_name = program.name if program.version == 1 else f"{program.name}@{program.version}"
+        await programs.refresh()  # versions another replica saved (at most one store read per half second)
+        program = programs.resolve(body.program, body.version)
+        if program.steps is not None:
+            return await _predict_steps(body, program, request, runner, settings, request_id)
+        program_name = program.ref
         signature = program.parsed()
         if body.instructions:
             signature = signature.with_instructions(body.instructions)
@@ -98,23 +115,46 @@ async def predict(
         head["program"] = program_name
 
     if body.inputs is not None:
-        prediction: Prediction = await cancel_on_disconnect(request, service.predict(signature, body.inputs, **kw))
+        prediction = await cancel_on_disconnect(request, service.predict(signature, body.inputs, **kw))
         return {**prediction.as_dict(), **head}
 
     assert body.batch is not None
-    if len(body.batch) > settings.max_batch_size:
-        raise InvalidRequestError(
-            f"batch has {len(body.batch)} items; the limit is {settings.max_batch_size}",
-            type="batch_too_large", limit=settings.max_batch_size,
-        )
+    _check_batch_size(body.batch, settings.max_batch_size)
     result = await cancel_on_disconnect(request, service.predict_batch(signature, body.batch, **kw))
+    return _batch_response(result, head)
+
+
+async def _predict_steps(body: PredictRequest, program: Program, request: Request, runner: ProgramRunner,
+                         settings: Any, request_id: str) -> dict[str, Any]:
+    """A multi-step program: one input or a batch (each item runs every step, and fails alone)."""
+    refuse_step_overrides(program, module=body.module, demos=body.demos, instructions=body.instructions)
+    head = {"request_id": request_id, "signature": str(program.parsed()), "module": program.module_name,
+            "program": program.ref}
+    if body.inputs is not None:
+        result = await cancel_on_disconnect(request, runner.run(program, body.inputs, model=body.model,
+                                                                config=body.config))
+        return {**result.as_dict(), **head}
+    assert body.batch is not None
+    _check_batch_size(body.batch, settings.max_batch_size)
+    batch = await cancel_on_disconnect(request, runner.run_batch(program, body.batch, model=body.model,
+                                                                 config=body.config))
+    return _batch_response(batch, head)
+
+
+def _check_batch_size(batch: list[dict[str, Any]], limit: int) -> None:
+    if len(batch) > limit:
+        raise InvalidRequestError(f"batch has {len(batch)} items; the limit is {limit}",
+                                  type="batch_too_large", limit=limit)
+
+
+def _batch_response(result: BatchResult, head: dict[str, Any]) -> dict[str, Any]:
     results = []
     for i, item in enumerate(result.items):
-        if isinstance(item, Prediction):
-            results.append({"index": i, **item.as_dict()})
-        else:
+        if isinstance(item, VGateError):
             results.append({"index": i, "error": item.body()})
-    models = sorted({item.model for item in result.items if isinstance(item, Prediction)})
+        else:
+            results.append({"index": i, **item.as_dict()})
+    models = sorted({item.model for item in result.items if not isinstance(item, VGateError)})
     return {
         "results": results,
         "succeeded": len(result.items) - result.failed,
@@ -127,6 +167,23 @@ async def predict(
     }
 
 
-@router.get("/predict/programs", response_model=ProgramList, responses=error_responses())
+@router.get("/predict/programs", response_model=ProgramList, response_model_exclude_unset=True,
+            responses=error_responses(503))
 async def list_programs(programs: ProgramsDep) -> dict[str, Any]:
+    """The newest version of each program."""
+    await programs.refresh()
     return {"programs": [p.summary() for p in programs.latest()]}
+
+
+@router.get("/predict/programs/{name}", response_model=ProgramVersions, response_model_exclude_unset=True,
+            responses=error_responses(404, 422, 503, _404="unknown program (program_not_found)"))
+async def program_versions(name: str, programs: ProgramsDep) -> dict[str, Any]:
+    """Every version of a program, oldest first, with the score and provenance of those an
+    optimization made."""
+    if "@" in name:
+        raise InvalidRequestError(f"name a program without a version here, not {name!r}",
+                                  type="invalid_program_reference")
+    await programs.refresh()
+    newest = programs.resolve(name)  # 422 for a malformed name, 404 program_not_found
+    return {"name": newest.name, "latest": newest.version,
+            "versions": [p.version_summary() for p in programs.versions(newest.name)]}

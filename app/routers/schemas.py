@@ -141,14 +141,50 @@ def error_responses(*statuses: int, model: type[BaseModel] = ErrorResponse,
 # --- /predict -------------------------------------------------------------------------------
 
 
-class PredictionResult(BaseModel):
-    outputs: dict[str, Any] = Field(description="the signature's output fields, in their declared types")
-    reasoning: str | Omittable = _omitted("the chain of thought (module chain_of_thought)")
+# A multi-step program's responses say this module (programs with ``steps``).
+ProgramModule = Module | Literal["steps"]
+
+
+class StepItemTrace(BaseModel):
+    """One item of a mapped step: its inputs and its prediction."""
+
+    model_config = ConfigDict(extra="allow")
+
+    index: int
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
     usage: Usage
     cost_usd: Cost
     latency_ms: float
-    ttft_ms: float | None = Field(description="time to the first token, when the upstream streamed")
     model: str
+
+
+class StepTrace(BaseModel):
+    """One step of a multi-step program, as it ran: a mapped step's outputs are lists, one value per item."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    inputs: dict[str, Any] = Field(description="the step's inputs, as its references gave them")
+    outputs: dict[str, Any]
+    usage: Usage
+    cost_usd: Cost
+    latency_ms: float
+    model: str | None = Field(description="null for a mapped step over no items")
+    map: str | Omittable = _omitted("the input field a mapped step ran over, once per item")
+    items: list[StepItemTrace] | Omittable = _omitted("each item of a mapped step")
+    trace: list[StepTrace] | Omittable = _omitted("the steps of the program a step ran, when it has steps")
+
+
+class PredictionResult(BaseModel):
+    outputs: dict[str, Any] = Field(description="the signature's output fields, in their declared types")
+    reasoning: str | Omittable = _omitted("the chain of thought (module chain_of_thought)")
+    usage: Usage = Field(description="summed over the steps of a multi-step program")
+    cost_usd: Cost
+    latency_ms: float
+    ttft_ms: float | None = Field(description="time to the first token, when the upstream streamed")
+    model: str = Field(description="the model that answered (the steps' models, comma-separated, if several)")
+    trace: list[StepTrace] | Omittable = _omitted("a multi-step program's steps, in the order declared")
 
 
 class PredictResponse(PredictionResult):
@@ -156,7 +192,7 @@ class PredictResponse(PredictionResult):
 
     request_id: str
     signature: str = Field(description="the signature, in its string form")
-    module: Module
+    module: ProgramModule
     program: str | Omittable = _omitted("the program's name, when one was run")
 
 
@@ -181,7 +217,7 @@ class BatchPredictResponse(BaseModel):
     model: str | list[str] | None = Field(description="the model, the models if several answered, null if none")
     request_id: str
     signature: str
-    module: Module
+    module: ProgramModule
     program: str | Omittable = _omitted("the program's name, when one was run")
 
 
@@ -191,14 +227,30 @@ class ProgramSummary(BaseModel):
     description: str
     signature: str
     instructions: str | None
-    module: Module
+    module: ProgramModule
     demos: int = Field(description="how many few-shot demos the program carries")
     model: str | None
     config: dict[str, Any] = Field(description="the sampling settings the program sets")
+    steps: list[str] | Omittable = _omitted("a multi-step program's steps, by name")
 
 
 class ProgramList(BaseModel):
     programs: list[ProgramSummary]
+
+
+class ProgramVersion(ProgramSummary):
+    version: int
+    score: float | None = Field(description="the validation score the optimization that made it measured")
+    provenance: dict[str, Any] | None = Field(
+        description="how it was made: strategy, metric, trainset/valset sizes, base version, score_before, "
+                    "usage and cost of the optimization")
+    created_at: str | None = Field(description="when it was saved (ISO 8601, UTC); null for a file written by hand")
+
+
+class ProgramVersions(BaseModel):
+    name: str
+    latest: int = Field(description="the newest version, the default")
+    versions: list[ProgramVersion] = Field(description="oldest first")
 
 
 # --- /agent ---------------------------------------------------------------------------------

@@ -1,22 +1,102 @@
 """Every version of every program, by name: the files loaded at start (version 1 unless a file says
-otherwise) and the versions an optimization adds. The newest version is a name's default."""
+otherwise) and the versions an optimization adds (``save_version``). The newest version is a name's
+default.
+
+Lookups stay synchronous and in memory. With Redis (``use_redis``) the versions other replicas
+saved arrive through ``await refresh()``, which the resolve paths call first: it reads Redis at most
+every ``REFRESH_S`` (one counter; the programs only when it moved), so /predict pays no round trip
+when nothing changed; if Redis is away, the versions already seen are served.
+"""
 
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+import structlog
 
 from app.errors import InvalidRequestError, NotFoundError
 from app.services.programs.model import Program
+from app.services.programs.versions import REFRESH_S, FileVersions, RedisVersions
+from app.services.state.connection import Health, StoreUnavailable
+
+log = structlog.get_logger("vgate.programs")
 
 _REF = re.compile(r"^(?P<name>[A-Za-z0-9_\-]{1,64})(?:@(?P<version>[1-9][0-9]{0,8}))?$")
 
 
 class ProgramRegistry:
-    def __init__(self, programs: dict[str, Program] | None = None) -> None:
+    def __init__(self, programs: dict[str, Program] | None = None, *, directory: Path | None = None) -> None:
+        """``directory``: where ``save_version`` writes files (without it, and without Redis, a saved
+        version lives in this process only)."""
         self._versions: dict[str, dict[int, Program]] = {}
         for program in (programs or {}).values():
             self.add(program)
+        self._store: FileVersions | RedisVersions | None = FileVersions(directory) if directory is not None else None
+        self._checked = float("-inf")
+
+    def use_redis(self, redis: Any, health: Health | None = None) -> None:
+        """Keep saved versions in Redis, and see those every replica saved (called by the lifespan)."""
+        self._store = RedisVersions(redis, health)
+        self._checked = float("-inf")
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Take in the versions other replicas saved: a no-op without Redis, and within ``REFRESH_S``
+        of the last look unless ``force``."""
+        if self._store is None or not self._store.shared:
+            return
+        now = time.monotonic()
+        if not force and now - self._checked < REFRESH_S:
+            return
+        self._checked = now
+        try:
+            found = await self._store.load()
+        except StoreUnavailable:
+            if force:
+                raise
+            return  # logged by the connection's health; the versions seen so far are served
+        for program in found:
+            if self.get(program.name, program.version) is None:
+                self.add(program)
+
+    async def save_version(
+        self,
+        base: Program,
+        *,
+        demos: Sequence[dict[str, Any]],
+        score_before: float | None,
+        score_after: float | None,
+        provenance: dict[str, Any],
+    ) -> Program:
+        """A new version of ``base.name`` (the newest + 1): ``base``'s definition with ``demos`` and
+        the score after; ``provenance`` (strategy, metric, sizes, usage and cost...) gains the base
+        version, both scores and ``created_at``. Persisted (a file, or Redis) before it is returned;
+        a 503 ``program_store_unavailable`` when it cannot be."""
+        if base.steps is not None:
+            raise InvalidRequestError(f"program {base.ref!r} has steps: its demos belong to its steps; optimize "
+                                      "the programs its steps run instead", type="invalid_program")
+        await self.refresh(force=True)
+        known = [p.version for p in self.versions(base.name)]
+        created_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        record = base.model_copy(update={
+            "demos": [dict(d) for d in demos],
+            "score": score_after,
+            "provenance": {**provenance, "base_version": base.version, "score_before": score_before,
+                           "score_after": score_after, "created_at": created_at},
+            "created_at": created_at,
+        })
+        floor = max(known, default=0)
+        version = await self._store.save(record, floor) if self._store is not None else floor + 1
+        program = record.model_copy(update={"version": version})
+        if self.get(program.name, version) is None:
+            self.add(program)
+        log.info("program_version_saved", program=program.name, version=version, score_before=score_before,
+                 score_after=score_after, demos=len(program.demos))
+        return self.get(program.name, version)  # type: ignore[return-value]
 
     def add(self, program: Program) -> None:
         versions = self._versions.setdefault(program.name, {})
@@ -63,14 +143,4 @@ class ProgramRegistry:
                 raise NotFoundError(f"program {name!r} has no version {version}", type="program_not_found",
                                     versions=known)
             raise NotFoundError(f"unknown program {name!r}", type="program_not_found", available=self.names())
-        return program
-
-    async def save_version(self, base: Program, *, demos: list[dict[str, Any]], score_before: float | None,
-                           score_after: float | None, provenance: dict[str, Any]) -> Program:
-        """A new version of ``base``'s program (the next number) with these demos: what an
-        optimization saves. Minimal, in this process's memory only (the programs branch replaces
-        it: persisted, with its score and provenance)."""
-        version = max((p.version for p in self.versions(base.name)), default=0) + 1
-        program = base.model_copy(update={"version": version, "demos": [dict(d) for d in demos]})
-        self.add(program)
         return program
