@@ -210,3 +210,20 @@ async def test_a_job_when_asked_and_past_the_threshold(sim_url):
     assert large_job["status"] == "succeeded" and large_job["result"]["score"] == 3 / 4
     assert large_job["progress"]["done"] == 4 and large_job["progress"]["score_so_far"] == 3 / 4
     assert "event: progress" in events.text and "event: result" in events.text
+
+
+async def test_a_multi_step_program_is_evaluated_on_its_final_outputs(sim_url):
+    inputs = [{"question": f"Why is topic {i} important?"} for i in range(3)]
+    async with gateway(sim_url) as gw:
+        r = await gw.client.post("/predict", json={"program": "research_answer", "batch": inputs})
+        assert r.status_code == 200, r.text
+        outs = [item["outputs"] for item in r.json()["results"]]
+        dataset = [{"inputs": x, "outputs": {"answer": o["answer"], "supported": o["supported"] if i else "no"}}
+                   for i, (x, o) in enumerate(zip(inputs, outs, strict=True))]
+        ok = await gw.client.post("/evaluate", json={"program": "research_answer", "dataset": dataset})
+        bad = await gw.client.post("/evaluate", json={"program": "research_answer", "dataset": dataset,
+                                                      "demos": []})
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["scores"] == {"answer": 1.0, "supported": 2 / 3} and ok.json()["score"] == (1 + 1 + 0.5) / 3
+    assert ok.json()["program"] == "research_answer@1" and ok.json()["failed"] == 0
+    assert bad.status_code == 422 and "cannot be overridden" in bad.json()["error"]["message"]

@@ -176,3 +176,12 @@ async def test_optimize_needs_the_admin_scope(sim_url, programs_dir):
         ops = await gw.client.post("/optimize", json=body, headers={"authorization": "Bearer vg-" + "b" * 29})
     assert app.status_code == 403 and app.json()["error"]["type"] == "scope_missing"
     assert ops.status_code == 200, ops.text
+
+
+async def test_a_multi_step_program_is_refused(sim_url):
+    example = {"inputs": {"question": "why?"}, "outputs": {"answer": "because"}}
+    async with gateway(sim_url) as gw:
+        r = await gw.client.post("/optimize", json={"program": "research_answer", "trainset": [example],
+                                                    "valset": [example]})
+    assert r.status_code == 422 and r.json()["error"]["type"] == "unsupported_program"
+    assert "single-step programs only" in r.json()["error"]["message"]

@@ -12,6 +12,7 @@ from app.services.evaluation.evaluate import ExampleResult, Report, Run, evaluat
 from app.services.evaluation.spec import Metric, compile_metric
 from app.services.lm import LMClient
 from app.services.programs import Module, PredictConfig, Program, ProgramRegistry, ProgramRunner
+from app.services.programs.run import refuse_step_overrides
 from app.settings import Settings
 
 INLINE = "inline"
@@ -37,6 +38,7 @@ def build_run(
     """A named program (with the request's overrides) or an ad-hoc ``Program(name="inline")``."""
     if program is not None:
         base = programs.resolve(program, version)
+        refuse_step_overrides(base, module=module, demos=demos, instructions=instructions)  # a 422 once
         return Run(base, model=model, config=config, module=module, demos=demos, instructions=instructions,
                    priority_route=priority_route)
     inline = Program(name=INLINE, signature=signature, instructions=instructions, module=module or "predict",

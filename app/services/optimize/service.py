@@ -76,6 +76,7 @@ async def plan(runner: ProgramRunner, lm: LMClient, programs: ProgramRegistry, s
                metric: Any, options: Options) -> Plan:
     """Everything checked before any call: the program (single-step), the metric, both datasets,
     the budget (enough calls to score the valset before and after), the models (admitted)."""
+    await programs.refresh()  # versions another replica saved
     base = programs.resolve(program, version)
     if getattr(base, "steps", None):
         raise InvalidRequestError(f"program {base.name!r} has steps: /optimize supports single-step programs only "
