@@ -227,3 +227,19 @@ async def test_a_multi_step_program_is_evaluated_on_its_final_outputs(sim_url):
     assert ok.json()["scores"] == {"answer": 1.0, "supported": 2 / 3} and ok.json()["score"] == (1 + 1 + 0.5) / 3
     assert ok.json()["program"] == "research_answer@1" and ok.json()["failed"] == 0
     assert bad.status_code == 422 and "cannot be overridden" in bad.json()["error"]["message"]
+
+
+def test_the_document_declares_the_answer_and_the_job():
+    from app.main import create_app
+    from tests.support import make_settings
+
+    doc = create_app(make_settings("http://127.0.0.1:9")).openapi()
+    for path in ("/evaluate", "/optimize"):
+        responses = doc["paths"][path]["post"]["responses"]
+        assert responses["202"]["content"]["application/json"]["schema"]["$ref"].endswith("/JobAccepted")
+        assert "Location" in responses["202"]["headers"]
+    schemas = doc["components"]["schemas"]
+    assert {"score", "scores", "results", "count", "failed", "usage", "cost_usd", "latency_ms"} <= set(
+        schemas["EvaluateResponse"]["required"])
+    assert {"program", "version", "demos", "score_before", "score_after", "calls", "budget_exhausted"} <= set(
+        schemas["OptimizeResponse"]["required"])
