@@ -22,6 +22,7 @@ from app.routers.schemas import Cost, Omittable, Usage, _omitted, error_response
 from app.services.evaluation import Example
 from app.services.evaluation.service import job_wanted
 from app.services.optimize import Options, Strategy, optimize, plan
+from app.services.programs import PredictConfig
 
 router = APIRouter(tags=["optimize"], route_class=JSONBodyRoute, dependencies=[Depends(routing_hints)])
 
@@ -33,7 +34,8 @@ class OptimizeRequest(BaseModel):
     version: int | None = Field(None, ge=1)
     strategy: Strategy = "bootstrap_few_shot"
     trainset: list[Example] = Field(description="examples to bootstrap demos from")
-    valset: list[Example] = Field(description="examples to score the program on, before and after")
+    valset: list[Example] | None = Field(None, description="examples to score the program on, before and after "
+                                                           "(default: the trainset)")
     metric: MetricSpec | None = Field(None, description=METRIC_DESCRIPTION)
     k: int = Field(4, ge=1, le=32, description="demos at most")
     threshold: float = Field(1.0, ge=0, le=1, description="an example passes (becomes a demo) at this score")
@@ -44,6 +46,10 @@ class OptimizeRequest(BaseModel):
     seed: int = Field(0, description="bootstrap_random_search: the seed of its random samples")
     max_calls: int | None = Field(None, ge=1, description="budget: program runs at most")
     max_cost_usd: float | None = Field(None, gt=0, description="budget: USD (checked between steps)")
+    model: str | None = Field(None, description="the model every run uses (default: the program's); kept in the "
+                                                "new version")
+    config: PredictConfig | None = Field(None, description="sampling overrides for every run; kept in the new "
+                                                           "version")
     job: bool = Field(False, description="run as a job (202 + job_id); also when trainset + valset have more "
                                          "than evaluate_job_threshold examples")
 
@@ -93,10 +99,11 @@ async def optimize_program(body: OptimizeRequest, request: Request, programs: Pr
                            lm: LMDep, jobs: JobsDep, settings: SettingsDep) -> Any:
     options = Options(strategy=body.strategy, k=body.k, threshold=body.threshold, candidates=body.candidates,
                       seed=body.seed, teacher_model=body.teacher_model, max_calls=body.max_calls,
-                      max_cost_usd=body.max_cost_usd)
+                      max_cost_usd=body.max_cost_usd, model=body.model, config=body.config)
+    valset = body.valset if body.valset is not None else body.trainset
     p = await plan(runner, lm, programs, settings, program=body.program, version=body.version,
-                   trainset=body.trainset, valset=body.valset, metric=body.metric, options=options)
-    if job_wanted(body.job, len(body.trainset) + len(body.valset), settings):
+                   trainset=body.trainset, valset=valset, metric=body.metric, options=options)
+    if job_wanted(body.job, len(body.trainset) + len(valset), settings):
         async def work(progress: Any) -> dict[str, Any]:
             return await optimize(runner, programs, p, progress.advance)
 

@@ -185,3 +185,16 @@ async def test_a_multi_step_program_is_refused(sim_url):
                                                     "valset": [example]})
     assert r.status_code == 422 and r.json()["error"]["type"] == "unsupported_program"
     assert "single-step programs only" in r.json()["error"]["message"]
+
+
+async def test_without_a_valset_the_trainset_scores_and_overrides_are_kept(sim_url, programs_dir):
+    async with gateway(sim_url, programs_dir=programs_dir) as gw:
+        train, _ = await datasets(gw)
+        r = await gw.client.post("/optimize", json={"program": "label", "trainset": train[:4], "k": 1,
+                                                    "model": "sim-model", "config": {"max_tokens": 50}})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        saved = gw.state.programs.get("label", 2)
+        assert body["score_before"] == await score(gw, train[:4], program="label@1", config={"max_tokens": 50})
+    assert body["calls"] == 4 + 4 + 4  # the trainset scored before and after, bootstrapped in one chunk
+    assert saved.config.max_tokens == 50 and saved.config.temperature == 0 and saved.model == "sim-model"

@@ -27,7 +27,7 @@ from app.services.evaluation.service import admit, prepare, program_ref
 from app.services.lm import LMClient
 from app.services.optimize.bootstrap import bootstrap, candidate_sets
 from app.services.optimize.budget import Budget
-from app.services.programs import ProgramRegistry, ProgramRunner
+from app.services.programs import PredictConfig, ProgramRegistry, ProgramRunner
 from app.settings import Settings
 
 Strategy = Literal["bootstrap_few_shot", "bootstrap_random_search"]
@@ -44,6 +44,8 @@ class Options:
     teacher_model: str | None = None
     max_calls: int | None = None
     max_cost_usd: float | None = None
+    model: str | None = None  # overrides for every run; part of the new version (they are what was scored)
+    config: PredictConfig | None = None
 
 
 @dataclass
@@ -81,7 +83,7 @@ async def plan(runner: ProgramRunner, lm: LMClient, programs: ProgramRegistry, s
     if getattr(base, "steps", None):
         raise InvalidRequestError(f"program {base.name!r} has steps: /optimize supports single-step programs only "
                                   "(optimize each step as a program of its own)", type="unsupported_program")
-    run = Run(base, priority_route="optimize")
+    run = Run(base, model=options.model, config=options.config, priority_route="optimize")
     compiled = prepare(run, trainset, metric, settings, name="trainset")
     prepare(run, valset, metric, settings, name="valset")
     minimum = 2 * len(valset) + 1
@@ -90,7 +92,7 @@ async def plan(runner: ProgramRunner, lm: LMClient, programs: ProgramRegistry, s
             f"max_calls={options.max_calls} cannot score the valset before and after ({len(valset)} calls each) "
             f"and bootstrap one example: at least {minimum}", type="budget_too_small", minimum=minimum)
     await admit(lm, run, len(valset))
-    teacher = Run(base, model=run.model, priority_route="optimize")
+    teacher = Run(base, model=run.model, config=options.config, priority_route="optimize")
     if options.teacher_model is not None:
         teacher.model = options.teacher_model
         await admit(lm, teacher, min(len(trainset), max(2 * options.k, 8)))
@@ -164,6 +166,10 @@ async def optimize(runner: ProgramRunner, programs: ProgramRegistry, p: Plan,
     }
     if not few_shot:
         provenance.update(candidates=len(scored), seed=o.seed)
-    saved = await programs.save_version(p.run.program, demos=demos, score_before=before.score, score_after=after,
+    target = p.run.program
+    if o.model is not None or o.config is not None:  # the version is what was scored
+        target = target.model_copy(update={"model": o.model or target.model,
+                                           "config": target.config.merged(o.config)})
+    saved = await programs.save_version(target, demos=demos, score_before=before.score, score_after=after,
                                         provenance=provenance)
     return {"program": program_ref(saved), "version": saved.version, **result}
