@@ -239,3 +239,50 @@ async def test_running_jobs_are_bounded(sim_url):
             await gw.state.jobs.submit("evaluate", Gated(), total=1, owner=None)
         work.release()
     assert refused.value.status_code == 503 and refused.value.type == "jobs_overloaded"
+
+
+async def read_until(response, enough) -> list[dict]:
+    buf, events = "", []
+    async for chunk in response.aiter_text():
+        buf += chunk
+        events = parse_sse(buf.rsplit("\n\n", 1)[0])
+        if enough(events):
+            break
+    return events
+
+
+async def test_over_a_socket_events_arrive_live_and_a_client_leaving_does_not_stop_the_job(sim_url):
+    import httpx
+    import uvicorn
+
+    from app.main import create_app
+    from tests.support import free_port, make_settings
+
+    port = free_port()
+    app = create_app(make_settings(sim_url))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on",
+                                           loop="asyncio"))
+    serving = asyncio.ensure_future(server.serve())  # in this loop: the test submits into the app's loop
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                await asyncio.sleep(0.02)
+        work = Gated(steps=2)
+        job_id = await app.state.jobs.submit("evaluate", work, total=2, owner=None)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
+            await work.started.wait()
+            work.release()
+            async with c.stream("GET", f"/jobs/{job_id}/events") as r:
+                assert r.headers["content-type"].startswith("text/event-stream")
+                first = await asyncio.wait_for(read_until(r, lambda evs: evs), 5)  # before the job ends
+            await asyncio.sleep(0.1)
+            assert (await c.get(f"/jobs/{job_id}")).json()["status"] == "running"  # the client left; it runs on
+            work.release()
+            async with c.stream("GET", f"/jobs/{job_id}/events", headers={"last-event-id": "1"}) as r:
+                rest = await asyncio.wait_for(read_until(r, lambda evs: evs and evs[-1]["event"] == "result"), 5)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 15)
+    assert [e["event"] for e in first] == ["progress"] and first[0]["id"] == 1
+    assert [(e["id"], e["event"]) for e in rest] == [(2, "progress"), (3, "result")]
+    assert not work.cancelled

@@ -22,6 +22,9 @@ ERRORS = {
     ("get", "/v1/models"): {500, 502, 503, 504},
     ("get", "/healthz"): {500},
     ("get", "/readyz"): {500},
+    ("get", "/jobs/{job_id}"): {404, 500, 503},
+    ("get", "/jobs/{job_id}/events"): {404, 422, 500, 503},
+    ("delete", "/jobs/{job_id}"): {404, 500, 503},
 }
 
 

@@ -102,6 +102,9 @@ class JobService:
         """Start ``work`` in the background now and return the job's id. A 503 ``jobs_overloaded``
         when this replica runs ``jobs_max_running`` jobs already, and with Redis a 503
         ``store_unavailable`` when the job cannot be recorded there (nobody could read it)."""
+        if self._stopping:
+            raise VGateError("the gateway is shutting down; submit the job again", status_code=503,
+                             type="shutting_down", retry_after_s=1.0)
         if len(self.local.live()) >= self.settings.jobs_max_running:
             raise JobsOverloaded(f"this gateway runs {self.settings.jobs_max_running} jobs already; retry later",
                                  retry_after_s=5.0)
