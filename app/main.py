@@ -172,7 +172,7 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
         tools_http = httpx.AsyncClient(timeout=settings.tool_timeout_s, follow_redirects=False)
         app.state.lm = lm
         app.state.predict = PredictService(lm, settings, metrics)
-        app.state.runner = ProgramRunner(app.state.predict)
+        app.state.runner = ProgramRunner(app.state.predict, programs)
         app.state.passthrough = PassthroughService(lm, settings, metrics)
         executor = build_tool_executor(settings, metrics, tools_http)
         app.state.tools = executor

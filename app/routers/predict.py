@@ -168,7 +168,7 @@ def _batch_response(result: BatchResult, head: dict[str, Any]) -> dict[str, Any]
 
 
 @router.get("/predict/programs", response_model=ProgramList, response_model_exclude_unset=True,
-            responses=error_responses(503))
+            responses=error_responses())
 async def list_programs(programs: ProgramsDep) -> dict[str, Any]:
     """The newest version of each program."""
     await programs.refresh()
@@ -176,7 +176,7 @@ async def list_programs(programs: ProgramsDep) -> dict[str, Any]:
 
 
 @router.get("/predict/programs/{name}", response_model=ProgramVersions, response_model_exclude_unset=True,
-            responses=error_responses(404, 422, 503, _404="unknown program (program_not_found)"))
+            responses=error_responses(404, 422, _404="unknown program (program_not_found)"))
 async def program_versions(name: str, programs: ProgramsDep) -> dict[str, Any]:
     """Every version of a program, oldest first, with the score and provenance of those an
     optimization made."""

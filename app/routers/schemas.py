@@ -165,6 +165,7 @@ class StepTrace(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: str
+    program: str | Omittable = _omitted("the program (and version) a program step ran")
     inputs: dict[str, Any] = Field(description="the step's inputs, as its references gave them")
     outputs: dict[str, Any]
     usage: Usage

@@ -4,6 +4,7 @@ counted), batches, step failures, parallel steps, and the overrides a multi-step
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -13,6 +14,8 @@ import pytest
 from tests.support import gateway, sim_reset, sim_stats
 
 QUESTION = {"question": "Why did the Roman Empire fall, and how long did it take?"}
+
+SIGNATURE = "question: str -> answer: str, supported: bool, issues: list[str], sub_questions: list[str]"
 
 
 def usage_sum(entries: list[dict]) -> dict:
@@ -31,7 +34,7 @@ async def test_research_answer_end_to_end(sim_url):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["program"] == "research_answer" and body["module"] == "steps"
-    assert body["signature"] == "question: str -> answer: str, supported: bool, sub_questions: list[str]"
+    assert body["signature"] == SIGNATURE
     out = body["outputs"]
     assert isinstance(out["answer"], str) and isinstance(out["supported"], bool)
     trace = {step["name"]: step for step in body["trace"]}
@@ -157,3 +160,22 @@ async def test_programs_list_shows_steps(sim_url):
         listed = {p["name"]: p for p in (await gw.client.get("/predict/programs")).json()["programs"]}
     assert listed["research_answer"]["steps"] == ["plan", "answer", "synthesize", "verify"]
     assert listed["research_answer"]["module"] == "steps" and "steps" not in listed["qa"]
+
+
+async def test_a_failing_step_cancels_the_steps_still_running(sim_slow_url, tmp_path):
+    broken = {"name": "broken", "inputs": {"text": "str"}, "outputs": {"a": "slow.y", "b": "bad.y"},
+              "steps": [{"name": "slow", "signature": "x -> y: list[str]", "inputs": {"x": "inputs.text"}},
+                        {"name": "bad", "signature": "x -> y", "model": "no-such-model",
+                         "inputs": {"x": "inputs.text"}}]}
+    async with gateway(sim_slow_url, programs_dir=programs_dir(tmp_path, broken)) as gw:
+        await sim_reset(sim_slow_url)
+        r = await gw.client.post("/predict", json={"program": "broken", "inputs": {"text": "hello"}})
+        for _ in range(100):  # the cancelled call leaves the simulator within moments
+            stats = await sim_stats(sim_slow_url)
+            if stats["num_requests_running"] == 0:
+                break
+            await asyncio.sleep(0.02)
+    assert r.status_code == 404 and r.json()["error"]["step"] == "bad"
+    # slow was cut short (in the simulator, or before it got there), not left to finish
+    assert stats["requests_total"] == stats["requests_aborted_total"] <= 1
+    assert stats["request_success_total"]["stop"] == stats["request_success_total"]["length"] == 0

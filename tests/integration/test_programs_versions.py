@@ -153,3 +153,16 @@ async def test_with_redis_away_the_versions_already_seen_are_served(sim_url, pro
             await save(gw.state.programs)
     assert r.status_code == 200 and r.json()["program"] == "sentiment"
     assert info.value.status_code == 503
+
+
+async def test_a_program_step_runs_the_newest_version_of_its_program_unless_pinned(sim_url, programs_dir):
+    both = {"name": "both", "inputs": {"text": "str"}, "outputs": {"a": "newest.sentiment", "b": "pinned.sentiment"},
+            "steps": [{"name": "newest", "program": "sentiment", "inputs": {"text": "inputs.text"}},
+                      {"name": "pinned", "program": "sentiment@1", "inputs": {"text": "inputs.text"}}]}
+    (programs_dir / "both.json").write_text(json.dumps(both))
+    async with gateway(sim_url, programs_dir=programs_dir) as gw:
+        first = (await gw.client.post("/predict", json={"program": "both", "inputs": {"text": "great"}})).json()
+        await save(gw.state.programs)
+        then = (await gw.client.post("/predict", json={"program": "both", "inputs": {"text": "great"}})).json()
+    assert [s["program"] for s in first["trace"]] == ["sentiment", "sentiment"]
+    assert [s["program"] for s in then["trace"]] == ["sentiment@2", "sentiment"]

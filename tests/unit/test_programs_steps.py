@@ -13,6 +13,8 @@ from app.services.signature import TypeSpec
 
 QA = {"name": "qa", "signature": "context: list[str], question: str -> answer: str"}
 
+SIGNATURE = "question: str -> answer: str, supported: bool, issues: list[str], sub_questions: list[str]"
+
 
 def steps_program(steps: list[dict], *, inputs=None, outputs=None, name: str = "multi", **extra) -> dict:
     return {"name": name, "inputs": inputs or {"question": "str"},
@@ -40,7 +42,7 @@ def test_the_shipped_programs_load_and_research_answer_is_multi_step():
     programs = load_programs(Path("app/programs"))
     research = programs["research_answer"]
     assert [s.name for s in research.steps] == ["plan", "answer", "synthesize", "verify"]
-    assert str(research.parsed()) == "question: str -> answer: str, supported: bool, sub_questions: list[str]"
+    assert str(research.parsed()) == SIGNATURE
     assert research.summary()["module"] == "steps"
     plan = research.plan()
     assert plan.steps[1].outputs == {"answer": TypeSpec.list_of(TypeSpec("str"))}  # mapped: a list
@@ -124,6 +126,8 @@ def test_a_step_calling_an_unknown_program_or_version_is_refused(tmp_path):
     (steps_program([{**PLAN, "name": "inputs"}], outputs={"q": "inputs.questions"}), "may not be named 'inputs'"),
     (steps_program([{**PLAN, "signature": "question -> questions: lisst[str]"}], outputs={"q": "plan.questions"}),
      "step 'plan': "),
+    (steps_program([{**PLAN, "demos": [{"question": "q", "answer": "a"}]}], outputs={"q": "plan.questions"}),
+     "step 'plan': demo 0 has unknown field(s) 'answer'"),
 ])
 def test_malformed_multi_step_files_are_refused(tmp_path, program, needle):
     assert needle in load_error(tmp_path, QA, program)

@@ -170,6 +170,7 @@ def _link(programs: dict[str, Program], paths: dict[str, Path]) -> None:
     for program in programs.values():
         if program.name not in newest or program.version > newest[program.name].version:
             newest[program.name] = program
+    by_version = {(p.name, str(p.version)): p for p in programs.values()}
     walking: list[str] = []
 
     def compile_(program: Program) -> None:
@@ -178,7 +179,8 @@ def _link(programs: dict[str, Program], paths: dict[str, Path]) -> None:
         walking.append(program.ref)
 
         def resolve(ref: str, where: str) -> Program:
-            target = programs.get(ref) if "@" in ref else newest.get(ref)
+            name, _, version = ref.partition("@")
+            target = newest.get(name) if not version else by_version.get((name, version))
             if target is None:
                 raise ProgramError(f"{where}: program {ref!r} is not loaded (programs: {', '.join(sorted(newest))})")
             if target.ref in walking:

@@ -22,6 +22,7 @@ from app.services.signature import REASONING_FIELD
 if TYPE_CHECKING:
     from app.services.predict import PredictService
     from app.services.programs.model import Program
+    from app.services.programs.registry import ProgramRegistry
 
 # runs a program step's program (ProgramRunner.run, without the overrides a step may not make)
 RunProgram = Callable[..., Awaitable[Any]]
@@ -89,9 +90,11 @@ def _tagged(exc: VGateError, step: str, item: int | None = None) -> VGateError:
 class Pipeline:
     """Runs one multi-step program; the request's overrides (``model``, ``config``) reach every step."""
 
-    def __init__(self, predict: PredictService, run_program: RunProgram) -> None:
+    def __init__(self, predict: PredictService, run_program: RunProgram,
+                 registry: ProgramRegistry | None = None) -> None:
         self.predict = predict
         self.run_program = run_program
+        self.registry = registry
 
     async def run(
         self,
@@ -164,12 +167,14 @@ class Pipeline:
         call_config = step.config.merged(config)
         if cs.program is None:
             call_config = program.config.merged(call_config)
+        target = self._target(cs)
+        head: dict[str, Any] = {"name": step.name} if target is None else {"name": step.name, "program": target.ref}
         if step.map is None:
             try:
-                result = await self._call(cs, bound, call_model, call_config, priority_route)
+                result = await self._call(cs, target, bound, call_model, call_config, priority_route)
             except VGateError as exc:
                 raise _tagged(exc, step.name) from None
-            return _Done(_outputs_of(cs, result), {"name": step.name, "inputs": bound, **result.as_dict()},
+            return _Done(_outputs_of(cs, result), {**head, "inputs": bound, **result.as_dict()},
                          result.usage, result.cost_usd, set(result.model.split(",")))
 
         items = bound[step.map]
@@ -181,7 +186,8 @@ class Pipeline:
 
         async def one(i: int, item: Any) -> Any:
             try:
-                return await self._call(cs, {**bound, step.map: item}, call_model, call_config, priority_route)
+                return await self._call(cs, target, {**bound, step.map: item}, call_model, call_config,
+                                        priority_route)
             except VGateError as exc:
                 raise _tagged(exc, step.name, i) from None
 
@@ -199,7 +205,7 @@ class Pipeline:
         each = [_outputs_of(cs, r) for r in results]
         outputs = {name: [o[name] for o in each] for name in cs.outputs}
         trace = {
-            "name": step.name,
+            **head,
             "map": step.map,
             "inputs": bound,
             "outputs": outputs,
@@ -212,11 +218,21 @@ class Pipeline:
         }
         return _Done(outputs, trace, usage, cost, models)
 
-    async def _call(self, cs: CompiledStep, inputs: dict[str, Any], model: str | None, config: PredictConfig,
-                    priority_route: str) -> Any:
-        if cs.program is not None:
-            return await self.run_program(cs.program, inputs, model=model, config=config,
-                                          priority_route=priority_route)
+    def _target(self, cs: CompiledStep) -> Program | None:
+        """The program a program step runs: for ``"qa"``, the newest version now (one an optimization
+        saved since the start, when its fields are the ones checked at load); ``"qa@2"`` stays pinned."""
+        bound = cs.program
+        if bound is None or self.registry is None or "@" in (cs.step.program or ""):
+            return bound
+        newest = self.registry.get(bound.name)
+        if newest is None or newest is bound or newest.parsed() != bound.parsed():
+            return bound
+        return newest
+
+    async def _call(self, cs: CompiledStep, target: Program | None, inputs: dict[str, Any], model: str | None,
+                    config: PredictConfig, priority_route: str) -> Any:
+        if target is not None:
+            return await self.run_program(target, inputs, model=model, config=config, priority_route=priority_route)
         step = cs.step
         result = await self.predict.predict(cs.signature, inputs, module=step.module, demos=step.demos or None,
                                             model=model, config=config, priority_route=priority_route)

@@ -17,6 +17,7 @@ from app.services.programs.pipeline import Pipeline, PipelineResult
 
 if TYPE_CHECKING:
     from app.services.predict import BatchResult, Prediction, PredictService
+    from app.services.programs.registry import ProgramRegistry
 
 log = structlog.get_logger("vgate.programs")
 
@@ -31,9 +32,11 @@ def refuse_step_overrides(program: Program, **overrides: Any) -> None:
 
 
 class ProgramRunner:
-    def __init__(self, predict: PredictService) -> None:
+    def __init__(self, predict: PredictService, registry: ProgramRegistry | None = None) -> None:
+        """``registry``: where a multi-step program's step finds the newest version of the program it
+        runs (without it, the version bound at load)."""
         self.predict = predict
-        self.pipeline = Pipeline(predict, self.run)
+        self.pipeline = Pipeline(predict, self.run, registry)
 
     async def run(
         self,

@@ -141,10 +141,14 @@ def _step_fields(step: Step, resolve: Callable[[str, str], Any] | None, where: s
         target = resolve(step.program, where)
         module = "predict" if target.steps else target.module
         return target.parsed(), target, module
+    from app.services.adapter import demo_messages  # the one check of a demo's fields (the adapter's)
+
     try:
-        return parse_signature(step.signature, step.instructions), None, step.module  # type: ignore[arg-type]
+        signature = parse_signature(step.signature, step.instructions)  # type: ignore[arg-type]
+        demo_messages(signature, step.demos)
     except VGateError as exc:
         raise ProgramError(f"{where}: {exc.message}") from exc
+    return signature, None, step.module
 
 
 def compile_plan(
