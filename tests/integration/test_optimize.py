@@ -198,3 +198,21 @@ async def test_without_a_valset_the_trainset_scores_and_overrides_are_kept(sim_u
         assert body["score_before"] == await score(gw, train[:4], program="label@1", config={"max_tokens": 50})
     assert body["calls"] == 4 + 4 + 4  # the trainset scored before and after, bootstrapped in one chunk
     assert saved.config.max_tokens == 50 and saved.config.temperature == 0 and saved.model == "sim-model"
+
+
+async def test_with_redis_a_job_and_its_new_version_reach_another_replica(sim_url, programs_dir, redis_clean):
+    """Two gateways sharing Redis: an optimization run as a job on one is followed on the other, and
+    the version it saved is served there."""
+    async with gateway(sim_url, programs_dir=programs_dir, redis_url=redis_clean) as a, \
+            gateway(sim_url, programs_dir=programs_dir, redis_url=redis_clean) as b:
+        train, val = await datasets(a)
+        r = await a.client.post("/optimize", json={"program": "label", "trainset": train, "valset": val, "k": 2,
+                                                   "job": True})
+        assert r.status_code == 202, r.text
+        job = await wait_job(b, r.headers["location"])
+        assert job["status"] == "succeeded", job
+        assert job["result"]["program"] == "label@2"
+        served = await b.client.post("/predict", json={"program": "label@2", "inputs": {"text": "a new ticket"}})
+        evaluated = await b.client.post("/evaluate", json={"program": "label@2", "dataset": val})
+    assert served.status_code == 200, served.text
+    assert evaluated.json()["score"] == job["result"]["score_after"]
