@@ -67,9 +67,11 @@ async def test_one_metric_for_every_field_and_k_of_n_exact(sim_url):
         dataset = [{"inputs": x, "outputs": {"answer": p["answer"] if i in (1, 4, 5) else -1}}
                    for i, (x, p) in enumerate(zip(inputs, preds, strict=True))]
         r = await gw.client.post("/evaluate", json={"signature": "question -> answer: int", "dataset": dataset})
+        batch = gw.metric("vgate_queue_seconds_count", model="sim-model", priority="batch")
     assert r.status_code == 200, r.text
     assert r.json()["score"] == 3 / 8 and r.json()["scores"] == {"answer": 3 / 8}
     assert r.json()["metric"] == "exact_match"
+    assert batch == 8 + 8  # the /predict batch and the evaluation: all at batch priority
 
 
 async def test_every_metric_through_the_api(sim_url):
