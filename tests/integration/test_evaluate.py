@@ -170,6 +170,8 @@ async def test_a_failed_example_scores_zero_and_counts_in_failed():
      "has 4 examples; the limit is 3"),
     ({"dataset": []}, 422, "invalid_example", "dataset is empty"),
     ({"program": "qa"}, 422, "invalid_request", "exactly one of 'program' or 'signature'"),
+    ({"signature": "question -> "}, 422, "invalid_signature", ""),
+    ({"demos": [{"question": "x", "nope": 1}]}, 422, "invalid_request", "demo 0 has unknown field(s) 'nope'"),
     ({"signature": None, "program": "nope"}, 404, "program_not_found", "unknown program"),
     ({"model": "no-such-model"}, 404, "model_not_found", ""),
 ])

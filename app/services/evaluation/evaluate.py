@@ -45,10 +45,11 @@ class Run:
     demos: list[dict[str, Any]] | None = None
     instructions: str | None = None
     priority_route: str = "evaluate"
+    named: bool = True  # a program of the registry (False: an inline signature)
 
     def with_demos(self, demos: list[dict[str, Any]] | None, model: str | None = None) -> Run:
         return Run(self.program, model or self.model, self.config, self.module, demos, self.instructions,
-                   self.priority_route)
+                   self.priority_route, self.named)
 
     @property
     def effective_demos(self) -> list[dict[str, Any]]:

@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pydantic import ValidationError
+
+from app.errors import InvalidRequestError, clean_errors, summarize_errors
 from app.services.adapter import demo_messages
 from app.services.evaluation.dataset import Example, check_dataset
 from app.services.evaluation.evaluate import ExampleResult, Report, Run, evaluate
@@ -41,10 +44,14 @@ def build_run(
         refuse_step_overrides(base, module=module, demos=demos, instructions=instructions)  # a 422 once
         return Run(base, model=model, config=config, module=module, demos=demos, instructions=instructions,
                    priority_route=priority_route)
-    inline = Program(name=INLINE, signature=signature, instructions=instructions, module=module or "predict",
-                     demos=demos or [], config=config or PredictConfig())
+    try:
+        inline = Program(name=INLINE, signature=signature, instructions=instructions, module=module or "predict",
+                         demos=demos or [], config=config or PredictConfig())
+    except ValidationError as exc:
+        raise InvalidRequestError(f"invalid inline program: {summarize_errors(clean_errors(exc.errors()))}",
+                                  errors=clean_errors(exc.errors())) from None
     inline.parsed()  # a bad signature is a 422 now
-    return Run(inline, model=model, priority_route=priority_route)
+    return Run(inline, model=model, priority_route=priority_route, named=False)
 
 
 def check_run(run: Run) -> None:
@@ -84,7 +91,7 @@ async def run_evaluation(runner: ProgramRunner, run: Run, dataset: list[Example]
     report: Report = await evaluate(runner, run, dataset, metric, on_result=_mean(advance) if advance else None)
     body = report.as_dict()
     body["metric"] = metric.describe()
-    if run.program.name != INLINE:
+    if run.named:
         body["program"] = program_ref(run.program)
     body["model"] = run.model
     return body
