@@ -45,7 +45,7 @@ class Gated:
 
     def __init__(self, steps: int = 3, result: dict | None = None, fail: BaseException | None = None) -> None:
         self.steps = steps
-        self.result = result or {"score": 0.5}
+        self.result = {"score": 0.5} if result is None else result
         self.fail = fail
         self.gate = asyncio.Semaphore(0)
         self.cancelled = False

@@ -9,7 +9,7 @@ import asyncio
 
 import redis.asyncio as aredis
 
-from app.services.jobs.redis_store import job_keys, replica_key
+from app.services.jobs.redis_store import job_keys
 from tests.integration.test_agent_shared_faults import RedisProxy
 from tests.integration.test_jobs import ADMIN, KEY, KEYS, OTHER, Gated, bearer, parse_sse, wait_status
 from tests.support import gateway
@@ -19,6 +19,16 @@ async def follow(gw, job_id: str, after: int = 0) -> list:
     """The job's events as ``gw`` streams them (found in Redis: no caller here to check it against)."""
     job = await gw.state.jobs.shared.find(job_id)
     return [(ev.id, ev.event, ev.data) async for ev in gw.state.jobs.follow(job, after)]
+
+
+async def eventually(gw, job_id: str, status: str, timeout: float = 10) -> dict:
+    """The job's view once it has ``status``, through answers that are not there yet (404: Redis lost
+    its keys and its replica has not written them again; 503: Redis is unreachable)."""
+    async with asyncio.timeout(timeout):
+        while (seen := await gw.client.get(f"/jobs/{job_id}")).status_code != 200 or seen.json()["status"] != status:
+            assert seen.status_code in (200, 404, 503), seen.text
+            await asyncio.sleep(0.05)
+    return seen.json()
 
 
 async def test_a_job_of_one_replica_is_read_and_followed_through_another(sim_url, redis_clean):
@@ -74,8 +84,8 @@ async def test_a_job_whose_replica_vanished_is_lost_not_running_forever(sim_url,
         shared = a.state.jobs.shared
         live = asyncio.ensure_future(follow(b, job_id))
         await asyncio.sleep(0.2)
-        shared._alive.cancel()  # A stops saying it is alive, as a replica that died would
-        await r.delete(replica_key(shared.replica))
+        shared._alive.cancel()  # A stops renewing the job's liveness, as a replica that died would ...
+        await r.hset(job_keys(job_id)[0], "alive_at", 0)  # ... ALIVE_TTL_S ago
         got = await asyncio.wait_for(live, 10)
         lost = (await b.client.get(f"/jobs/{job_id}")).json()
         work.release()  # A, only slow after all, goes on: its next write is refused, and its work cancelled
@@ -121,14 +131,31 @@ async def test_redis_down_is_a_503_and_a_job_that_finished_meanwhile_is_written_
             except Exception as exc:  # noqa: BLE001 - the error the route would answer
                 submit = exc
             proxy.up()
-            async with asyncio.timeout(10):  # B answers 503 until it tries Redis again (a second at most)
-                while (seen := await b.client.get(f"/jobs/{job_id}")).status_code != 200 \
-                        or seen.json()["status"] != "succeeded":
-                    await asyncio.sleep(0.05)
-            back = seen.json()
+            back = await eventually(b, job_id, "succeeded")  # B answers 503 until it tries Redis again
             events = parse_sse((await b.client.get(f"/jobs/{job_id}/events")).text)
     assert down.status_code == 503 and down.json()["error"]["type"] == "store_unavailable"
     assert unknown.status_code == 503
     assert getattr(submit, "type", None) == "store_unavailable"
     assert back == on_a and events[-1]["data"] == {"score": 1.0}
     assert [e["id"] for e in events] == list(range(1, len(events) + 1))
+
+
+async def test_a_job_whose_keys_redis_lost_is_written_again_whole(sim_url, redis_clean):
+    r = aredis.Redis.from_url(redis_clean)
+    async with gateway(sim_url, redis_url=redis_clean) as a, gateway(sim_url, redis_url=redis_clean) as b:
+        work = Gated(steps=3, result={})
+        job_id = await a.state.jobs.submit("evaluate", work, total=3, owner=None)
+        await work.started.wait()
+        work.release()
+        await asyncio.sleep(0.3)
+        await wait_status(b, job_id, "running")
+        await r.flushall()  # a restart without persistence, an eviction
+        rewritten = await eventually(b, job_id, "running")  # its replica writes it again within a second
+        work.release(2)
+        done = await eventually(b, job_id, "succeeded")
+        events = parse_sse((await b.client.get(f"/jobs/{job_id}/events")).text)
+    await r.aclose()
+    assert rewritten["progress"]["done"] == 1
+    assert done["result"] == {} and done["kind"] == "evaluate" and done["progress"]["done"] == 3
+    assert [e["id"] for e in events] == list(range(1, len(events) + 1)) and events[0]["event"] == "progress"
+    assert events[-1] == {"id": len(events), "event": "result", "data": {}}

@@ -5,15 +5,17 @@ Layout (``{<job_id>}`` is a hash tag: a job's keys share one cluster slot):
 
 - ``vg:job:{<job_id>}``: a hash: ``kind``, ``owner`` (empty on an open gateway), ``total``,
   ``status``, ``progress``/``result``/``error`` (JSON), ``created_at``, ``finished_at`` (Unix
-  seconds), ``replica`` (the one running it), ``cancel`` (``1``: DELETE through another replica);
+  seconds), ``replica`` (the one running it), ``alive_at`` (Redis's clock, ms: the job's liveness,
+  renewed every second by the replica running it), ``cancel`` (``1``: DELETE through another replica);
 - ``vg:job:{<job_id>}:events``: a stream, entry ``0-<event id>`` per event, fields ``event`` and
   ``data`` (JSON);
-- ``vg:jobs:replica:<replica>``: present while that replica is alive (renewed every second).
-
 Both keys of a job live ``LIVE_TTL_S`` past the last write while it runs (renewed every second by
 its replica too), ``job_ttl_s`` once it has finished. Once a job's status is final nothing more is
-written to it: a reader that finds a running job whose replica is gone ends it (``failed``,
-``job_lost``), and the replica, if it was only slow, stops writing it (and cancels its work).
+written to it: a reader that finds a running job not renewed for ``ALIVE_TTL_S`` (its replica died)
+ends it (``failed``, ``job_lost``), and the replica, if it was only slow, stops writing it (and
+cancels its work). The liveness is in the job's hash, not a key of its own, so that Redis losing
+the job's keys (a restart, an eviction) makes it missing until its replica writes it again (within
+a second), never lost.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from app.settings import Settings
 log = structlog.get_logger("vgate.jobs")
 
 BATCH = 256  # stream entries per write and per read
-_FINISHED = "local st = redis.call('HGET', KEYS[1], 'status')\n" \
+_NOW_MS = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+_FINISHED = _NOW_MS + "local st = redis.call('HGET', KEYS[1], 'status')\n" \
             "local done = st == 'succeeded' or st == 'failed' or st == 'cancelled'\n"
 
 # KEYS: hash, events. ARGV: the stream's last event id as the writer expects it, TTL (ms), n, then n
@@ -58,23 +61,21 @@ for i = 4 + n, #ARGV, 3 do
   redis.call('XADD', KEYS[2], '0-' .. ARGV[i], 'event', ARGV[i + 1], 'data', ARGV[i + 2])
   seq = tonumber(ARGV[i])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + n))
+redis.call('HSET', KEYS[1], 'alive_at', now, unpack(ARGV, 4, 3 + n))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 if seq > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
 return {1, seq}
 """
-# KEYS: hash, events, the replica's key. ARGV: the error's JSON, TTL (ms). Ends a job whose replica
-# is gone: status failed, the error appended as its last event. 1 if it did.
+# KEYS: hash, events. ARGV: the error's JSON, TTL (ms), silence (ms). Ends a job not renewed for
+# ``silence``: status failed, the error appended as its last event. 1 if it did.
 _SEAL = _FINISHED + """
 if done or not st then return 0 end
-if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+if now - tonumber(redis.call('HGET', KEYS[1], 'alive_at') or '0') < tonumber(ARGV[3]) then return 0 end
 local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local seq = 0
 if #top > 0 then seq = tonumber(string.match(top[1][1], '-(%d+)$')) end
 redis.call('XADD', KEYS[2], '0-' .. (seq + 1), 'event', 'error', 'data', ARGV[1])
-local t = redis.call('TIME')
-redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[1],
-           'finished_at', string.format('%.3f', tonumber(t[1]) + tonumber(t[2]) / 1e6))
+redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[1], 'finished_at', string.format('%.3f', now / 1000))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1
@@ -85,15 +86,21 @@ if done or not st then return 0 end
 redis.call('HSET', KEYS[1], 'cancel', '1')
 return 1
 """
+# KEYS: hash, events. ARGV: TTL (ms). The running job's replica is alive: -1 its keys are gone (to be
+# written again), -2 finished (sealed), else 1 when a DELETE through another replica asks to cancel it.
+_TOUCH = _FINISHED + """
+if not st then return -1 end
+if done then return -2 end
+redis.call('HSET', KEYS[1], 'alive_at', now)
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return redis.call('HGET', KEYS[1], 'cancel') == '1' and 1 or 0
+"""
 
 
 def job_keys(job_id: str) -> tuple[str, str]:
     base = f"vg:job:{{{job_id}}}"
     return base, f"{base}:events"
-
-
-def replica_key(replica: str) -> str:
-    return f"vg:jobs:replica:{replica}"
 
 
 def _loads(raw: bytes | None) -> Any:
@@ -126,6 +133,13 @@ class JobWriter:
         self.dirty = True
         self._wake.set()
 
+    def rewrite(self) -> None:
+        """Redis lost the job's keys: write it again, whole."""
+        if not self.done:
+            log.warning("job_rewritten", job_id=self.job.job_id, written=self.written)
+            self.written = 0
+            self._changed()
+
     async def _drain(self) -> None:
         pause = 0.0
         while not self.done:
@@ -137,6 +151,7 @@ class JobWriter:
                 await self.write()
                 pause = 0.0
             except StoreUnavailable:
+                self.dirty = True  # what that write carried is still to be written
                 job = self.job
                 if job.done_mono is not None and time.monotonic() - job.done_mono > self.shared.ttl_s:
                     log.error("job_state_lost", job_id=job.job_id, status=job.status, written=self.written)
@@ -155,7 +170,10 @@ class JobWriter:
                   "progress": event_json(job.progress), "created_at": job.created_at, "replica": shared.replica}
         if last:
             fields["finished_at"] = job.finished_at
-            fields["result" if job.result is not None else "error"] = event_json(job.result or job.error or {})
+            if job.result is not None:
+                fields["result"] = event_json(job.result)
+            else:
+                fields["error"] = event_json(job.error or {})
         args: list[Any] = [self.written, shared.done_ttl_ms if last else shared.live_ttl_ms, 2 * len(fields)]
         for name, value in fields.items():
             args += [name, value]
@@ -200,6 +218,7 @@ class RedisJobs:
         self.write_script = redis.register_script(_WRITE)
         self.seal_script = redis.register_script(_SEAL)
         self.cancel_script = redis.register_script(_CANCEL)
+        self.touch_script = redis.register_script(_TOUCH)
         self.writers: dict[str, JobWriter] = {}
         self._alive: asyncio.Task | None = None
 
@@ -209,9 +228,8 @@ class RedisJobs:
     # ------------------------------------------------------------------ this replica's jobs
 
     async def create(self, job: Job) -> None:
-        """Record the new job (and this replica alive) before it starts. Raises ``StoreUnavailable``."""
+        """Record the new job before it starts (its first write). Raises ``StoreUnavailable``."""
         job.replica = self.replica
-        await self.call(self.redis.set(replica_key(self.replica), 1, px=self.alive_ttl_ms), "job_replica")
         writer = JobWriter(self, job)
         await writer.write()
         self.writers[job.job_id] = writer
@@ -226,28 +244,26 @@ class RedisJobs:
         writer.task.add_done_callback(lambda _: self.writers.pop(job.job_id, None))
 
     async def _tend(self) -> None:
-        """Say this replica is alive, keep its running jobs' keys, and cancel those a DELETE
-        through another replica asked to stop."""
+        """Renew the liveness of this replica's running jobs (and their keys), write again those Redis
+        lost, and cancel those a DELETE through another replica asked to stop."""
         while True:
-            running = [w.job for w in self.writers.values() if not w.job.finished]
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.set(replica_key(self.replica), 1, px=self.alive_ttl_ms)
-            for job in running:
-                key, events = job_keys(job.job_id)
-                pipe.pexpire(key, self.live_ttl_ms)
-                pipe.pexpire(events, self.live_ttl_ms)
-                pipe.hget(key, "cancel")
-            with contextlib.suppress(StoreUnavailable):
-                replies = await self.call(pipe.execute(), "job_replica")
-                for job, cancel in zip(running, replies[3::3], strict=True):
-                    if cancel == b"1" and job.task is not None and not job.finished:
-                        log.info("job_cancelled_elsewhere", job_id=job.job_id)
-                        job.task.cancel()
+            writers = [w for w in self.writers.values() if not w.job.finished and w.task is not None]
+            if writers:
+                pipe = self.redis.pipeline(transaction=False)
+                for w in writers:
+                    await self.touch_script(keys=list(job_keys(w.job.job_id)), args=[self.live_ttl_ms], client=pipe)
+                with contextlib.suppress(StoreUnavailable):
+                    replies = await self.call(pipe.execute(), "job_alive")
+                    for w, reply in zip(writers, replies, strict=True):
+                        if reply == -1:
+                            w.rewrite()
+                        elif reply == 1 and w.job.task is not None and not w.job.finished:
+                            log.info("job_cancelled_elsewhere", job_id=w.job.job_id)
+                            w.job.task.cancel()
             await asyncio.sleep(self.TEND_S)
 
     async def aclose(self, timeout_s: float = 1.0) -> None:
-        """Give the writers ``timeout_s`` to write their jobs' last state, then stop, and say this
-        replica is gone."""
+        """Give the writers ``timeout_s`` to write their jobs' last state, then stop."""
         pending: set[asyncio.Task] = set()
         tasks = {w.task for w in self.writers.values() if w.task is not None}
         if tasks:
@@ -257,13 +273,10 @@ class RedisJobs:
                 log.error("job_state_lost", job_id=writer.job.job_id, status=writer.job.status,
                           written=writer.written)
                 writer.task.cancel()
-        tasks = [*pending, *([self._alive] if self._alive is not None else [])]
         if self._alive is not None:
             self._alive.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._alive is not None:
-            with contextlib.suppress(StoreUnavailable):
-                await self.call(self.redis.delete(replica_key(self.replica)), "job_replica")
+            pending.add(self._alive)
+        await asyncio.gather(*pending, return_exceptions=True)
 
     # ------------------------------------------------------------------ any replica's jobs
 
@@ -281,11 +294,11 @@ class RedisJobs:
         return job
 
     async def seal_if_lost(self, job: Job) -> bool:
-        """End ``job`` (failed, ``job_lost``) if its replica is gone. Whether it did."""
-        if job.replica is None:
-            return False
-        sealed = await self.call(self.seal_script(keys=[*job_keys(job.job_id), replica_key(job.replica)],
-                                                  args=[json.dumps(LOST), self.done_ttl_ms]), "job_read")
+        """End ``job`` (failed, ``job_lost``) if its replica has not renewed it for ``ALIVE_TTL_S``.
+        Whether it did."""
+        sealed = await self.call(self.seal_script(keys=list(job_keys(job.job_id)),
+                                                  args=[json.dumps(LOST), self.done_ttl_ms, self.alive_ttl_ms]),
+                                 "job_read")
         if sealed:
             log.warning("job_lost", job_id=job.job_id, replica=job.replica)
         return bool(sealed)
@@ -331,7 +344,7 @@ class RedisJobs:
                 if entries or time.monotonic() - checked < self.CHECK_S:
                     continue
                 checked = time.monotonic()
-                status, replica = await self.call(self.redis.hmget(key, "status", "replica"), "job_follow")
+                status = await self.call(self.redis.hget(key, "status"), "job_follow")
                 if status is None:
                     return  # expired (or lost with Redis's data)
                 if status.decode() in TERMINAL:
@@ -339,7 +352,6 @@ class RedisJobs:
                         return  # the read after it was finished had nothing more (past its last event)
                     ending = True  # its last event is in the stream: the next read has it
                     continue
-                job.replica = replica.decode() if replica else None
                 await self.seal_if_lost(job)
         except StoreUnavailable:
             return
