@@ -179,3 +179,19 @@ async def test_a_failing_step_cancels_the_steps_still_running(sim_slow_url, tmp_
     # slow was cut short (in the simulator, or before it got there), not left to finish
     assert stats["requests_total"] == stats["requests_aborted_total"] <= 1
     assert stats["request_success_total"]["stop"] == stats["request_success_total"]["length"] == 0
+
+
+async def test_a_program_step_may_run_a_multi_step_program_and_its_errors_name_the_path(sim_url, tmp_path):
+    each = {"name": "each", "inputs": {"texts": "list[str]"}, "outputs": {"moods": "m.sentiment"},
+            "steps": [{"name": "m", "program": "sentiment", "map": "text", "inputs": {"text": "inputs.texts"}}]}
+    outer = {"name": "outer", "inputs": {"texts": "list[str]"}, "outputs": {"moods": "inner.moods"},
+             "steps": [{"name": "inner", "program": "each", "inputs": {"texts": "inputs.texts"}}]}
+    async with gateway(sim_url, programs_dir=programs_dir(tmp_path, each, outer)) as gw:
+        ok = await gw.client.post("/predict", json={"program": "outer", "inputs": {"texts": ["a", "b"]}})
+        bad = await gw.client.post("/predict", json={"program": "outer", "inputs": {"texts": ["a"]},
+                                                     "model": "no-such-model"})
+    assert ok.status_code == 200, ok.text
+    step = ok.json()["trace"][0]
+    assert step["program"] == "each" and step["trace"][0]["name"] == "m" and len(step["trace"][0]["items"]) == 2
+    assert ok.json()["usage"] == step["usage"] == step["trace"][0]["usage"]
+    assert bad.status_code == 404 and bad.json()["error"]["step"] == "inner/m" and bad.json()["error"]["item"] == 0

@@ -79,6 +79,9 @@ class ProgramRegistry:
         if base.steps is not None:
             raise InvalidRequestError(f"program {base.ref!r} has steps: its demos belong to its steps; optimize "
                                       "the programs its steps run instead", type="invalid_program")
+        from app.services.adapter import demo_messages
+
+        demo_messages(base.parsed(), demos)  # a 422 for a malformed demo, before anything is saved
         await self.refresh(force=True)
         known = [p.version for p in self.versions(base.name)]
         created_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
