@@ -240,6 +240,12 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(1000, ge=1)
     programs_dir: Path = PACKAGE_DIR / "programs"
 
+    # --- /evaluate and /optimize --------------------------------------------
+    # Examples in one /evaluate dataset (and in each of /optimize's trainset and valset); more is a 422.
+    evaluate_max_examples: int = Field(1000, ge=1)
+    # Past this many examples (/optimize: trainset + valset) the request runs as a job (202 + job_id).
+    evaluate_job_threshold: int = Field(50, ge=0)
+
     # --- tools and agent --------------------------------------------------
     tool_timeout_s: float = Field(10.0, gt=0)
     max_concurrent_tools: int = Field(16, ge=1)

@@ -13,6 +13,8 @@ from tests.support import gateway, make_settings
 ERRORS = {
     ("post", "/predict"): {400, 404, 413, 422, 500, 502, 503, 504},
     ("get", "/predict/programs"): {500},
+    ("post", "/evaluate"): {400, 404, 413, 422, 429, 500, 503},
+    ("post", "/optimize"): {400, 404, 413, 422, 429, 500, 503},
     ("post", "/agent"): {400, 404, 409, 413, 422, 500, 502, 503, 504},
     ("get", "/agent/runs/{run_id}/events"): {404, 422, 500},
     ("get", "/tools"): {500},
