@@ -2,7 +2,15 @@
 
 Lax mode (``"3"`` for an ``int`` becomes ``3``, ``"three"`` fails) with one exception: a JSON
 boolean is never accepted as a number (or a number as a boolean literal), because ``true`` for
-``confidence: float`` is a wrong answer, not a spelling of ``1.0``.
+``confidence: float`` is a wrong answer, not a spelling of ``1.0``; inside unions too.
+
+Unions are pydantic's smart unions: a value that is exactly one member's type is that member
+(``"3"`` for ``int | str`` stays the string ``"3"``, ``3`` the int), lax coercion only when no member
+matches exactly. A tuple arrives as a JSON array and is validated into a Python tuple (its length
+too). An object type is validated by a model of its fields and comes back as a plain dict: an
+Optional property may be left out (it becomes None); unknown keys are refused in inputs and
+dropped from outputs, as at the top level. Constraints are validated always (inputs: 422, outputs:
+the 502 ``output_validation_error``).
 """
 
 from __future__ import annotations
@@ -11,8 +19,9 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from functools import lru_cache
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainValidator, ValidationError, create_model
 from pydantic import Field as PydanticField
@@ -22,7 +31,10 @@ from app.errors import InvalidRequestError, OutputValidationError, clean_errors,
 from app.services.signature.checks import literal_key, literal_text
 
 if TYPE_CHECKING:
-    from app.services.signature.types import Field, Signature, TypeSpec
+    from app.services.signature.model import Signature
+    from app.services.signature.types import Field, ObjectType, TypeSpec
+
+Mode = Literal["inputs", "outputs"]
 
 
 def validate_inputs(signature: Signature, inputs: Any) -> dict[str, Any]:
@@ -47,7 +59,7 @@ def validate_inputs(signature: Signature, inputs: Any) -> dict[str, Any]:
             extra=[str(n) for n in extra],
             expected=list(signature.input_names),
         )
-    model = _fields_model(_model_key(signature.inputs), "SignatureInputs")
+    model = _fields_model(_model_key(signature.inputs), "inputs")
     try:
         validated = model.model_validate(dict(inputs))
     except ValidationError as exc:
@@ -79,7 +91,7 @@ def parse_outputs(signature: Signature, raw_text: str) -> dict[str, Any]:
             raw=raw_text,
             errors=[{"loc": [], "msg": "Input should be an object", "type": "dict_type"}],
         )
-    model = _fields_model(_model_key(signature.outputs), "SignatureOutputs")
+    model = _fields_model(_model_key(signature.outputs), "outputs")
     try:
         validated = model.model_validate(data)
     except ValidationError as exc:
@@ -95,9 +107,16 @@ def parse_outputs(signature: Signature, raw_text: str) -> dict[str, Any]:
 # --- annotations: the spec's Python type, with booleans kept apart from numbers ---------------
 
 
-def validation_annotation(spec: TypeSpec) -> Any:
-    """Like :meth:`TypeSpec.to_annotation`, with booleans refused where numbers are expected."""
-    return spec.to_annotation(_with_validator)
+def validation_annotation(spec: TypeSpec, mode: Mode = "outputs") -> Any:
+    """Like :meth:`TypeSpec.to_annotation`, with booleans refused where numbers are expected and
+    object types validated by their models (for ``mode``'s rule on unknown keys)."""
+    return spec.to_annotation(_with_validator, lambda obj: _object_model(obj, mode))
+
+
+def _field_annotation(f: Field, mode: Mode) -> Any:
+    annotation = validation_annotation(f.type, mode)
+    inner = validation_annotation(f.type.args[0], mode) if f.type.kind == "optional" else None
+    return f.constraints.apply(f.type, annotation, inner)
 
 
 def _with_validator(spec: TypeSpec, annotation: Any) -> Any:
@@ -140,21 +159,32 @@ def _literal_matcher(spec: TypeSpec) -> Any:
 # --- pydantic models, cached per field structure ------------------------------
 
 
-def _model_key(fields: tuple[Field, ...]) -> tuple[tuple[str, TypeSpec], ...]:
-    return tuple((f.name, f.type) for f in fields)
+def _model_key(fields: tuple[Field, ...]) -> tuple[Field, ...]:
+    """What validation depends on: names, types and constraints (not descriptions)."""
+    return tuple(replace(f, desc=None) if f.desc is not None else f for f in fields)
 
 
 @lru_cache(maxsize=1024)
-def _fields_model(key: tuple[tuple[str, TypeSpec], ...], model_name: str) -> type[BaseModel]:
+def _fields_model(key: tuple[Field, ...], mode: Mode) -> type[BaseModel]:
+    # extra keys at the top: dropped from outputs; inputs are checked by name before (unknown: 422)
+    return _model("SignatureInputs" if mode == "inputs" else "SignatureOutputs", key, mode, extra="ignore")
+
+
+@lru_cache(maxsize=1024)
+def _object_model(obj: ObjectType, mode: Mode) -> type[BaseModel]:
+    return _model(obj.name, obj.fields, mode, extra="forbid" if mode == "inputs" else "ignore")
+
+
+def _model(name: str, fields: tuple[Field, ...], mode: Mode, *, extra: Any) -> type[BaseModel]:
     # Python attribute names f0, f1, ... with the real names as aliases: a field may then be called
     # anything valid in a signature ("json", "model_config", "_private") without clashing with pydantic.
     definitions: dict[str, Any] = {}
-    for i, (name, spec) in enumerate(key):
-        default = None if spec.is_optional else ...
-        definitions[f"f{i}"] = (validation_annotation(spec), PydanticField(default, alias=name))
+    for i, f in enumerate(fields):
+        default = None if f.type.is_optional else ...
+        definitions[f"f{i}"] = (_field_annotation(f, mode), PydanticField(default, alias=f.name))
     return create_model(  # type: ignore[call-overload,no-any-return]
-        model_name,
-        __config__=ConfigDict(extra="ignore"),  # validated by alias only (populate_by_name is off)
+        name,
+        __config__=ConfigDict(extra=extra),  # validated by alias only (populate_by_name is off)
         **definitions,
     )
 

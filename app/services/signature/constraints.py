@@ -1,0 +1,144 @@
+"""Constraints on a field, as DSPy's ``OutputField`` has them: keys of the field's spec in the JSON form.
+
+``{"type": "int", "ge": 1, "le": 5}``; ``ge``, ``gt``, ``le``, ``lt`` for numbers, ``min_length``,
+``max_length``, ``pattern`` for strings, ``min_items``, ``max_items`` for lists. A constraint applies
+to the field's type inside ``Optional`` (``None`` stays allowed); one that does not fit the type
+(``pattern`` on an ``int``) is refused. Each is validated by pydantic, always, and emitted in the
+JSON schema where vLLM's grammar can enforce it: xgrammar drops length bounds next to a ``pattern``
+(vLLM then refuses the schema or falls back), so a string with a pattern carries only the pattern
+in its schema, and its lengths are checked by validation alone.
+
+A pattern is compiled by pydantic's regex engine (Rust's ``regex``: linear-time matching, no
+look-around or back-references, a bounded compiled size); one it refuses is a 422. It matches
+anywhere in the string, as JSON Schema's ``pattern`` does: anchor it with ``^...$`` to match the whole.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+from pydantic import Field as PydanticField
+from pydantic import TypeAdapter
+
+from app.errors import SignatureError
+from app.services.signature.checks import MAX_CONSTRAINT_COUNT, MAX_PATTERN_CHARS
+
+if TYPE_CHECKING:
+    from app.services.signature.types import TypeSpec
+
+NUMBER_KEYS = ("ge", "gt", "le", "lt")
+STRING_KEYS = ("min_length", "max_length", "pattern")
+LIST_KEYS = ("min_items", "max_items")
+CONSTRAINT_KEYS = (*NUMBER_KEYS, *STRING_KEYS, *LIST_KEYS)
+_FITS = {"ge": "number", "gt": "number", "le": "number", "lt": "number", "min_length": "string",
+         "max_length": "string", "pattern": "string", "min_items": "list", "max_items": "list"}
+_KINDS = {"number": ("int", "float"), "string": ("str",), "list": ("list",)}
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """The constraints of one field; all ``None`` when it has none (falsy then)."""
+
+    ge: int | float | None = None
+    gt: int | float | None = None
+    le: int | float | None = None
+    lt: int | float | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+    pattern: str | None = None
+    min_items: int | None = None
+    max_items: int | None = None
+
+    def __post_init__(self) -> None:
+        for key, value in self.items():
+            problem = _value_problem(key, value)
+            if problem is not None:
+                raise SignatureError(problem)
+        for low, high in (("ge", "le"), ("gt", "lt"), ("ge", "lt"), ("gt", "le"),
+                          ("min_length", "max_length"), ("min_items", "max_items")):
+            lo, hi = getattr(self, low), getattr(self, high)
+            strict = low == "gt" or high == "lt"
+            if lo is not None and hi is not None and (lo > hi or (lo == hi and strict)):
+                raise SignatureError(f"constraints {low}={lo} and {high}={hi} leave no value")
+
+    def __bool__(self) -> bool:
+        return any(True for _ in self.items())
+
+    def items(self) -> list[tuple[str, Any]]:
+        """The constraints that are set, in the canonical order of :data:`CONSTRAINT_KEYS`."""
+        return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]
+
+    def fit_problem(self, spec: TypeSpec) -> str | None:
+        """Why a constraint does not fit ``spec`` (looked at inside Optional), or None."""
+        base = spec.args[0] if spec.kind == "optional" else spec
+        for key, _ in self.items():
+            wanted = _FITS[key]
+            if base.kind not in _KINDS[wanted]:
+                return f"constraint {key!r} needs a {wanted} type ({'/'.join(_KINDS[wanted])}), not '{spec}'"
+        return None
+
+    def pydantic_kwargs(self, *, for_schema: bool = False) -> dict[str, Any]:
+        """pydantic ``Field`` keywords. ``for_schema``: what the JSON schema may carry (no length
+        bounds beside a pattern)."""
+        out: dict[str, Any] = {}
+        for key, value in self.items():
+            if key in ("min_length", "max_length") and for_schema and self.pattern is not None:
+                continue
+            out[{"min_items": "min_length", "max_items": "max_length"}.get(key, key)] = value
+        return out
+
+    def apply(self, spec: TypeSpec, annotation: Any, inner: Any, *, for_schema: bool = False) -> Any:
+        """``annotation`` (of ``spec``) with the constraints on the type inside Optional: ``inner`` is
+        the annotation of that inner type (``spec.args[0]``) when ``spec`` is Optional."""
+        if not self:
+            return annotation
+        kwargs = self.pydantic_kwargs(for_schema=for_schema)
+        if not kwargs:
+            return annotation
+        if spec.kind == "optional":
+            return Optional[Annotated[inner, PydanticField(**kwargs)]]  # noqa: UP007
+        return Annotated[annotation, PydanticField(**kwargs)]
+
+
+def _value_problem(key: str, value: Any) -> str | None:
+    if key in NUMBER_KEYS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"constraint {key!r} must be a number, not {type(value).__name__}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"constraint {key!r} must be a finite number"
+        return None
+    if key == "pattern":
+        if not isinstance(value, str):
+            return f"constraint 'pattern' must be a string, not {type(value).__name__}"
+        if len(value) > MAX_PATTERN_CHARS:
+            return f"pattern is too long ({len(value)} chars; max {MAX_PATTERN_CHARS})"
+        return _pattern_problem(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"constraint {key!r} must be an integer, not {type(value).__name__}"
+    if not 0 <= value <= MAX_CONSTRAINT_COUNT:
+        return f"constraint {key!r} must be between 0 and {MAX_CONSTRAINT_COUNT}, not {value}"
+    return None
+
+
+@lru_cache(maxsize=256)
+def _pattern_problem(pattern: str) -> str | None:
+    """Compiled by the engine that will validate it (pydantic's): its refusal, or None."""
+    try:
+        TypeAdapter(Annotated[str, PydanticField(pattern=pattern)])
+    except Exception as exc:  # pydantic_core.SchemaError, or re.error with the python-re engine
+        reason = " ".join(str(exc).split())
+        reason = reason.split("SchemaError: ")[-1][:200]
+        return f"invalid pattern {pattern[:60]!r}: {reason}"
+    return None
+
+
+def constraints_from_spec(spec: dict[str, Any], *, field: str) -> Constraints:
+    """The constraint keys of a field's JSON spec; SignatureError naming the field."""
+    values = {k: spec[k] for k in CONSTRAINT_KEYS if k in spec}
+    try:
+        return Constraints(**values)
+    except SignatureError as exc:
+        raise SignatureError(f"{exc.message} for field {field!r}", field=field) from None
