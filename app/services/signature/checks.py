@@ -33,12 +33,16 @@ MAX_INSTRUCTIONS_CHARS = 32_000
 MAX_OBJECT_TYPES = 32  # named object types in one signature's "types" section
 MAX_OBJECT_DEPTH = 4  # object types nested in object types: A has a B, which has a C, which has a D
 MAX_PATTERN_CHARS = 512  # one "pattern" constraint
+MAX_PATTERN_REPEAT = 1_000  # a pattern's counted repetitions, expanded: [a-z]{1,50}@[a-z]{1,50} is 101
 MAX_CONSTRAINT_COUNT = 100_000  # min/max_length, min/max_items
 
 # budgets of the output schema, which vLLM compiles into a grammar (with no timeout) for every new one
 MAX_SCHEMA_BYTES = 65_536  # the compact JSON text of the schema
 MAX_SCHEMA_DEPTH = 16  # schema nodes nested in one another ($ref followed), the root object being 1
 MAX_UNION_WIDTH = 8  # branches of one anyOf (Union[...], Optional adds the null branch)
+# xgrammar expands a string's length bounds into the grammar (about a second per 50 characters of bound
+# measured, each distinct bound again): longer bounds are validated, not put in the schema
+MAX_SCHEMA_STRING_LENGTH = 32
 
 NO_OUTPUTS = "no output fields"
 

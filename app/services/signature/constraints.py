@@ -11,11 +11,14 @@ in its schema, and its lengths are checked by validation alone.
 A pattern is compiled by pydantic's regex engine (Rust's ``regex``: linear-time matching, no
 look-around or back-references, a bounded compiled size); one it refuses is a 422. It matches
 anywhere in the string, as JSON Schema's ``pattern`` does: anchor it with ``^...$`` to match the whole.
+Its counted repetitions (``{n}``, ``{n,m}``), expanded as the grammar expands them (nested ones
+multiply), are bounded by MAX_PATTERN_REPEAT.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -24,7 +27,12 @@ from pydantic import Field as PydanticField
 from pydantic import TypeAdapter
 
 from app.errors import SignatureError
-from app.services.signature.checks import MAX_CONSTRAINT_COUNT, MAX_PATTERN_CHARS
+from app.services.signature.checks import (
+    MAX_CONSTRAINT_COUNT,
+    MAX_PATTERN_CHARS,
+    MAX_PATTERN_REPEAT,
+    MAX_SCHEMA_STRING_LENGTH,
+)
 
 if TYPE_CHECKING:
     from app.services.signature.types import TypeSpec
@@ -81,11 +89,13 @@ class Constraints:
         return None
 
     def pydantic_kwargs(self, *, for_schema: bool = False) -> dict[str, Any]:
-        """pydantic ``Field`` keywords. ``for_schema``: what the JSON schema may carry (no length
-        bounds beside a pattern)."""
+        """pydantic ``Field`` keywords. ``for_schema``: what the JSON schema may carry (no string
+        length bounds beside a pattern or past MAX_SCHEMA_STRING_LENGTH)."""
         out: dict[str, Any] = {}
         for key, value in self.items():
-            if key in ("min_length", "max_length") and for_schema and self.pattern is not None:
+            if key in ("min_length", "max_length") and for_schema and (
+                self.pattern is not None or value > MAX_SCHEMA_STRING_LENGTH
+            ):
                 continue
             out[{"min_items": "min_length", "max_items": "max_length"}.get(key, key)] = value
         return out
@@ -115,7 +125,7 @@ def _value_problem(key: str, value: Any) -> str | None:
             return f"constraint 'pattern' must be a string, not {type(value).__name__}"
         if len(value) > MAX_PATTERN_CHARS:
             return f"pattern is too long ({len(value)} chars; max {MAX_PATTERN_CHARS})"
-        return _pattern_problem(value)
+        return _pattern_problem(value) or _repeat_problem(value)
     if isinstance(value, bool) or not isinstance(value, int):
         return f"constraint {key!r} must be an integer, not {type(value).__name__}"
     if not 0 <= value <= MAX_CONSTRAINT_COUNT:
@@ -132,6 +142,79 @@ def _pattern_problem(pattern: str) -> str | None:
         reason = " ".join(str(exc).split())
         reason = reason.split("SchemaError: ")[-1][:200]
         return f"invalid pattern {pattern[:60]!r}: {reason}"
+    return None
+
+
+_QUANTIFIER = re.compile(r"\{(\d+)(,(\d*))?\}")
+
+
+def pattern_repeat(pattern: str) -> int:
+    """How many atoms ``pattern`` is once its counted repetitions are expanded (the largest
+    alternative of each group; ``*``, ``+`` and ``?`` are loops or options and add nothing)."""
+    groups: list[list[int]] = [[0]]  # per open group: the cost of each alternative so far
+    last = 0  # the cost of the atom or group a quantifier would repeat
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            if i <= len(pattern) and pattern[i - 1] in "pPxu" and i < len(pattern) and pattern[i] == "{":
+                i = pattern.find("}", i) + 1 or len(pattern)  # \p{L}, \x{2603}
+            last = 1
+        elif c == "[":
+            i = _class_end(pattern, i)
+            last = 1
+        elif c == "(":
+            groups.append([0])
+            i, last = i + 1, 0
+            continue
+        elif c == ")" and len(groups) > 1:
+            last = max(groups.pop())
+            groups[-1][-1] += last
+            i += 1
+            continue
+        elif c == "|":
+            groups[-1].append(0)
+            i, last = i + 1, 0
+            continue
+        elif c == "{" and (m := _QUANTIFIER.match(pattern, i)):
+            low, comma, high = int(m.group(1)), m.group(2), m.group(3)
+            times = int(high) if comma and high else low
+            groups[-1][-1] += last * (max(times, 1) - 1)
+            last *= max(times, 1)
+            i = m.end()
+            if groups[-1][-1] > 10 * MAX_PATTERN_REPEAT:
+                break
+            continue
+        elif c in "*+?^$":
+            i += 1
+            continue
+        else:
+            i += 1
+            last = 1
+        groups[-1][-1] += last
+    return max(max(g) for g in groups)
+
+
+def _class_end(pattern: str, i: int) -> int:
+    """The index after the character class that opens at ``i`` (``[]a]`` and ``[^]a]`` included)."""
+    j = i + 1
+    if j < len(pattern) and pattern[j] == "^":
+        j += 1
+    if j < len(pattern) and pattern[j] == "]":
+        j += 1
+    while j < len(pattern) and pattern[j] != "]":
+        j += 2 if pattern[j] == "\\" else 1
+    return j + 1
+
+
+def _repeat_problem(pattern: str) -> str | None:
+    n = pattern_repeat(pattern)
+    if n > MAX_PATTERN_REPEAT:
+        return (
+            f"pattern {pattern[:60]!r} repeats too much ({n} atoms once its counted repetitions are "
+            f"expanded; max {MAX_PATTERN_REPEAT}): vLLM compiles it into the grammar"
+        )
     return None
 
 
