@@ -23,7 +23,16 @@ from dataclasses import replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainValidator, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    GetCoreSchemaHandler,
+    GetPydanticSchema,
+    PlainValidator,
+    ValidationError,
+    create_model,
+)
 from pydantic import Field as PydanticField
 from pydantic_core import PydanticCustomError
 
@@ -120,11 +129,30 @@ def _field_annotation(f: Field, mode: Mode) -> Any:
 
 
 def _with_validator(spec: TypeSpec, annotation: Any) -> Any:
+    if spec.kind == "union" or (spec.kind == "optional" and spec.args[0].kind == "union"):
+        return Annotated[annotation, _union_error(spec)]
     if spec.kind in ("int", "float"):
         return Annotated[annotation, BeforeValidator(_refuse_bool(spec.kind))]
     if spec.kind == "literal":
         return Annotated[annotation, PlainValidator(_literal_matcher(spec))]
     return annotation
+
+
+def _union_error(spec: TypeSpec) -> Any:
+    """One error for a value no member takes: ``Input should be int | str``, at the field's own
+    location (pydantic would list one error per member, located by its internal validator names)."""
+    members = spec.args[0] if spec.kind == "optional" else spec
+    expected = str(members) + (" | None" if spec.kind == "optional" else "")
+
+    def schema(source: Any, handler: GetCoreSchemaHandler) -> Any:
+        core = handler(source)
+        union = core["schema"] if core.get("type") == "nullable" else core
+        if union.get("type") == "union":
+            union["custom_error_type"] = "union_type"
+            union["custom_error_message"] = f"Input should be {expected}"
+        return core
+
+    return GetPydanticSchema(schema)
 
 
 def _refuse_bool(kind: str) -> Any:
