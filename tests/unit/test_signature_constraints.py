@@ -225,3 +225,17 @@ def test_object_type_schemas_do_not_depend_on_declaration_order_or_unused_types(
          "outputs": {"org": "Org", "lead": "Contact"}}
     assert fmt_bytes(a) == fmt_bytes(b) == fmt_bytes(json.loads(json.dumps(a)))
     assert parse_signature(a) == parse_signature(b)
+
+
+def test_descriptions_for_the_prompt() -> None:
+    assert Constraints(ge=1, le=5).describe() == "at least 1, at most 5"
+    assert Constraints(min_length=1, max_items=3, pattern="^a$").describe() == (
+        "at least 1 character, matching the pattern ^a$, at most 3 items")
+    assert Constraints().describe() is None
+    sig = parse_signature({"types": {"C": {"n": {"type": "int", "ge": 0, "desc": "count"}, "t": "list[str]"}},
+                           "outputs": {"c": "C"}})
+    assert sig.describe_types() == (
+        "The object types above are JSON objects with exactly these keys:\n`C`:\n"
+        "  - `n` (int; at least 0): count\n  - `t` (list[str])"
+    )
+    assert parse_signature("q -> a").describe_types() is None

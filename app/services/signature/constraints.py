@@ -44,6 +44,9 @@ CONSTRAINT_KEYS = (*NUMBER_KEYS, *STRING_KEYS, *LIST_KEYS)
 _FITS = {"ge": "number", "gt": "number", "le": "number", "lt": "number", "min_length": "string",
          "max_length": "string", "pattern": "string", "min_items": "list", "max_items": "list"}
 _KINDS = {"number": ("int", "float"), "string": ("str",), "list": ("list",)}
+_WORDS = {"ge": "at least {}", "gt": "greater than {}", "le": "at most {}", "lt": "less than {}",
+          "min_length": "at least {} characters", "max_length": "at most {} characters",
+          "pattern": "matching the pattern {}", "min_items": "at least {} items", "max_items": "at most {} items"}
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,12 @@ class Constraints:
     def items(self) -> list[tuple[str, Any]]:
         """The constraints that are set, in the canonical order of :data:`CONSTRAINT_KEYS`."""
         return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]
+
+    def describe(self) -> str | None:
+        """For a prompt: ``at least 1, at most 5``, ``matching the pattern ^a$``; None without any."""
+        parts = [_WORDS[key].format(value) for key, value in self.items()]
+        parts = [p[:-1] if p.startswith(("at least 1 ", "at most 1 ")) and p.endswith("s") else p for p in parts]
+        return ", ".join(parts) or None
 
     def fit_problem(self, spec: TypeSpec) -> str | None:
         """Why a constraint does not fit ``spec`` (looked at inside Optional), or None."""

@@ -58,6 +58,20 @@ class Signature:
         """The object types the fields use (inside one another too), in order of first use."""
         return tuple(walk_objects((*self.inputs, *self.outputs)))
 
+    def describe_types(self) -> str | None:
+        """For a prompt: each object type the fields use, with its keys, their types, constraints and
+        descriptions (a field line shows only the type's name); None when there are none."""
+        objects = self.object_types
+        if not objects:
+            return None
+        lines = ["The object types above are JSON objects with exactly these keys:"]
+        for obj in objects:
+            lines.append(f"`{obj.name}`:")
+            for f in obj.fields:
+                notes = "; ".join(x for x in (str(f.type), f.constraints.describe()) if x)
+                lines.append(f"  - `{f.name}` ({notes})" + (f": {f.desc}" if f.desc else ""))
+        return "\n".join(lines)
+
     def __str__(self) -> str:
         """Canonical text, e.g. ``context: list[str], question: str -> answer: str | None``.
         Parses back to the same fields when they have no object types and no constraints

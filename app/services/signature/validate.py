@@ -19,7 +19,6 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -40,6 +39,7 @@ from app.errors import InvalidRequestError, OutputValidationError, clean_errors,
 from app.services.signature.checks import literal_key, literal_text
 
 if TYPE_CHECKING:
+    from app.services.signature.constraints import Constraints
     from app.services.signature.model import Signature
     from app.services.signature.types import Field, ObjectType, TypeSpec
 
@@ -122,10 +122,10 @@ def validation_annotation(spec: TypeSpec, mode: Mode = "outputs") -> Any:
     return spec.to_annotation(_with_validator, lambda obj: _object_model(obj, mode))
 
 
-def _field_annotation(f: Field, mode: Mode) -> Any:
-    annotation = validation_annotation(f.type, mode)
-    inner = validation_annotation(f.type.args[0], mode) if f.type.kind == "optional" else None
-    return f.constraints.apply(f.type, annotation, inner)
+def _field_annotation(spec: TypeSpec, constraints: Constraints, mode: Mode) -> Any:
+    annotation = validation_annotation(spec, mode)
+    inner = validation_annotation(spec.args[0], mode) if spec.kind == "optional" else None
+    return constraints.apply(spec, annotation, inner)
 
 
 def _with_validator(spec: TypeSpec, annotation: Any) -> Any:
@@ -187,29 +187,33 @@ def _literal_matcher(spec: TypeSpec) -> Any:
 # --- pydantic models, cached per field structure ------------------------------
 
 
-def _model_key(fields: tuple[Field, ...]) -> tuple[Field, ...]:
+_Key = tuple[tuple[str, "TypeSpec", "Constraints"], ...]
+
+
+def _model_key(fields: tuple[Field, ...]) -> _Key:
     """What validation depends on: names, types and constraints (not descriptions)."""
-    return tuple(replace(f, desc=None) if f.desc is not None else f for f in fields)
+    return tuple((f.name, f.type, f.constraints) for f in fields)
 
 
 @lru_cache(maxsize=1024)
-def _fields_model(key: tuple[Field, ...], mode: Mode) -> type[BaseModel]:
+def _fields_model(key: _Key, mode: Mode) -> type[BaseModel]:
     # extra keys at the top: dropped from outputs; inputs are checked by name before (unknown: 422)
     return _model("SignatureInputs" if mode == "inputs" else "SignatureOutputs", key, mode, extra="ignore")
 
 
 @lru_cache(maxsize=1024)
 def _object_model(obj: ObjectType, mode: Mode) -> type[BaseModel]:
-    return _model(obj.name, obj.fields, mode, extra="forbid" if mode == "inputs" else "ignore")
+    extra = "forbid" if mode == "inputs" else "ignore"
+    return _model(obj.name, _model_key(obj.fields), mode, extra=extra)
 
 
-def _model(name: str, fields: tuple[Field, ...], mode: Mode, *, extra: Any) -> type[BaseModel]:
+def _model(name: str, key: _Key, mode: Mode, *, extra: Any) -> type[BaseModel]:
     # Python attribute names f0, f1, ... with the real names as aliases: a field may then be called
     # anything valid in a signature ("json", "model_config", "_private") without clashing with pydantic.
     definitions: dict[str, Any] = {}
-    for i, f in enumerate(fields):
-        default = None if f.type.is_optional else ...
-        definitions[f"f{i}"] = (_field_annotation(f, mode), PydanticField(default, alias=f.name))
+    for i, (field_name, spec, constraints) in enumerate(key):
+        default = None if spec.is_optional else ...
+        definitions[f"f{i}"] = (_field_annotation(spec, constraints, mode), PydanticField(default, alias=field_name))
     return create_model(  # type: ignore[call-overload,no-any-return]
         name,
         __config__=ConfigDict(extra=extra),  # validated by alias only (populate_by_name is off)
