@@ -13,6 +13,7 @@ from app.services.signature import (
     MAX_OBJECT_TYPES,
     Field,
     ObjectType,
+    Signature,
     TypeSpec,
     parse_signature,
     parse_type,
@@ -268,3 +269,13 @@ def test_direct_construction_of_object_types() -> None:
         TypeSpec("union", (TypeSpec("int"), TypeSpec("int")))
     assert TypeSpec.union(TypeSpec("int"), None) == TypeSpec.optional(TypeSpec("int"))
     assert str(TypeSpec.tuple_of(TypeSpec("int"), ...)) == "tuple[int, ...]"  # type: ignore[arg-type]
+
+
+def test_one_name_one_definition() -> None:
+    a = ObjectType("C", (Field("x", TypeSpec("int")),))
+    b = ObjectType("C", (Field("x", TypeSpec("str")),))
+    with pytest.raises(SignatureError, match="two different object types are named 'C'"):
+        Signature(outputs=(Field("a", TypeSpec.of_object(a)), Field("b", TypeSpec.of_object(b))))
+    same = ObjectType("C", (Field("x", TypeSpec("int")),))
+    sig = Signature(outputs=(Field("a", TypeSpec.of_object(a)), Field("b", TypeSpec.list_of(TypeSpec.of_object(same)))))
+    assert list(sig.output_json_schema()["$defs"]) == ["C"]

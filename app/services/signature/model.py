@@ -42,6 +42,10 @@ class Signature:
         problem = names.too_many()
         if problem is not None:
             raise SignatureError(problem)
+        named: dict[str, ObjectType] = {}
+        for obj in self.object_types:  # one name, one definition: the schema's $defs and to_dict() key on it
+            if named.setdefault(obj.name, obj) is not obj:
+                raise SignatureError(f"two different object types are named {obj.name!r}", type_name=obj.name)
 
     # -- views ---------------------------------------------------------------
 

@@ -26,8 +26,11 @@ from app.services.signature.schema import object_model, type_schema
 # --- the type whitelist -----------------------------------------------------------------------
 # The one place that says which types a signature may use. A new type needs: a kind in ``Kind``,
 # its spelling(s) in ``TYPE_NAMES``, a line in ``ALLOWED_TYPES``, its case in the TypeSpec
-# methods that switch on the kind (``__post_init__``, ``depth``, ``to_annotation``), and its
-# syntax in ``grammar.Parser.primary``. JSON schemas and validators follow from the annotation.
+# methods that switch on the kind (``_canonical_text``, ``depth``, ``to_annotation``), and its
+# syntax in ``grammar.Parser.primary``. JSON schemas and validators follow from the annotation
+# (``schema.py`` and ``validate.py`` only add metadata through ``to_annotation``'s callbacks).
+# Object types are not whitelisted names: a signature declares them (``ObjectType``), and the
+# grammar finds them through its ``resolve`` callback after the whitelist.
 
 Kind = Literal[
     "str", "int", "float", "bool", "any", "list", "dict", "tuple", "literal", "optional", "union", "object"
