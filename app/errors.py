@@ -61,6 +61,12 @@ class SignatureError(InvalidRequestError):
     type = "invalid_signature"
 
 
+class SchemaTooComplexError(SignatureError):
+    """A signature whose output schema is past a budget that bounds vLLM's grammar compilation."""
+
+    type = "schema_too_complex"
+
+
 class NotFoundError(VGateError):
     status_code = 404
     type = "not_found"

@@ -95,7 +95,7 @@ async def test_each_batch_item_succeeds_or_fails_alone(sim_url):
 
 @pytest.mark.parametrize("sig,needle", [
     ("question answer", "->"),
-    ("question -> answer: tuple[int]", "tuple"),
+    ("question -> answer: set[int]", "set"),
     ("question -> answer: __import__('os')", "answer"),
     ("q, q -> a", "duplicate"),
 ])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import pydantic
 
@@ -92,3 +92,21 @@ def test_titles_are_stripped_but_a_property_called_title_stays() -> None:
     }
     assert list(schema) == ["$defs", "properties", "required", "type"]
     assert list(model_json_schema(Args, sort_keys=False)) == ["type", "properties", "required", "$defs"]
+
+
+def test_tuple_rules() -> None:
+    fixed = {"type": "array", "prefixItems": [{"type": "integer"}, {"type": "string"}], "items": False,
+             "minItems": 2, "maxItems": 2}
+    assert type_json_schema(tuple[int, str], sort_keys=False) == fixed
+    assert list(type_json_schema(tuple[int, str], sort_keys=False)) == list(fixed)  # items right after prefixItems
+    assert type_json_schema(tuple[int, ...]) == {"items": {"type": "integer"}, "type": "array"}
+
+
+def test_unions_tuples_and_any_are_the_same_for_a_tool_and_a_signature() -> None:
+    def tool_fn(a: int | str, b: tuple[int, str], c: tuple[float, ...], d: Any, e: dict[str, Any] | None) -> None:
+        """Mixed."""
+
+    tool = ToolRegistry().register(tool_fn)
+    sig = parse_signature("q -> a: int | str, b: tuple[int, str], c: tuple[float, ...], d: Any, "
+                          "e: Optional[dict[str, Any]]")
+    assert tool.parameters == sig.output_json_schema()

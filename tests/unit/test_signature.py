@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import pytest
 
 from app.errors import SignatureError
 from app.services.signature import (
+    ALLOWED_TYPES,
     MAX_FIELDS,
     MAX_SIGNATURE_CHARS,
     REASONING_FIELD,
@@ -94,6 +95,29 @@ def test_instructions_are_separate_and_stripped() -> None:
             dict[str, list[Optional[Literal["x", 2]]]],  # noqa: UP007
         ),
         ("list[list[list[list[list[str]]]]]", "list[list[list[list[list[str]]]]]", list[list[list[list[list[str]]]]]),
+        ("Any", "Any", Any),
+        ("tuple[int, str]", "tuple[int, str]", tuple[int, str]),
+        ("Tuple[int]", "tuple[int]", tuple[int]),
+        ("tuple[int, ...]", "tuple[int, ...]", tuple[int, ...]),
+        ("Tuple[ Optional[str] , ... ]", "tuple[Optional[str], ...]", tuple[Optional[str], ...]),  # noqa: UP007
+        ("Union[int, str]", "int | str", Union[int, str]),  # noqa: UP007
+        ("int | str", "int | str", Union[int, str]),  # noqa: UP007
+        ("str | int", "str | int", Union[str, int]),  # noqa: UP007
+        ("Union[int, str, None]", "Optional[int | str]", Optional[Union[int, str]]),  # noqa: UP007
+        ("Union[int, Optional[str]]", "Optional[int | str]", Optional[Union[int, str]]),  # noqa: UP007
+        ("Optional[int | str]", "Optional[int | str]", Optional[Union[int, str]]),  # noqa: UP007
+        ("Union[int, Union[str, float]]", "int | str | float", Union[int, str, float]),  # noqa: UP007
+        ("Union[int, int]", "int", int),  # noqa: UP007
+        ("Union[int]", "int", int),  # noqa: UP007
+        ("Union[list[str], dict[str, Any]]", "list[str] | dict[str, Any]", Union[list[str], dict[str, Any]]),  # noqa: UP007
+        (
+            "dict[str, list[Optional[Tuple[int, str]]]]",
+            "dict[str, list[Optional[tuple[int, str]]]]",
+            dict[str, list[Optional[tuple[int, str]]]],  # noqa: UP007
+        ),
+        ("List[Dict[str, Any]]", "list[dict[str, Any]]", list[dict[str, Any]]),
+        ("Optional[Any]", "Optional[Any]", Optional[Any]),  # noqa: UP007
+        ("tuple[int | None, Literal['a']]", 'tuple[Optional[int], Literal["a"]]', tuple[Optional[int], Literal["a"]]),  # noqa: UP007
     ],
 )
 def test_every_whitelisted_type(text: str, canonical: str, annotation: Any) -> None:
@@ -182,12 +206,12 @@ def test_parse_signature_accepts_a_signature() -> None:
 
 # --- errors: string form ------------------------------------------------------------
 
-ALLOWED = "allowed: str, int, float, bool, list[T], dict[str, T], Literal[...], Optional[T]"
+ALLOWED = f"allowed: {ALLOWED_TYPES}"
 
 
 def test_unknown_type_names_field_column_and_whitelist() -> None:
-    e = err("question: str, x: tuple -> answer")
-    assert e.message == f"unknown type 'tuple' for field 'x' at column 19; {ALLOWED}"
+    e = err("question: str, x: set -> answer")
+    assert e.message == f"unknown type 'set' for field 'x' at column 19; {ALLOWED}"
     assert e.details == {"field": "x", "position": 19}
     assert e.status_code == 422
     assert e.body()["type"] == "invalid_signature"
@@ -220,7 +244,19 @@ def test_unknown_type_names_field_column_and_whitelist() -> None:
         ("q: list[str, int] -> a", ["expected ']' to close 'list['", "found ','"], {"field": "q"}),
         ("q: dict[int, str] -> a", ["dict keys must be str, not 'int' for field 'q' at column 9"], {"position": 9}),
         ("q: dict[str] -> a", ["expected ',' and a value type", "found ']'"], {"field": "q"}),
-        ("q: str | int -> a", ["unions are not supported for field 'q' at column 4", "'str | int'"], {"field": "q"}),
+        ("q: str | set -> a", ["unknown type 'set' for field 'q' at column 10"], {"field": "q", "position": 10}),
+        ("q: tuple -> a", ["'tuple' needs type arguments", "tuple[int, ...]"], {"field": "q"}),
+        ("q: tuple[] -> a", ["expected a type", "found ']'"], {"field": "q"}),
+        ("q: tuple[int, str, ...] -> a", ["'...' goes after the one item type", "column 20"], {"position": 20}),
+        ("q: tuple[..., int] -> a", ["expected a type", "found '...'"], {"field": "q"}),
+        ("q: tuple[int, ..., str] -> a", ["expected ']' to close 'tuple['", "found ','"], {"field": "q"}),
+        ("q: Union -> a", ["'Union' needs type arguments"], {"field": "q"}),
+        ("q: Union[None] -> a", ["'None' alone is not a type"], {"field": "q"}),
+        ("q: Union[int str] -> a", ["expected ']' to close 'Union['", "found 'str'"], {"field": "q"}),
+        ("q: Any[int] -> a", ["type 'Any' takes no arguments", "column 7"], {"field": "q"}),
+        ("q: any -> a", ["unknown type 'any'"], {"field": "q"}),
+        ("q: Contact -> a", ["unknown type 'Contact'"], {"field": "q"}),
+        ("q: Union[list[list[list[list[list[str]]]]], int] -> a", ["nesting is too deep (max 5 levels)"], {}),
         ("q: None -> a", ["'None' alone is not a type"], {"field": "q"}),
         ("q: None | None -> a", ["'None' alone is not a type"], {"field": "q"}),
         ("q: Optional[None] -> a", ["'None' alone is not a type"], {"field": "q"}),
@@ -272,9 +308,9 @@ def test_literal_with_too_many_values_rejected() -> None:
     [
         ({"inputs": {"q": "str"}}, ["no output fields"], {}),
         ({"inputs": {"q": "str"}, "outputs": {}}, ["no output fields"], {}),
-        ({"outputs": {"a": "tuple"}}, [f"unknown type 'tuple' for field 'a' at column 1 of type 'tuple'; {ALLOWED}"],
+        ({"outputs": {"a": "set"}}, [f"unknown type 'set' for field 'a' at column 1 of type 'set'; {ALLOWED}"],
          {"field": "a", "position": 1, "section": "outputs"}),
-        ({"inputs": {"q": "list[tuple]"}, "outputs": {"a": "str"}}, ["unknown type 'tuple'", "column 6"],
+        ({"inputs": {"q": "list[set]"}, "outputs": {"a": "str"}}, ["unknown type 'set'", "column 6"],
          {"field": "q", "position": 6, "section": "inputs"}),
         ({"inputs": {"q": "str"}, "outputs": {"q": "int"}}, ["duplicate field 'q'"], {"field": "q"}),
         ({"outputs": {"a": {"type": "str", "default": 1}}}, ["unknown key(s) 'default' for field 'a'"], {"field": "a"}),
@@ -288,7 +324,7 @@ def test_literal_with_too_many_values_rejected() -> None:
         ({"outputs": ["a", "b"]}, ["'outputs' must be an object"], {"section": "outputs"}),
         ({"outputs": {"a": "str"}, "signature": "q -> a"}, ["unknown key(s) 'signature'", "allowed: instructions"], {}),
         ({"outputs": {"a": "str"}, "instructions": 5}, ["instructions must be a string"], {}),
-        ({"outputs": {"a": "str | int"}}, ["unions are not supported"], {"field": "a"}),
+        ({"outputs": {"a": "str | frozenset"}}, ["unknown type 'frozenset'", "column 7"], {"field": "a"}),
     ],
 )
 def test_json_form_errors(spec: dict[str, Any], pieces: list[str], details: dict[str, Any]) -> None:
@@ -373,7 +409,7 @@ def test_direct_construction_is_validated() -> None:
     with pytest.raises(SignatureError, match="invalid field name"):
         Field("not valid")
     with pytest.raises(SignatureError, match="unknown type kind"):
-        TypeSpec("tuple")  # type: ignore[arg-type]
+        TypeSpec("set")  # type: ignore[arg-type]
     with pytest.raises(SignatureError, match="nesting is too deep"):
         TypeSpec.list_of(parse_type("list[list[list[list[list[str]]]]]"))
     with pytest.raises(SignatureError, match="Literal values must be"):

@@ -10,6 +10,7 @@ themselves, for the callers that have no position to add.
 
 from __future__ import annotations
 
+import builtins
 import json
 import keyword
 import math
@@ -29,12 +30,27 @@ MAX_LITERAL_VALUES = 256
 MAX_NAME_CHARS = 100
 MAX_DESC_CHARS = 4_000
 MAX_INSTRUCTIONS_CHARS = 32_000
+MAX_OBJECT_TYPES = 32  # named object types in one signature's "types" section
+MAX_OBJECT_DEPTH = 4  # object types nested in object types: A has a B, which has a C, which has a D
+MAX_PATTERN_CHARS = 512  # one "pattern" constraint
+MAX_PATTERN_REPEAT = 1_000  # a pattern's counted repetitions, expanded: [a-z]{1,50}@[a-z]{1,50} is 101
+MAX_CONSTRAINT_COUNT = 100_000  # min/max_length, min/max_items
+
+# budgets of the output schema, which vLLM compiles into a grammar (with no timeout) for every new one
+MAX_SCHEMA_BYTES = 65_536  # the compact JSON text of the schema
+MAX_SCHEMA_DEPTH = 16  # schema nodes nested in one another ($ref followed), the root object being 1
+MAX_UNION_WIDTH = 8  # branches of one anyOf (Union[...], Optional adds the null branch)
+# xgrammar expands a string's length bounds into the grammar (about a second per 50 characters of bound
+# measured, each distinct bound again): longer bounds are validated, not put in the schema
+MAX_SCHEMA_STRING_LENGTH = 32
 
 NO_OUTPUTS = "no output fields"
 
 LiteralValue = str | int | float | bool
 
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_RESERVED_TYPE_NAMES = frozenset(("None", "True", "False", "true", "false", "Union", "Any", "Optional", "optional",
+                                  "Literal", "List", "Dict", "Tuple", *dir(builtins)))
 
 
 # --- field names ---------------------------------------------------------------
@@ -82,6 +98,19 @@ class FieldNames:
     def too_many(self) -> str | None:
         n = len(self._seen)
         return f"too many fields ({n}; max {MAX_FIELDS})" if n > MAX_FIELDS else None
+
+
+# --- object type names ----------------------------------------------------------
+
+
+def type_name_problem(name: Any) -> str | None:
+    """Why ``name`` cannot name an object type (as for a field, and no type or builtin name), or None."""
+    problem = field_name_problem(name)
+    if problem is not None:
+        return problem.replace("field name", "type name")
+    if name in _RESERVED_TYPE_NAMES:
+        return f"invalid type name {name!r}: it would shadow a built-in name"
+    return None
 
 
 # --- texts ---------------------------------------------------------------------
@@ -146,3 +175,50 @@ class LiteralValues:
         self._keys.add(key)
         self.values.append(value)
         return None
+
+
+# --- the output schema's budget ----------------------------------------------------
+
+
+def schema_budget_problem(schema: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """Whether ``schema`` is past a budget (size, union width, depth): the message naming the limit
+    and the value, and the error details (``limit``, ``max``, ``value``); or None."""
+    size = len(json.dumps(schema, separators=(",", ":"), ensure_ascii=False).encode())
+    depth, width = _measure(schema, schema.get("$defs") or {}, 1)
+    for limit, maximum, value, what in (
+        ("MAX_SCHEMA_BYTES", MAX_SCHEMA_BYTES, size, f"the output schema is {size} bytes of JSON"),
+        ("MAX_UNION_WIDTH", MAX_UNION_WIDTH, width, f"a union in the output schema has {width} branches"),
+        ("MAX_SCHEMA_DEPTH", MAX_SCHEMA_DEPTH, depth, f"the output schema nests {depth} levels deep"),
+    ):
+        if value > maximum:
+            message = f"{what}; the limit ({limit}) is {maximum}: vLLM compiles each new schema into a grammar"
+            return message, {"limit": limit, "max": maximum, "value": value}
+    return None
+
+
+def _measure(node: Any, defs: dict[str, Any], level: int) -> tuple[int, int]:
+    """(deepest level, widest anyOf) under ``node``, at ``level``; a ``$ref`` is followed into ``defs``.
+    Signatures have no recursive types, so this ends; ``level`` is capped all the same."""
+    if not isinstance(node, dict) or level > 4 * MAX_SCHEMA_DEPTH:
+        return level, 0
+    children: list[Any] = []
+    width = 0
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        children.append(defs.get(ref[len("#/$defs/"):]))
+        level -= 1  # the reference is the node it names, not a level of its own
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            children.append(node[key])
+    for key in ("anyOf", "prefixItems"):
+        if isinstance(node.get(key), list):
+            children.extend(node[key])
+    if isinstance(node.get("anyOf"), list):
+        width = len(node["anyOf"])
+    if isinstance(node.get("properties"), dict):
+        children.extend(node["properties"].values())
+    depth = level
+    for child in children:
+        d, w = _measure(child, defs, level + 1)
+        depth, width = max(depth, d), max(width, w)
+    return depth, width

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from app.errors import SignatureError
 from app.services.signature.checks import (
     MAX_NAME_CHARS,
@@ -22,18 +24,25 @@ class Parser(Lexer):
         signature := fields '->' fields
         fields    := [ field (',' field)* ]
         field     := NAME [ ':' type ]
-        type      := primary ('|' primary)*          # only 'T | None'
-        primary   := 'str' | 'int' | 'float' | 'bool' | 'None'
+        type      := primary ('|' primary)*          # a union; 'None' among them makes it Optional
+        primary   := 'str' | 'int' | 'float' | 'bool' | 'Any' | 'None' | OBJECT_TYPE_NAME
                    | ('list' | 'List') '[' type ']'
                    | ('dict' | 'Dict') '[' 'str' ',' type ']'
+                   | ('tuple' | 'Tuple') '[' type (',' type)* ']'
+                   | ('tuple' | 'Tuple') '[' type ',' '...' ']'
                    | ('Optional' | 'optional') '[' type ']'
+                   | 'Union' '[' type (',' type)* ']'
                    | 'Literal' '[' value (',' value)* ']'
         value     := STRING | NUMBER | 'True' | 'False' | 'true' | 'false'
 
-    Type names are looked up in ``types.TYPE_NAMES``. Tokens are read on demand, so an error is
+    Type names are looked up in ``types.TYPE_NAMES``, then (in the JSON form) among the object
+    types through ``resolve``. Unions mean what they mean in Python: nested ones flatten,
+    duplicates go, ``None`` makes the whole Optional. Tokens are read on demand, so an error is
     reported where the parser stands (an unknown type name is refused before whatever follows it
     is even looked at).
     """
+
+    resolve: Callable[[str], TypeSpec | None] | None = None  # an object type by name, or None
 
     # -- signature -------------------------------------------------------------
 
@@ -98,18 +107,23 @@ class Parser(Lexer):
 
     def type_expr(self, depth: int) -> TypeSpec:
         start = self.peek()
-        members: list[TypeSpec | None] = [self.primary(depth)]
+        return self.union_of(self.members(depth), start)
+
+    def members(self, depth: int) -> list[TypeSpec | None]:
+        """``primary ('|' primary)*``: the members, ``None`` for 'None'."""
+        members = [self.primary(depth)]
         while self.peek().kind == "|":
             self.next()
             members.append(self.primary(depth))
-        concrete = [m for m in members if m is not None]
-        if not concrete:
+        return members
+
+    def union_of(self, members: list[TypeSpec | None], start: Token) -> TypeSpec:
+        if all(m is None for m in members):
             raise self.error("'None' alone is not a type (use Optional[T])", start.pos)
-        if len(concrete) > 1:
-            union = " | ".join(str(c) for c in concrete)
-            raise self.error("unions are not supported", start.pos, tail=f" ({union!r}); only 'T | None' is")
-        (spec,) = concrete
-        return TypeSpec.optional(spec) if len(members) > 1 else spec
+        try:
+            return TypeSpec.union(*members)
+        except SignatureError as exc:  # nesting too deep once flattened
+            raise self.error(exc.message, start.pos) from None
 
     def open_bracket(self, name_tok: Token, depth: int, example: str) -> None:
         tok = self.peek()
@@ -161,6 +175,20 @@ class Parser(Lexer):
             inner = self.type_expr(depth + 1)
             self.close_bracket(tok, "Optional takes one type")
             return TypeSpec.optional(inner)
+        if kind == "any":
+            if self.peek().kind == "[":
+                raise self.error("type 'Any' takes no arguments", self.peek().pos)
+            return TypeSpec("any")
+        if kind == "union":
+            self.open_bracket(tok, depth, "Union[int, str]")
+            members = self.members(depth + 1)
+            while self.peek().kind == ",":
+                self.next()
+                members += self.members(depth + 1)
+            self.close_bracket(tok, "Union members are separated by ','")
+            return self.union_of(members, tok)
+        if kind == "tuple":
+            return self.tuple_type(tok, depth)
         if kind == "literal":
             self.open_bracket(tok, depth, "Literal['a', 'b']")
             values = LiteralValues()
@@ -174,7 +202,29 @@ class Parser(Lexer):
                 self.next()
             self.close_bracket(tok, "Literal values are separated by ','")
             return TypeSpec.literal(*values.values)
+        if self.resolve is not None:
+            spec = self.resolve(name)
+            if spec is not None:
+                if self.peek().kind == "[":
+                    raise self.error(f"object type '{name}' takes no arguments", self.peek().pos)
+                return spec
         raise self.error(f"unknown type '{name}'", tok.pos, tail=f"; allowed: {ALLOWED_TYPES}")
+
+    def tuple_type(self, tok: Token, depth: int) -> TypeSpec:
+        """``tuple[A, B]`` (fixed: exactly these items) or ``tuple[A, ...]`` (any number of A)."""
+        self.open_bracket(tok, depth, "tuple[int, str] or tuple[int, ...]")
+        items = [self.type_expr(depth + 1)]
+        while self.peek().kind == ",":
+            self.next()
+            if self.peek().kind == "...":
+                dots = self.next()
+                if len(items) != 1:
+                    raise self.error("'...' goes after the one item type of a tuple (tuple[int, ...])", dots.pos)
+                self.close_bracket(tok, "'...' ends a variadic tuple")
+                return TypeSpec.tuple_of(items[0], ...)  # type: ignore[arg-type]
+            items.append(self.type_expr(depth + 1))
+        self.close_bracket(tok, "tuple items are separated by ','")
+        return TypeSpec.tuple_of(*items)
 
     def literal_value(self) -> tuple[LiteralValue, Token]:
         tok = self.next()

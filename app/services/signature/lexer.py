@@ -17,7 +17,7 @@ from app.errors import SignatureError
 
 @dataclass(frozen=True, slots=True)
 class Token:
-    kind: str  # NAME STRING NUMBER -> [ ] , : | EOF
+    kind: str  # NAME STRING NUMBER -> ... [ ] , : | EOF
     value: Any
     pos: int  # 0-based offset into the parsed text
     text: str
@@ -27,6 +27,7 @@ _TOKEN_RE = re.compile(
     r"""
     (?P<WS>\s+)
   | (?P<ARROW>->)
+  | (?P<DOTS>\.\.\.)
   | (?P<NUMBER>-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)
   | (?P<NAME>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<DQ>"(?:[^"\\\n]|\\.)*")
@@ -113,7 +114,7 @@ class Lexer:
                 return Token("STRING", self._string(self._sq_to_json(raw[1:-1], pos), pos), pos, raw)
             if kind == "NAME":
                 return Token("NAME", raw, pos, raw)
-            return Token(raw, raw, pos, raw)  # '->' and punctuation are their own kinds
+            return Token(raw, raw, pos, raw)  # '->', '...' and punctuation are their own kinds
 
     def _number(self, raw: str, pos: int) -> int | float:
         value: int | float

@@ -4,6 +4,14 @@ A signature's fields become a pydantic model of their plain Python types (exactl
 parameters do), and the schema is that model's: properties in field order, ``description`` from
 the field's desc, ``additionalProperties: false``. Keys come in the order pydantic builds them
 (``type`` first), and ``required`` is always stated, right after ``properties``.
+
+An object type is a model of its own, named after the type: it is in ``$defs`` (in the order
+pydantic lists them) and each use is a ``$ref`` to it (xgrammar, vLLM's default structured-output
+backend, follows local ``$ref``), with every property required (an Optional one may be null).
+Constraints are the field's, where the grammar can enforce them (see ``constraints.py``).
+
+Nothing in a schema depends on anything but the signature: no ids, no counters, no timestamps, so
+identical signatures give byte-identical schemas and vLLM's grammar cache hits.
 """
 
 from __future__ import annotations
@@ -18,9 +26,10 @@ from pydantic import BaseModel, ConfigDict, create_model
 from pydantic import Field as PydanticField
 
 from app.json_schema import model_json_schema, type_json_schema
+from app.services.signature.checks import schema_budget_problem
 
 if TYPE_CHECKING:
-    from app.services.signature.types import Field, TypeSpec
+    from app.services.signature.types import Field, ObjectType, TypeSpec
 
 
 def fields_schema(fields: tuple[Field, ...], *, required: Iterable[str] | None = None) -> dict[str, Any]:
@@ -42,6 +51,12 @@ def type_schema(spec: TypeSpec) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=1024)
+def output_budget_problem(fields: tuple[Field, ...]) -> tuple[str, dict[str, Any]] | None:
+    """Whether the object schema of ``fields`` (as the outputs) is past a budget: see ``checks``."""
+    return schema_budget_problem(_fields_schema(fields))
+
+
+@lru_cache(maxsize=1024)
 def _fields_schema(fields: tuple[Field, ...]) -> dict[str, Any]:
     return model_json_schema(_schema_model(fields), sort_keys=False)
 
@@ -59,21 +74,42 @@ class _Declared:
     spec: TypeSpec
 
 
+def _pin(spec: TypeSpec, annotation: Any) -> Any:
+    return Annotated[annotation, _Declared(spec)] if spec.kind in ("literal", "union") else annotation
+
+
 def _annotation(spec: TypeSpec) -> Any:
-    """``spec.to_annotation()`` with each Literal pinned to its declared order. typing caches
-    ``Optional[X]`` and ``Annotated[X, ...]`` by equality, and ``Literal['a', 1] == Literal[1, 'a']``:
-    without the pin, ``Optional[Literal[1, 'a']]`` can come back holding an earlier
-    ``Literal['a', 1]``, and the enum would list the values in that other order."""
-    return spec.to_annotation(lambda s, a: Annotated[a, _Declared(s)] if s.kind == "literal" else a)
+    """``spec.to_annotation()`` with each Literal (and union) pinned to its declared order. typing
+    caches ``Optional[X]`` and ``Annotated[X, ...]`` by equality, and ``Literal['a', 1] == Literal[1, 'a']``
+    (``Union[int, str] == Union[str, int]`` too): without the pin, ``Optional[Literal[1, 'a']]`` can
+    come back holding an earlier ``Literal['a', 1]``, and the enum would list the values in that order."""
+    return spec.to_annotation(_pin, object_model)
+
+
+def _field_annotation(f: Field) -> Any:
+    annotation = _annotation(f.type)
+    inner = _annotation(f.type.args[0]) if f.type.kind == "optional" else None
+    return f.constraints.apply(f.type, annotation, inner, for_schema=True)
+
+
+@lru_cache(maxsize=1024)
+def object_model(obj: ObjectType) -> type[BaseModel]:
+    """The pydantic model an object type's schema is made from (one class per definition, so that
+    every use of it is one ``$defs`` entry)."""
+    return _model(obj.name, obj.fields)
 
 
 def _schema_model(fields: tuple[Field, ...]) -> type[BaseModel]:
+    return _model("SignatureFields", fields)
+
+
+def _model(name: str, fields: tuple[Field, ...]) -> type[BaseModel]:
     # attribute names f0, f1, ... with the real names as aliases, as for validation (validate.py):
     # a field may be called anything valid in a signature ("json", "model_config", "_private")
     definitions: dict[str, Any] = {
-        f"f{i}": (_annotation(f.type), PydanticField(..., alias=f.name, description=f.desc))
+        f"f{i}": (_field_annotation(f), PydanticField(..., alias=f.name, description=f.desc))
         for i, f in enumerate(fields)
     }
     return create_model(  # type: ignore[call-overload,no-any-return]
-        "SignatureFields", __config__=ConfigDict(extra="forbid"), **definitions
+        name, __config__=ConfigDict(extra="forbid"), **definitions
     )

@@ -1,17 +1,16 @@
-"""The signature model: the type whitelist, TypeSpec, Field and Signature (immutable, hashable)."""
+"""The types of a signature: the type whitelist, TypeSpec, ObjectType and Field (immutable, hashable)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dc_field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from app.errors import SignatureError
 from app.services.signature.checks import (
     MAX_DESC_CHARS,
-    MAX_INSTRUCTIONS_CHARS,
-    NO_OUTPUTS,
+    MAX_OBJECT_DEPTH,
     FieldNames,
     LiteralValue,
     LiteralValues,
@@ -19,18 +18,23 @@ from app.services.signature.checks import (
     clean_text,
     literal_text,
     nesting_problem,
+    type_name_problem,
 )
-from app.services.signature.schema import fields_schema, type_schema
-from app.services.signature.validate import parse_outputs as _parse_outputs
-from app.services.signature.validate import validate_inputs as _validate_inputs
+from app.services.signature.constraints import Constraints
+from app.services.signature.schema import object_model, type_schema
 
 # --- the type whitelist -----------------------------------------------------------------------
 # The one place that says which types a signature may use. A new type needs: a kind in ``Kind``,
 # its spelling(s) in ``TYPE_NAMES``, a line in ``ALLOWED_TYPES``, its case in the TypeSpec
-# methods that switch on the kind (``__post_init__``, ``depth``, ``to_annotation``), and its
-# syntax in ``grammar.Parser.primary``. JSON schemas and validators follow from the annotation.
+# methods that switch on the kind (``_canonical_text``, ``depth``, ``to_annotation``), and its
+# syntax in ``grammar.Parser.primary``. JSON schemas and validators follow from the annotation
+# (``schema.py`` and ``validate.py`` only add metadata through ``to_annotation``'s callbacks).
+# Object types are not whitelisted names: a signature declares them (``ObjectType``), and the
+# grammar finds them through its ``resolve`` callback after the whitelist.
 
-Kind = Literal["str", "int", "float", "bool", "list", "dict", "literal", "optional"]
+Kind = Literal[
+    "str", "int", "float", "bool", "any", "list", "dict", "tuple", "literal", "optional", "union", "object"
+]
 
 SCALARS: Mapping[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
 
@@ -39,28 +43,38 @@ TYPE_NAMES: Mapping[str, Kind] = {  # what a type may be called in a signature
     "int": "int",
     "float": "float",
     "bool": "bool",
+    "Any": "any",
     "list": "list",
     "List": "list",
     "dict": "dict",
     "Dict": "dict",
+    "tuple": "tuple",
+    "Tuple": "tuple",
     "Optional": "optional",
     "optional": "optional",
+    "Union": "union",
     "Literal": "literal",
 }
 
-ALLOWED_TYPES = "str, int, float, bool, list[T], dict[str, T], Literal[...], Optional[T]"
+ALLOWED_TYPES = (
+    "str, int, float, bool, Any, list[T], dict[str, T], tuple[T1, T2] and tuple[T, ...], Literal[...], "
+    "Optional[T], Union[A, B] (A | B), and the object types of the signature's 'types'"
+)
 
-REASONING_FIELD = "reasoning"
-REASONING_DESC = "Think step by step in order to produce the output fields that follow."
+_CONTAINERS = ("list", "dict", "optional")
 
 
 @dataclass(frozen=True, eq=False)
 class TypeSpec:
     """One whitelisted type.
 
-    ``args`` by kind: scalars ``()``; ``list`` ``(item,)``; ``dict`` ``(value,)`` (keys are always
-    ``str``); ``optional`` ``(inner,)``; ``literal`` the allowed values (str, int, float, bool).
-    Equality and hashing go by the canonical text, so ``Literal[1]`` and ``Literal[True]`` differ.
+    ``args`` by kind: scalars and ``any`` ``()``; ``list`` ``(item,)``; ``dict`` ``(value,)`` (keys are
+    always ``str``); ``optional`` ``(inner,)``; ``tuple`` the item types, or ``(item, ...)`` (the
+    Ellipsis) for a variadic one; ``union`` two or more members (none Optional or a union: build it
+    with :meth:`union`, which flattens); ``literal`` the allowed values (str, int, float, bool);
+    ``object`` ``(ObjectType,)``. Equality and hashing go by the canonical text and the definitions
+    of the object types it names, so ``Literal[1]`` and ``Literal[True]`` differ, and so do two
+    ``Contact`` types with different fields.
     """
 
     kind: Kind
@@ -69,19 +83,48 @@ class TypeSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "args", tuple(self.args))
+        text = self._canonical_text()
+        problem = nesting_problem(self.depth)
+        if problem is not None:
+            raise SignatureError(f"{problem}: {text}")
+        object.__setattr__(self, "_text", text)
+        objects: dict[ObjectType, None] = {}
+        for arg in self.args:
+            if isinstance(arg, ObjectType):
+                objects[arg] = None
+            elif isinstance(arg, TypeSpec):
+                objects.update(dict.fromkeys(arg.objects()))
+        object.__setattr__(self, "_objects", tuple(objects))
+        object.__setattr__(self, "_hash", hash(("TypeSpec", text, self._objects)))
+
+    def _canonical_text(self) -> str:
         kind, args = self.kind, self.args
-        if kind in SCALARS:
+        if kind in SCALARS or kind == "any":
             if args:
                 raise SignatureError(f"type '{kind}' takes no arguments")
-            text = kind
-        elif kind in ("list", "dict", "optional"):
+            return "Any" if kind == "any" else kind
+        if kind in _CONTAINERS:
             if len(args) != 1 or not isinstance(args[0], TypeSpec):
                 raise SignatureError(f"type '{kind}' takes exactly one TypeSpec argument")
             inner = args[0]
             if kind == "optional" and inner.kind == "optional":
                 raise SignatureError("Optional[Optional[T]] must be written Optional[T]")
-            text = {"list": f"list[{inner}]", "dict": f"dict[str, {inner}]", "optional": f"Optional[{inner}]"}[kind]
-        elif kind == "literal":
+            return {"list": f"list[{inner}]", "dict": f"dict[str, {inner}]", "optional": f"Optional[{inner}]"}[kind]
+        if kind == "tuple":
+            if len(args) == 2 and args[1] is Ellipsis and isinstance(args[0], TypeSpec):
+                return f"tuple[{args[0]}, ...]"
+            if not args or not all(isinstance(a, TypeSpec) for a in args):
+                raise SignatureError("type 'tuple' takes one or more TypeSpec items, or (item, ...)")
+            return "tuple[" + ", ".join(str(a) for a in args) + "]"
+        if kind == "union":
+            if len(args) < 2 or not all(isinstance(a, TypeSpec) for a in args):
+                raise SignatureError("a union takes two or more TypeSpec members")
+            if any(a.kind in ("optional", "union") for a in args):
+                raise SignatureError("union members must not be Optional or unions (TypeSpec.union flattens them)")
+            if len(set(args)) != len(args):
+                raise SignatureError("duplicate union member")
+            return " | ".join(str(a) for a in args)
+        if kind == "literal":
             if not args:
                 raise SignatureError("Literal needs at least one value")
             values = LiteralValues()
@@ -89,13 +132,12 @@ class TypeSpec:
                 problem = values.add(value)
                 if problem is not None:
                     raise SignatureError(problem)
-            text = "Literal[" + ", ".join(literal_text(v) for v in args) + "]"
-        else:
-            raise SignatureError(f"unknown type kind {kind!r}")
-        problem = nesting_problem(self.depth)
-        if problem is not None:
-            raise SignatureError(f"{problem}: {text}")
-        object.__setattr__(self, "_text", text)
+            return "Literal[" + ", ".join(literal_text(v) for v in args) + "]"
+        if kind == "object":
+            if len(args) != 1 or not isinstance(args[0], ObjectType):
+                raise SignatureError("an object type takes exactly one ObjectType argument")
+            return args[0].name
+        raise SignatureError(f"unknown type kind {kind!r}")
 
     # -- constructors --------------------------------------------------------
 
@@ -112,12 +154,40 @@ class TypeSpec:
         return cls("dict", (value,))
 
     @classmethod
+    def tuple_of(cls, *items: TypeSpec) -> TypeSpec:
+        """``tuple[A, B]``; ``tuple_of(item, ...)`` is the variadic ``tuple[item, ...]``."""
+        return cls("tuple", items)
+
+    @classmethod
     def optional(cls, inner: TypeSpec) -> TypeSpec:
         return inner if inner.kind == "optional" else cls("optional", (inner,))
 
     @classmethod
+    def union(cls, *members: TypeSpec | None) -> TypeSpec:
+        """Python's meaning: nested unions flatten, duplicates go, ``None`` (or an Optional member)
+        makes the whole Optional, one member left is that member."""
+        flat: dict[TypeSpec, None] = {}
+        optional = False
+        for member in members:
+            if member is None:
+                optional = True
+                continue
+            if member.kind == "optional":
+                optional, member = True, member.args[0]
+            for m in member.args if member.kind == "union" else (member,):
+                flat[m] = None
+        if not flat:
+            raise SignatureError("a union needs at least one member other than None")
+        spec = next(iter(flat)) if len(flat) == 1 else cls("union", tuple(flat))
+        return cls.optional(spec) if optional else spec
+
+    @classmethod
     def literal(cls, *values: LiteralValue) -> TypeSpec:
         return cls("literal", values)
+
+    @classmethod
+    def of_object(cls, obj: ObjectType) -> TypeSpec:
+        return cls("object", (obj,))
 
     # -- identity ------------------------------------------------------------
 
@@ -128,10 +198,14 @@ class TypeSpec:
         return f"TypeSpec({self._text!r})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, TypeSpec) and other._text == self._text
+        if self is other:
+            return True
+        return (
+            isinstance(other, TypeSpec) and other._text == self._text and other._objects == self._objects
+        )
 
     def __hash__(self) -> int:
-        return hash(("TypeSpec", self._text))
+        return self._hash  # type: ignore[no-any-return]
 
     @property
     def is_optional(self) -> bool:
@@ -139,47 +213,141 @@ class TypeSpec:
 
     @property
     def depth(self) -> int:
-        """Bracket nesting: 0 for scalars, 1 for ``list[str]`` or ``Literal[...]``."""
-        if self.kind in SCALARS:
+        """Bracket nesting of the canonical text: 0 for scalars and object type names, 1 for
+        ``list[str]`` or ``Literal[...]``; a union is as deep as its deepest member."""
+        if self.kind in SCALARS or self.kind in ("any", "object"):
             return 0
         if self.kind == "literal":
             return 1
-        return 1 + self.args[0].depth
+        members = [a.depth for a in self.args if isinstance(a, TypeSpec)]
+        return max(members) if self.kind == "union" else 1 + max(members, default=0)
+
+    def objects(self) -> tuple[ObjectType, ...]:
+        """The object types this type names directly (not those inside them), in order."""
+        return self._objects  # type: ignore[no-any-return]
 
     # -- conversions ----------------------------------------------------------
 
-    def to_annotation(self, wrap: Callable[[TypeSpec, Any], Any] | None = None) -> Any:
-        """The plain Python type: ``str``, ``list[str]``, ``dict[str, int]``, ``Literal['a', 1]``,
-        ``Optional[int]``. Built from the parsed spec, never from text.
+    def to_annotation(
+        self,
+        wrap: Callable[[TypeSpec, Any], Any] | None = None,
+        objects: Callable[[ObjectType], Any] | None = None,
+    ) -> Any:
+        """The plain Python type: ``str``, ``list[str]``, ``dict[str, int]``, ``tuple[int, str]``,
+        ``Literal['a', 1]``, ``Optional[int]``, ``Union[int, str]``, ``Any``. Built from the parsed
+        spec, never from text.
 
         ``wrap(spec, annotation)``, when given, replaces each node's annotation, innermost first:
         validation and schema generation add their metadata this way, so the kinds are spelled
-        out here only."""
+        out here only. ``objects(object_type)`` gives an object type's annotation (a pydantic model;
+        by default the one the JSON schema is made from)."""
         kind = self.kind
         if kind in SCALARS:
-            annotation = SCALARS[kind]
-        elif kind == "list":
-            annotation = list[self.args[0].to_annotation(wrap)]  # type: ignore[misc]
-        elif kind == "dict":
-            annotation = dict[str, self.args[0].to_annotation(wrap)]  # type: ignore[misc]
-        elif kind == "optional":
-            annotation = Optional[self.args[0].to_annotation(wrap)]  # noqa: UP007
-        else:
+            annotation: Any = SCALARS[kind]
+        elif kind == "any":
+            annotation = Any
+        elif kind == "object":
+            annotation = (objects or object_model)(self.args[0])
+        elif kind == "literal":
             annotation = Literal[self.args]  # type: ignore[valid-type]
+        elif kind == "optional" and self.args[0].kind == "union":
+            # flat: Union[A, B, None], as Python spells Optional[A | B] (and one anyOf in the schema)
+            members = [m.to_annotation(wrap, objects) for m in self.args[0].args]
+            annotation = Union[(*members, type(None))]  # noqa: UP007
+        else:
+            inner = [a.to_annotation(wrap, objects) for a in self.args if isinstance(a, TypeSpec)]
+            if kind == "list":
+                annotation = list[inner[0]]  # type: ignore[valid-type]
+            elif kind == "dict":
+                annotation = dict[str, inner[0]]  # type: ignore[valid-type]
+            elif kind == "optional":
+                annotation = Optional[inner[0]]  # noqa: UP007
+            elif kind == "union":
+                annotation = Union[tuple(inner)]  # noqa: UP007
+            elif self.args[-1] is Ellipsis:
+                annotation = tuple[inner[0], ...]  # type: ignore[valid-type]
+            else:
+                annotation = tuple[tuple(inner)]  # type: ignore[misc]
         return annotation if wrap is None else wrap(self, annotation)
 
     def to_json_schema(self) -> dict[str, Any]:
-        """A JSON schema without ``$ref``: ``enum`` for Literal, ``anyOf`` with null for Optional."""
+        """The JSON schema: ``enum`` for Literal, ``anyOf`` for unions (with null for Optional),
+        ``prefixItems`` for fixed tuples, ``{}`` for Any; object types in ``$defs``, by ``$ref``."""
         return type_schema(self)
+
+
+@dataclass(frozen=True, eq=False)
+class ObjectType:
+    """A named object type of the JSON form's ``types``: its fields, in the same form as inputs and
+    outputs (type, desc, constraints). Equal by name and fields; validated values are plain dicts."""
+
+    name: str
+    fields: tuple[Field, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fields", tuple(self.fields))
+        problem = type_name_problem(self.name)
+        if problem is not None:
+            raise SignatureError(problem, **({"type_name": self.name[:100]} if isinstance(self.name, str) else {}))
+        details = {"type_name": self.name}
+        if not self.fields:
+            raise SignatureError(f"object type {self.name!r} has no fields", **details)
+        names = FieldNames()
+        for f in self.fields:
+            if not isinstance(f, Field):
+                raise SignatureError(f"fields of object type {self.name!r} must be Field objects", **details)
+            problem = names.add(f.name) or names.too_many()
+            if problem is not None:
+                raise SignatureError(f"{problem} in object type {self.name!r}", field=f.name, **details)
+        depth = 1 + max((o.depth for f in self.fields for o in f.type.objects()), default=0)
+        if depth > MAX_OBJECT_DEPTH:
+            raise SignatureError(
+                f"object type {self.name!r} nests object types {depth} deep (max {MAX_OBJECT_DEPTH})", **details
+            )
+        object.__setattr__(self, "depth", depth)
+        object.__setattr__(self, "_hash", hash(("ObjectType", self.name, self.fields)))
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        return isinstance(other, ObjectType) and other.name == self.name and other.fields == self.fields
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return f"ObjectType({self.name!r}, {', '.join(str(f) for f in self.fields)})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: f.to_dict() for f in self.fields}
+
+
+def walk_objects(fields: tuple[Field, ...]) -> Iterator[ObjectType]:
+    """Every object type the fields use, inside one another too, once each, in order of first use."""
+    seen: set[ObjectType] = set()
+
+    def visit(obj: ObjectType) -> Iterator[ObjectType]:
+        if obj in seen:
+            return
+        seen.add(obj)
+        yield obj
+        for f in obj.fields:
+            for inner in f.type.objects():
+                yield from visit(inner)
+
+    for f in fields:
+        for obj in f.type.objects():
+            yield from visit(obj)
 
 
 @dataclass(frozen=True)
 class Field:
-    """One input or output field."""
+    """One input or output field (or a field of an object type)."""
 
     name: str
     type: TypeSpec = dc_field(default_factory=lambda: TypeSpec("str"))
     desc: str | None = None
+    constraints: Constraints = dc_field(default_factory=Constraints)
 
     def __post_init__(self) -> None:
         check_field_name(self.name)
@@ -187,6 +355,11 @@ class Field:
             raise SignatureError(f"type of field {self.name!r} must be a TypeSpec", field=self.name)
         desc = clean_text(self.desc, what=f"desc of field {self.name!r}", limit=MAX_DESC_CHARS, field=self.name)
         object.__setattr__(self, "desc", desc)
+        if not isinstance(self.constraints, Constraints):
+            raise SignatureError(f"constraints of field {self.name!r} must be Constraints", field=self.name)
+        problem = self.constraints.fit_problem(self.type)
+        if problem is not None:
+            raise SignatureError(f"{problem} for field {self.name!r}", field=self.name)
 
     def __str__(self) -> str:
         return f"{self.name}: {self.type}"
@@ -195,100 +368,5 @@ class Field:
         out: dict[str, Any] = {"type": str(self.type)}
         if self.desc is not None:
             out["desc"] = self.desc
+        out.update(self.constraints.items())
         return out
-
-
-@dataclass(frozen=True, kw_only=True)
-class Signature:
-    """Immutable, hashable. Build one with :func:`~app.services.signature.parse_signature`."""
-
-    instructions: str | None = None
-    inputs: tuple[Field, ...] = ()
-    outputs: tuple[Field, ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "inputs", tuple(self.inputs))
-        object.__setattr__(self, "outputs", tuple(self.outputs))
-        object.__setattr__(
-            self, "instructions", clean_text(self.instructions, what="instructions", limit=MAX_INSTRUCTIONS_CHARS)
-        )
-        names = FieldNames()
-        for f in (*self.inputs, *self.outputs):
-            if not isinstance(f, Field):
-                raise SignatureError(f"signature fields must be Field objects, not {type(f).__name__}")
-            problem = names.add(f.name)
-            if problem is not None:
-                raise SignatureError(problem, field=f.name)
-        if not self.outputs:
-            raise SignatureError(NO_OUTPUTS)
-        problem = names.too_many()
-        if problem is not None:
-            raise SignatureError(problem)
-
-    # -- views ---------------------------------------------------------------
-
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.inputs)
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.outputs)
-
-    def __str__(self) -> str:
-        """Canonical text, e.g. ``context: list[str], question: str -> answer: str``.
-        Parses back to the same fields (descriptions and instructions are not part of it)."""
-        ins = ", ".join(str(f) for f in self.inputs)
-        outs = ", ".join(str(f) for f in self.outputs)
-        return f"{ins} -> {outs}" if ins else f"-> {outs}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form; ``parse_signature(sig.to_dict()) == sig``."""
-        return {
-            "instructions": self.instructions,
-            "inputs": {f.name: f.to_dict() for f in self.inputs},
-            "outputs": {f.name: f.to_dict() for f in self.outputs},
-        }
-
-    # -- derived signatures ----------------------------------------------------
-
-    def with_instructions(self, instructions: str | None) -> Signature:
-        return Signature(instructions=instructions, inputs=self.inputs, outputs=self.outputs)
-
-    def with_reasoning(self) -> Signature:
-        """Chain of thought: the same signature with a ``reasoning: str`` output first."""
-        clash = next((f for f in (*self.inputs, *self.outputs) if f.name == REASONING_FIELD), None)
-        if clash is not None:
-            where = "an input" if clash in self.inputs else "an output"
-            raise SignatureError(
-                f"chain of thought adds an output field {REASONING_FIELD!r}, but the signature already "
-                f"has {where} named {REASONING_FIELD!r}; rename it",
-                field=REASONING_FIELD,
-            )
-        reasoning = Field(REASONING_FIELD, TypeSpec("str"), REASONING_DESC)
-        return Signature(instructions=self.instructions, inputs=self.inputs, outputs=(reasoning, *self.outputs))
-
-    # -- schemas (see schema.py) -------------------------------------------------
-
-    def output_json_schema(self) -> dict[str, Any]:
-        """Object schema for structured outputs: properties in order, all required, no extras."""
-        return fields_schema(self.outputs)
-
-    def input_json_schema(self) -> dict[str, Any]:
-        """Same shape for the inputs (for listings and clients); Optional inputs are not required."""
-        return fields_schema(self.inputs, required=[f.name for f in self.inputs if not f.type.is_optional])
-
-    # -- validation (see validate.py) ---------------------------------------------
-
-    def validate_inputs(self, inputs: Any) -> dict[str, Any]:
-        """Check and coerce request inputs. Optional inputs may be left out (they become None).
-
-        Raises InvalidRequestError (422) naming missing/extra fields, or with pydantic's errors."""
-        return _validate_inputs(self, inputs)
-
-    def parse_outputs(self, raw_text: str) -> dict[str, Any]:
-        """Parse the model's reply (a JSON object; a ```json fence is tolerated) into typed values.
-
-        Keys beyond the declared outputs are dropped; a missing Optional output becomes None.
-        Raises OutputValidationError carrying ``raw`` and the ``errors`` list."""
-        return _parse_outputs(self, raw_text)
