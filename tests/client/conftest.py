@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
 import vgate
+
 from tests.support import live_gateway
 
 

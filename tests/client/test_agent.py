@@ -7,8 +7,8 @@ import json
 
 import httpx
 import pytest
-
 import vgate
+
 from tests.support import live_gateway
 
 QUESTION = "What is 12 * 7?"

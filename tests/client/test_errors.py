@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 import vgate
+
 from tests.support import free_port
 
 
@@ -58,7 +58,8 @@ def test_retry_after_comes_from_the_body_else_the_header():
         vgate.Predict("q -> a", client=client_answering(429, body, {"retry-after": "2"}))(q="x")
     assert info.value.retry_after == 1.5 and info.value.retryable
     with pytest.raises(vgate.UpstreamError) as info:
-        vgate.Predict("q -> a", client=client_answering(503, error("upstream_unavailable"), {"retry-after": "3"}))(q="x")
+        client = client_answering(503, error("upstream_unavailable"), {"retry-after": "3"})
+        vgate.Predict("q -> a", client=client)(q="x")
     assert info.value.retry_after == 3.0
 
 

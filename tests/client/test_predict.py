@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 import vgate
+
 from tests.support import completion_chunks, fake_upstream, live_gateway
 
 KEY = "vg-" + "c" * 29
