@@ -138,3 +138,17 @@ def test_base_url_and_api_key_from_the_environment(monkeypatch):
 def test_a_sync_call_with_an_async_client_says_what_to_do():
     with pytest.raises(TypeError, match="acall"):
         vgate.Predict("q -> a", client=vgate.AsyncClient("http://gw"))(q="x")
+
+
+def test_the_distribution_is_small_and_standalone():
+    from importlib.metadata import distribution
+    from pathlib import Path
+
+    dist = distribution("vgate-client")
+    requires = sorted(r.split(">")[0].split("=")[0].strip() for r in dist.requires or [])
+    assert requires == ["httpx", "pydantic"]
+    assert dist.metadata["Requires-Python"] == ">=3.11"
+    package = Path(vgate.__file__).parent
+    for source in package.glob("*.py"):
+        text = source.read_text()
+        assert "from app" not in text and "import app" not in text, source  # never the gateway's code

@@ -50,3 +50,23 @@ def test_tool_calling(gateway_url):
     assert "calculator('2 * (3 + 4) ** 2 / sqrt(16)') = 24.5" in out
     assert "calculator('9**9**9**9') -> HTTP 422 tool_error" in out
     assert "current_time(Europe/Paris) =" in out
+
+
+def test_the_readmes_python_client_snippet_runs_as_written(sim_url, tmp_path):
+    """The README's "Python client" block, run as it is (against a gateway whose programs directory is
+    a copy, since optimize saves a new version there). Needs /evaluate and /optimize."""
+    import re
+    import shutil
+
+    from tests.support import live_gateway
+
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = readme.split("## Python client", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    shutil.copytree(os.path.join(ROOT, "app", "programs"), tmp_path, dirs_exist_ok=True)
+    with live_gateway(sim_url, programs_dir=tmp_path) as (url, _):
+        code = code.replace('"http://localhost:8080"', repr(url))
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                              env={k: v for k, v in os.environ.items() if not k.startswith("VGATE_")})
+    assert proc.returncode == 0, proc.stderr
+    assert "final" in proc.stdout
