@@ -144,3 +144,23 @@ async def test_async_forms(gateway_url):
 
 async def test_the_default_async_client(configured):
     assert isinstance((await vgate.Predict("q -> n: int").acall(q="x")).n, int)
+
+
+def test_a_list_longer_than_the_gateways_batch_limit_goes_in_several_batches(sim_url):
+    texts = [{"text": f"review {i}"} for i in range(5)]
+    with live_gateway(sim_url, max_batch_size=2) as (url, _):
+        program = vgate.Program("sentiment", client=vgate.Client(url))
+        results = program.batch([*texts[:3], {"wrong": 1}, *texts[3:]])
+        one = [program(text=t["text"]) for t in texts]
+    assert len(results) == 6 and results.failed == 1 and results[3].index == 3
+    assert [r.sentiment for i, r in enumerate(results) if i != 3] == [p.sentiment for p in one]
+    assert results.usage.total_tokens == sum(p.usage.total_tokens for p in one)
+    assert len(results.raw["request_ids"]) == 3
+    assert len({r.request_id for r in results}) == 3
+
+
+async def test_abatch_splits_the_same_way(sim_url):
+    with live_gateway(sim_url, max_batch_size=2) as (url, _):
+        async with vgate.AsyncClient(url) as client:
+            results = await vgate.Program("sentiment", client=client).abatch([{"text": str(i)} for i in range(3)])
+    assert [type(r) for r in results] == [vgate.Prediction] * 3

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vgate.client import AsyncClient, Client, async_client, sync_client
+from vgate.errors import InvalidRequest
 from vgate.results import BatchResult, Prediction
 
 
@@ -76,9 +77,19 @@ class Predict:
               config: Mapping[str, Any] | None = None) -> BatchResult:
         """Every example in one request (the gateway runs them concurrently), answers in input order.
         A failed item is a ``vgate.PredictionError`` in the list (the others are unaffected); with
-        ``return_exceptions=False`` the first failed item's error is raised instead."""
+        ``return_exceptions=False`` the first failed item's error is raised instead. A list longer than
+        the gateway's limit (``VGATE_MAX_BATCH_SIZE``) goes as several batches, one after another."""
         client = sync_client(self.client, type(self).__name__)
-        result = BatchResult(client.post("/predict", self.request_body(batch=_examples(examples), config=config)))
+        examples = _examples(examples)
+        try:
+            result = BatchResult(client.post("/predict", self.request_body(batch=examples, config=config)))
+        except InvalidRequest as e:
+            limit = _batch_limit(e, len(examples))
+            if limit is None:
+                raise
+            result = BatchResult.merge([
+                BatchResult(client.post("/predict", self.request_body(batch=examples[i:i + limit], config=config)))
+                for i in range(0, len(examples), limit)])
         return _checked(result, return_exceptions)
 
     # --- async --------------------------------------------------------------------------------
@@ -91,8 +102,19 @@ class Predict:
     async def abatch(self, examples: Sequence[Mapping[str, Any]], *, return_exceptions: bool = True,
                      config: Mapping[str, Any] | None = None) -> BatchResult:
         client = async_client(self.client, type(self).__name__)
-        raw = await client.post("/predict", self.request_body(batch=_examples(examples), config=config))
-        return _checked(BatchResult(raw), return_exceptions)
+        examples = _examples(examples)
+        try:
+            result = BatchResult(await client.post("/predict", self.request_body(batch=examples, config=config)))
+        except InvalidRequest as e:
+            limit = _batch_limit(e, len(examples))
+            if limit is None:
+                raise
+            parts = []
+            for i in range(0, len(examples), limit):
+                body = self.request_body(batch=examples[i:i + limit], config=config)
+                parts.append(BatchResult(await client.post("/predict", body)))
+            result = BatchResult.merge(parts)
+        return _checked(result, return_exceptions)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.signature!r})"
@@ -156,6 +178,14 @@ def _examples(examples: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     if isinstance(examples, (str, bytes, Mapping)):
         raise TypeError("batch() takes a list of examples, each a dict of inputs")
     return list(examples)
+
+
+def _batch_limit(error: InvalidRequest, size: int) -> int | None:
+    """The gateway's batch limit, when ``error`` says the batch is over it."""
+    limit = error.error.get("limit")
+    if error.type == "batch_too_large" and isinstance(limit, int) and 0 < limit < size:
+        return limit
+    return None
 
 
 def _checked(result: BatchResult, return_exceptions: bool) -> BatchResult:

@@ -164,19 +164,33 @@ class TraceStep(Prediction):
 class BatchResult(list):
     """A batch's answers, in input order: each a ``Prediction``, or a ``PredictionError`` for an item
     that failed (the others are unaffected). Also ``usage``, ``cost_usd`` and ``latency_ms`` of the
-    whole batch, ``succeeded``, ``failed``, ``errors`` and ``raw``."""
+    whole batch, ``succeeded``, ``failed``, ``errors`` and ``raw``. A list longer than the gateway's
+    batch limit (``VGATE_MAX_BATCH_SIZE``) is sent as several batches, one after another, and merged."""
 
     def __init__(self, raw: dict[str, Any]) -> None:
-        request_id = raw.get("request_id")
         items: list[Prediction | PredictionError] = []
         for i, item in enumerate(raw.get("results") or []):
             index = item.get("index", i)
+            request_id = item.get("request_id") or raw.get("request_id")
             if isinstance(item.get("error"), dict):
                 items.append(PredictionError(index, item["error"], request_id=request_id))
             else:
                 items.append(Prediction({**item, "request_id": request_id}))
         super().__init__(items)
         self.raw = raw
+
+    @classmethod
+    def merge(cls, parts: list[BatchResult]) -> BatchResult:
+        """One result of batches sent one after another (a list longer than the gateway's batch limit)."""
+        results: list[dict[str, Any]] = []
+        for part in parts:
+            for item in part.raw.get("results") or []:
+                results.append({**item, "index": len(results), "request_id": part.raw.get("request_id")})
+        usage = {k: sum(getattr(p.usage, k) for p in parts) for k in ("prompt_tokens", "completion_tokens",
+                                                                      "total_tokens")}
+        return cls({"results": results, "usage": usage, "cost_usd": sum(p.cost_usd for p in parts),
+                    "latency_ms": sum(p.latency_ms or 0.0 for p in parts),
+                    "request_ids": [p.raw.get("request_id") for p in parts]})
 
     @property
     def usage(self) -> Usage:
