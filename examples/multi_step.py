@@ -41,7 +41,8 @@ def main() -> None:
     for step in pred.trace or []:
         usage = step.usage.total_tokens if step.raw.get("usage") else "-"
         latency = f"{step.latency_ms:.0f} ms" if step.latency_ms is not None else "-"
-        print(f"  step {step.name}: {usage} tokens, {latency}")
+        mapped = f", mapped over {step.raw['map']} ({len(step.mapped or [])} items)" if step.raw.get("map") else ""
+        print(f"  step {step.name}: {usage} tokens, {latency}{mapped}")
         if step.inputs is not None:
             print(f"    inputs:  {short(step.inputs)}")
         print(f"    outputs: {short(step.raw.get('outputs'))}")

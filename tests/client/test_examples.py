@@ -33,6 +33,7 @@ def test_multi_step(gateway_url):
     assert "research_answer: 'Why is the sky blue?'" in out
     steps = [line for line in out.splitlines() if line.startswith("  step ")]
     assert len(steps) >= 3, out  # sub-questions, their answers, the synthesis
+    assert "mapped over" in out  # the sub-questions are answered one per item
     assert "total: " in out and "tokens" in out
 
 

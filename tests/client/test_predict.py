@@ -164,3 +164,16 @@ async def test_abatch_splits_the_same_way(sim_url):
         async with vgate.AsyncClient(url) as client:
             results = await vgate.Program("sentiment", client=client).abatch([{"text": str(i)} for i in range(3)])
     assert [type(r) for r in results] == [vgate.Prediction] * 3
+
+
+def test_a_multi_step_program_returns_its_trace(configured):
+    """research_answer (the programs branch): outputs, a trace of every step, usage and cost summed."""
+    pred = vgate.Program("research_answer")(question="Why is the sky blue?")
+    assert isinstance(pred.answer, str)
+    steps = pred.trace
+    assert steps and all(isinstance(s, vgate.TraceStep) for s in steps)
+    assert all(s.name and s.outputs and s.usage.total_tokens > 0 for s in steps)
+    assert pred.usage.total_tokens == sum(s.usage.total_tokens for s in steps)
+    assert pred.cost_usd == pytest.approx(sum(s.cost_usd for s in steps))
+    mapped = [s for s in steps if s.mapped is not None]
+    assert mapped and all(len(s.mapped) == len(s.inputs[s.raw["map"]]) for s in mapped)

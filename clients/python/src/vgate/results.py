@@ -147,7 +147,7 @@ class Prediction:
 
 class TraceStep(Prediction):
     """One step of a multi-step program's trace: its ``name``, ``inputs``, ``outputs``, ``usage``,
-    ``latency_ms`` (and whatever else the gateway records, in ``raw``)."""
+    ``latency_ms``, ``mapped``: a mapped step's runs (and whatever else the gateway records, in ``raw``)."""
 
     @property
     def name(self) -> str | None:
@@ -156,6 +156,12 @@ class TraceStep(Prediction):
     @property
     def inputs(self) -> Any:
         return self.raw.get("inputs")
+
+    @property
+    def mapped(self) -> list[TraceStep] | None:
+        """A mapped step's runs, one per item of the list it maps over (``raw["map"]`` names the input)."""
+        items = self.raw.get("items")
+        return [TraceStep(i) for i in items if isinstance(i, dict)] if isinstance(items, list) else None
 
     def __repr__(self) -> str:
         return f"TraceStep({self.name!r}, outputs={self.raw.get('outputs')!r})"
