@@ -177,3 +177,12 @@ def test_a_multi_step_program_returns_its_trace(configured):
     assert pred.cost_usd == pytest.approx(sum(s.cost_usd for s in steps))
     mapped = [s for s in steps if s.mapped is not None]
     assert mapped and all(len(s.mapped) == len(s.inputs[s.raw["map"]]) for s in mapped)
+
+
+def test_unions_tuples_and_object_types_come_back_as_their_json(configured):
+    """DSPy's full types (the types branch): a tuple arrives as a list, an object type as a dict."""
+    pred = vgate.Predict("text -> pair: tuple[int, str], either: Union[int, list[str]], anything: Any")(text="x")
+    assert isinstance(pred.pair, list) and isinstance(pred.pair[0], int) and isinstance(pred.pair[1], str)
+    assert isinstance(pred.either, (int, list))
+    contacts = vgate.Program("extract_contacts")(text="Ada Lovelace, ada@example.com, analyst at Babbage & Co.")
+    assert all(isinstance(c, dict) and isinstance(c["name"], str) for c in contacts.contacts)
