@@ -62,6 +62,12 @@ def test_majority_is_predict_with_n_samples(configured):
     assert isinstance(m(question="What is 2 + 3?").answer, int)
 
 
+def test_majority_reports_its_vote(configured):
+    """The vote's figures (the predict branch)."""
+    pred = vgate.Majority("question -> answer: int", n=3)(question="What is 2 + 3?")
+    assert pred.samples == 3 and 0 < pred.agreement["answer"] <= 1 and pred.valid_samples <= 3
+
+
 def test_a_program_batch_is_a_list_in_input_order_with_failed_items_as_errors(configured):
     results = vgate.Program("sentiment").batch([{"text": "I love it"}, {"wrong": 1}, {"text": "Awful"}])
     assert isinstance(results, list) and len(results) == 3

@@ -32,7 +32,7 @@ class Prediction:
 
     ``outputs`` (dict), ``reasoning`` (chain of thought, else None), ``usage``, ``cost_usd``,
     ``latency_ms``, ``ttft_ms``, ``model``, ``request_id``, ``program``, ``trace`` (the steps of a
-    multi-step program, else None), ``agreement``/``samples`` (majority votes), ``repairs``, and
+    multi-step program, else None), ``agreement``/``samples``/``valid_samples`` (majority votes), ``repairs``, and
     ``raw``: the response as the gateway sent it.
     """
 
@@ -121,6 +121,10 @@ class Prediction:
     @property
     def samples(self) -> int | None:
         return self.raw.get("samples")
+
+    @property
+    def valid_samples(self) -> int | None:
+        return self.raw.get("valid_samples")
 
     @property
     def repairs(self) -> int:
