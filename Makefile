@@ -7,10 +7,11 @@ BIN     = $(VENV)/bin
 
 .PHONY: demo test install system-deps serve sim lint bench clean
 
-$(BIN)/vgate: pyproject.toml
+$(BIN)/vgate: pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[local,test]'
+	$(BIN)/pip install --quiet -e clients/python   # the Python client (import vgate): its tests and the examples use it
 	@touch $@
 
 install: $(BIN)/vgate
@@ -37,7 +38,7 @@ sim: install
 
 lint: install
 	$(BIN)/pip install --quiet ruff
-	$(BIN)/ruff check app tests examples benchmarks
+	$(BIN)/ruff check app tests examples benchmarks clients/python
 
 bench: install
 	$(BIN)/python benchmarks/lm_client.py

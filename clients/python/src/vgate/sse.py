@@ -1,0 +1,73 @@
+"""Server-sent events, parsed as the HTML standard says (section 9.2.6), from lines.
+
+Small enough to own rather than depend on: fields ``event``, ``data`` (several lines join with
+``\\n``), ``id`` (kept across events, ignored when it holds NUL), ``retry``; comment lines (``:``,
+the gateway's heartbeats) skipped; one space after the colon dropped; an event is dispatched at a
+blank line, and one cut off by the end of the stream is discarded. Lines come from httpx's
+``iter_lines``, which splits on ``\\n``, ``\\r\\n`` and ``\\r``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServerSentEvent:
+    event: str = "message"
+    data: str = ""
+    id: str | None = None  # the last event id in effect when the event was dispatched
+    retry: int | None = None
+
+
+class SSEDecoder:
+    def __init__(self) -> None:
+        self._event = ""
+        self._data: list[str] = []
+        self._last_id: str | None = None
+        self._retry: int | None = None
+
+    def feed(self, line: str) -> ServerSentEvent | None:
+        """One line without its terminator; an event when the line ends one."""
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            return None
+        field, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if field == "event":
+            self._event = value
+        elif field == "data":
+            self._data.append(value)
+        elif field == "id":
+            if "\0" not in value:
+                self._last_id = value
+        elif field == "retry":
+            if value.isascii() and value.isdigit():
+                self._retry = int(value)
+        return None
+
+    def _dispatch(self) -> ServerSentEvent | None:
+        data, event = self._data, self._event
+        self._data, self._event = [], ""
+        if not data:
+            return None
+        return ServerSentEvent(event=event or "message", data="\n".join(data), id=self._last_id, retry=self._retry)
+
+
+def iter_sse(lines: Iterable[str]) -> Iterator[ServerSentEvent]:
+    decoder = SSEDecoder()
+    for line in lines:
+        event = decoder.feed(line.rstrip("\r\n"))
+        if event is not None:
+            yield event
+
+
+async def aiter_sse(lines: AsyncIterable[str]) -> AsyncIterator[ServerSentEvent]:
+    decoder = SSEDecoder()
+    async for line in lines:
+        event = decoder.feed(line.rstrip("\r\n"))
+        if event is not None:
+            yield event
