@@ -152,7 +152,7 @@ def load_programs(directory: Path) -> dict[str, Program]:
         try:
             program = _read(path)
             if program.steps is None:
-                program.parsed()  # the signature must parse now, not at the first request
+                program.parsed().check_budget()  # it must parse, and fit vLLM's schema budget, now
         except Exception as exc:  # unreadable file, bad JSON/TOML, ValidationError, SignatureError
             raise ValueError(f"invalid program file {path}: {exc}") from exc
         if program.ref in programs:
