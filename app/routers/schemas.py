@@ -144,6 +144,14 @@ def error_responses(*statuses: int, model: type[BaseModel] = ErrorResponse,
 class PredictionResult(BaseModel):
     outputs: dict[str, Any] = Field(description="the signature's output fields, in their declared types")
     reasoning: str | Omittable = _omitted("the chain of thought (module chain_of_thought)")
+    agreement: dict[str, float] | Omittable = _omitted(
+        "a vote's (module majority, or config.n > 1): per output field, the share of valid samples that gave "
+        "the winning value")
+    samples: int | Omittable = _omitted("a vote's: how many samples were drawn (n), in one upstream call")
+    valid_samples: int | Omittable = _omitted("a vote's: how many samples matched the signature (those voted)")
+    repairs: int | Omittable = _omitted(
+        "how many repair calls were made (config.repair) after replies that did not match the signature; "
+        "present when any was")
     usage: Usage
     cost_usd: Cost
     latency_ms: float
