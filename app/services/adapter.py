@@ -210,11 +210,14 @@ def response_format(signature: Signature, name: str | None = None) -> dict[str, 
 
 
 def _error_line(error: Mapping[str, Any]) -> str:
-    loc = ".".join(str(p) for p in error.get("loc") or ()) or "(the reply as a whole)"
     msg = str(error.get("msg") or "invalid")
+    if error.get("type") == "json_invalid":
+        msg = f"not valid JSON ({msg})"
     if len(msg) > MAX_REPAIR_ERROR_CHARS:
         msg = msg[: MAX_REPAIR_ERROR_CHARS - 3] + "..."
-    return f"- `{loc[:MAX_REPAIR_ERROR_CHARS]}`: {msg}"
+    loc = ".".join(str(p) for p in error.get("loc") or ())
+    where = f"`{loc[:MAX_REPAIR_ERROR_CHARS]}`" if loc else "the reply as a whole"
+    return f"- {where}: {msg}"
 
 
 def repair_prompt(
