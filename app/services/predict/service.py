@@ -26,9 +26,9 @@ from app.errors import OutputTruncatedError, OutputValidationError, VGateError
 from app.metrics import Metrics
 from app.services.adapter import build_messages, demo_messages, response_format
 from app.services.lm import LMClient, LMResult
-from app.services.predict.repair import with_repair
+from app.services.predict.repair import Ask, with_repair
 from app.services.predict.result import BatchResult, Prediction
-from app.services.predict.voting import voted
+from app.services.predict.voting import SampleAsk, voted
 from app.services.programs import Module, PredictConfig
 from app.services.signature import REASONING_FIELD, Signature
 from app.settings import Settings
@@ -157,7 +157,7 @@ class PredictService:
         prediction.latency_ms = (time.perf_counter() - started) * 1000
         return prediction
 
-    async def _once(self, ask, sig: Signature, messages: list[dict[str, Any]], module: Module,
+    async def _once(self, ask: Ask, sig: Signature, messages: list[dict[str, Any]], module: Module,
                     cfg: PredictConfig, max_tokens: int, deadline: float) -> Prediction:
         repair = DEFAULT_REPAIR if cfg.repair is None else cfg.repair
         done = await with_repair(ask, sig, messages, repair=repair, deadline=deadline, max_tokens=max_tokens,
@@ -175,7 +175,7 @@ class PredictService:
             repairs=done.repairs,
         )
 
-    async def _vote(self, ask, sig: Signature, messages: list[dict[str, Any]], module: Module, n: int,
+    async def _vote(self, ask: SampleAsk, sig: Signature, messages: list[dict[str, Any]], module: Module, n: int,
                     max_tokens: int) -> Prediction:
         cot = module == "chain_of_thought"
         fields = [f for f in sig.output_names if not (cot and f == REASONING_FIELD)]
