@@ -1,7 +1,7 @@
 """POST /v1/chat/completions: the request becomes a job; its answer is a `chat.completion` or its chunks.
 
-`n` choices are n engine sequences of the one prompt (vLLM shares its KV cache: the prefix cache
-here), each its own sample (completion.py). As vLLM counts them: the prompt once, the completion
+`n` choices are n engine sequences of the one prompt (vLLM shares its KV cache; here the prefix
+cache serves what it already holds), each its own sample (completion.py). As vLLM counts them: the prompt once, the completion
 tokens summed over the choices. A stream opens with a role chunk per choice, then each chunk
 carries one choice's delta, `index` saying which.
 """
