@@ -112,6 +112,15 @@ async def test_chain_of_thought_with_n_1_does_not_vote(sim_url):
     assert r.status_code == 200 and "samples" not in r.json() and "n" not in rec.bodies[0]
 
 
+async def test_module_predict_with_n_above_1_votes_too(sim_url):
+    rec = Recorder()
+    async with gateway(sim_url, lm_transport=rec) as gw:
+        r = await gw.client.post("/predict", json={"signature": SIG, "inputs": INPUTS, "config": {"n": 3}})
+    assert r.status_code == 200, r.text
+    outputs, agreement = expected_vote(await direct_samples(sim_url, rec.bodies[0]))
+    assert r.json()["outputs"] == outputs and r.json()["samples"] == 3 and r.json()["module"] == "predict"
+
+
 async def test_invalid_samples_are_dropped_from_the_vote(sim_url):
     fault = "bad_output=type;bad_choices=2"  # the first two samples break their first field
     rec = Recorder(fault)
