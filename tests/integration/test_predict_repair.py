@@ -35,6 +35,7 @@ async def test_a_bad_reply_is_fixed_by_one_repair(sim_url):
         r = await predict(gw)
         fixed = gw.metric("vgate_predict_repairs_total", outcome="fixed")
         failed = gw.metric("vgate_predict_repairs_total", outcome="failed")
+        cost = gw.metric("vgate_cost_usd_total", model="sim-model", route="predict")
     assert r.status_code == 200, r.text
     body = r.json()
     assert isinstance(body["outputs"]["answer"], int) and body["repairs"] == 1
@@ -44,6 +45,7 @@ async def test_a_bad_reply_is_fixed_by_one_repair(sim_url):
     # usage and cost: both calls, as the simulator counted them
     assert body["usage"]["prompt_tokens"] == stats["prompt_tokens_total"]
     assert body["usage"]["completion_tokens"] == stats["generation_tokens_total"]
+    assert body["cost_usd"] == pytest.approx(cost) and cost > 0  # both calls' cost
     assert fixed == 1 and failed == 0
     # the repair is the first call's conversation, the bad reply, and the errors
     first, repair = rec.bodies
