@@ -204,6 +204,20 @@ class Metrics:
         self.predictions = Counter(
             "vgate_predictions", "Predictions by outcome", ["module", "outcome"], registry=r
         )
+        # Repair calls (config.repair): fixed when the repair's reply matched the signature, else failed.
+        self.predict_repairs = Counter(
+            "vgate_predict_repairs", "Repair calls after a reply that did not match the signature, by outcome",
+            ["outcome"], registry=r,
+        )
+        # Samples of voting predictions (module majority, n > 1): valid ones vote, invalid ones are dropped.
+        self.predict_samples = Counter(
+            "vgate_predict_samples", "Samples drawn for majority votes, by whether they matched the signature",
+            ["outcome"], registry=r,
+        )
+        for outcome in ("fixed", "failed"):
+            self.predict_repairs.labels(outcome=outcome)
+        for outcome in ("valid", "invalid"):
+            self.predict_samples.labels(outcome=outcome)
 
         # tools and agent
         self.tool_calls = Counter(

@@ -180,7 +180,15 @@ class StepTrace(BaseModel):
 class PredictionResult(BaseModel):
     outputs: dict[str, Any] = Field(description="the signature's output fields, in their declared types")
     reasoning: str | Omittable = _omitted("the chain of thought (module chain_of_thought)")
-    usage: Usage = Field(description="summed over the steps of a multi-step program")
+    agreement: dict[str, float] | Omittable = _omitted(
+        "a vote's (module majority, or config.n > 1): per output field, the share of valid samples that gave "
+        "the winning value")
+    samples: int | Omittable = _omitted("a vote's: how many samples were drawn (n), in one upstream call")
+    valid_samples: int | Omittable = _omitted("a vote's: how many samples matched the signature (those voted)")
+    repairs: int | Omittable = _omitted(
+        "how many repair calls were made (config.repair) after replies that did not match the signature; "
+        "present when any was")
+    usage: Usage = Field(description="summed over the steps of a multi-step program (and a prediction's repairs)")
     cost_usd: Cost
     latency_ms: float
     ttft_ms: float | None = Field(description="time to the first token, when the upstream streamed")

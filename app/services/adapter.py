@@ -29,6 +29,12 @@ demos usable under chain of thought, where they have no ``reasoning``; structure
 forces every key into the real answer. A demo with no output field at all teaches nothing and is
 skipped.
 
+Repair (``config.repair``): a reply that did not match the signature is followed by two more
+messages, the reply itself (assistant) and :func:`repair_prompt` (user): what was wrong, each
+validation error as ``loc: msg`` (at most ``MAX_REPAIR_ERRORS``, each cut to
+``MAX_REPAIR_ERROR_CHARS``), and the reply format again. The conversation before them is unchanged,
+so the repair call shares the first call's cached prefix.
+
 Pure functions, no I/O.
 """
 
@@ -49,6 +55,8 @@ __all__ = [
     "demo_messages",
     "render_demo_outputs",
     "render_inputs",
+    "repair_messages",
+    "repair_prompt",
     "response_format",
     "schema_name",
     "system_prompt",
@@ -56,6 +64,8 @@ __all__ = [
 
 DEMO_METADATA_KEYS = frozenset({"augmented"})  # DSPy marks bootstrapped demos with it
 NO_INPUTS_TEXT = "(no input fields)"
+MAX_REPAIR_ERRORS = 10  # validation errors shown to the model in a repair prompt ...
+MAX_REPAIR_ERROR_CHARS = 200  # ... each cut to this many characters
 
 
 def _render_value(value: Any) -> str:
@@ -197,3 +207,50 @@ def response_format(signature: Signature, name: str | None = None) -> dict[str, 
             "strict": True,
         },
     }
+
+
+def _error_line(error: Mapping[str, Any]) -> str:
+    msg = str(error.get("msg") or "invalid")
+    if error.get("type") == "json_invalid":
+        msg = f"not valid JSON ({msg})"
+    if len(msg) > MAX_REPAIR_ERROR_CHARS:
+        msg = msg[: MAX_REPAIR_ERROR_CHARS - 3] + "..."
+    loc = ".".join(str(p) for p in error.get("loc") or ())
+    where = f"`{loc[:MAX_REPAIR_ERROR_CHARS]}`" if loc else "the reply as a whole"
+    return f"- {where}: {msg}"
+
+
+def repair_prompt(
+    signature: Signature, errors: Sequence[Mapping[str, Any]], *, cut_at_tokens: int | None = None
+) -> str:
+    """The user message asking for a corrected reply: the validation errors (``{"loc", "msg"}``,
+    bounded), or, for a reply cut off by ``max_tokens`` (``cut_at_tokens``), that it was too long."""
+    keys = ", ".join(json.dumps(n) for n in signature.output_names)
+    if cut_at_tokens is not None:
+        head = (f"Your reply was cut off at the limit of {cut_at_tokens} tokens before the JSON object was "
+                "complete. Keep every value short.")
+    else:
+        lines = [_error_line(e) for e in errors[:MAX_REPAIR_ERRORS]]
+        if len(errors) > MAX_REPAIR_ERRORS:
+            lines.append(f"- and {len(errors) - MAX_REPAIR_ERRORS} more")
+        head = "Your reply does not match the required output format:\n" + (
+            "\n".join(lines) if lines else "- it could not be read as the required JSON object")
+    return (f"{head}\n\nReply again with only the corrected JSON object, with exactly these keys, in this "
+            f"order: {keys}. Give each value the type listed above. Do not write anything outside the JSON "
+            "object.")
+
+
+def repair_messages(
+    messages: Sequence[Mapping[str, Any]],
+    signature: Signature,
+    reply: str,
+    errors: Sequence[Mapping[str, Any]],
+    *,
+    cut_at_tokens: int | None = None,
+) -> list[dict[str, Any]]:
+    """``messages`` followed by the bad ``reply`` (assistant) and the :func:`repair_prompt` (user)."""
+    return [
+        *messages,
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": repair_prompt(signature, errors, cut_at_tokens=cut_at_tokens)},
+    ]

@@ -5,7 +5,8 @@ Order of decisions for a request:
 1. Tool calls, by the rules in tools.py -> finish_reason `tool_calls`.
 2. Else, if the last message is a tool result -> `Result: <content>` lines.
 3. Else, structured outputs (`json_schema` / `structured_outputs.json` -> JSON
-   that validates; `json_object` -> `{"answer": ...}`; `choice` -> one choice).
+   that validates; `json_object` -> `{"answer": ...}`; `choice` -> one choice);
+   under the `bad_output` fault, a reply that breaks them (below).
 4. Else plain text: a few sentences about the last user message's topics,
    at least `min_tokens` long, exactly `SimConfig.output_tokens` if set.
 
@@ -16,6 +17,14 @@ arguments, a cut JSON is invalid, as with a real model).
 
 One piece is one completion token and one stream chunk: a reasoning or content
 token, a tool call's opening (id and name), or a token of its arguments.
+
+Choices (vLLM's `n`): choice `sample` of a request draws from its own generator, seeded by the
+request and the index (choice 0's is the one an n=1 request gets), so the n choices differ and each
+is the same on every run.
+
+`bad_output` (a fault, faults.py) makes a structured reply break its format, as a model served
+without structured outputs would: `text` ignores it (plain text, not JSON); `type` writes the JSON
+with its first property's value of the wrong type (a number for a string, else a string).
 """
 
 from __future__ import annotations
@@ -82,20 +91,34 @@ class Completion:
                 f'"function":{{"name":{dumps(call.name)},"arguments":""}}}}]}}')
 
 
-def _answer(req: ChatRequest, config: SimConfig, rng: Any, words: list[str]) -> tuple[list[str], str]:
+BAD_OUTPUTS = ("text", "type")
+
+
+def _answer(req: ChatRequest, config: SimConfig, rng: Any, words: list[str],
+            bad_output: str | None = None) -> tuple[list[str], str]:
     """Content tokens for a turn without tool calls, and the plan for the reasoning text."""
     results = tool_results_text(req.messages)
     if results is not None:
         return tokenize(results), "The tool returned its result, so I can answer now."
-    if req.output_format is not None:
+    if req.output_format is not None and bad_output != "text":
         kind, spec = req.output_format
         if kind == "choice":
             return tokenize(rng.choice(spec)), "I must pick one of the given choices."
         value = {"answer": phrase(rng, words)} if kind == "json_object" else _schema_instance(spec, rng, words)
+        if bad_output == "type":
+            value = _wrong_type(value)
         return tokenize(json.dumps(value, ensure_ascii=False)), "I will answer in the requested JSON format."
     fixed = config.output_tokens
     tokens = tokenize(plain_text(rng, words, max(req.min_tokens, fixed or 0)))
     return (tokens[:fixed] if fixed else tokens), "I will answer directly."
+
+
+def _wrong_type(value: Any) -> Any:
+    """The object with its first property's value of another JSON type (anything else as it is)."""
+    if not isinstance(value, dict) or not value:
+        return "not the requested JSON"
+    first = next(iter(value))
+    return {**value, first: 12345 if isinstance(value[first], str) else "not a valid value"}
 
 
 def _schema_instance(schema: Any, rng: Any, words: list[str]) -> Any:
@@ -107,8 +130,10 @@ def _schema_instance(schema: Any, rng: Any, words: list[str]) -> Any:
 
 
 def build_completion(req: ChatRequest, config: SimConfig, reasoning: bool,
-                     prompt: list[str] | None = None) -> Completion:
-    """What the model answers to `req`; `prompt` (tokens) replaces the chat template's rendering."""
+                     prompt: list[str] | None = None, *, sample: int = 0,
+                     bad_output: str | None = None) -> Completion:
+    """What the model answers to `req` as its choice `sample`; `prompt` (tokens) replaces the chat
+    template's rendering; `bad_output` (text, type) breaks a structured reply."""
     if prompt is None:
         prompt = prompt_tokens(req.messages, req.tools)
     n_prompt = len(prompt)
@@ -118,7 +143,8 @@ def build_completion(req: ChatRequest, config: SimConfig, reasoning: bool,
             f"contains {n_prompt} input tokens. Please reduce the length of the input messages.",
             param="messages")
     seed = config.seed if req.seed is None else req.seed
-    rng = seeded_rng(seed, json.dumps(req.messages, sort_keys=True))
+    key = json.dumps(req.messages, sort_keys=True)
+    rng = seeded_rng(seed, key if sample == 0 else f"{key}\0choice {sample}")
     users = [m for m in req.messages if m.get("role") == "user"]
     words = topics(content_text(users[-1]) if users else " ".join(content_text(m) for m in req.messages))
 
@@ -135,7 +161,7 @@ def build_completion(req: ChatRequest, config: SimConfig, reasoning: bool,
             pieces.append((CALL, index, call.name))
             pieces.extend((ARGS, index, token) for token in tokenize(call.arguments))
     else:
-        content, plan = _answer(req, config, rng, words)
+        content, plan = _answer(req, config, rng, words, bad_output)
         pieces.extend((CONTENT, 0, token) for token in content)
     if reasoning:
         pieces[:0] = [(REASONING, 0, token) for token in tokenize(reasoning_text(rng, words, plan))]

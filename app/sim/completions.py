@@ -81,6 +81,7 @@ def completions_job(call: Call) -> Job:
                     min_tokens=int_field(body, "min_tokens", 0) or 0, seed=seed_field(body),
                     output_format=output_format(body))
     completions = [build_completion(ChatRequest(messages=[{"role": "user", "content": text}], **template),
-                                    config, False, prompt=tokens) for text, tokens in prompts]
+                                    config, False, prompt=tokens, bad_output=call.bad_output(i))
+                   for i, (text, tokens) in enumerate(prompts)]
     writer = CompletionsWriter(call.response_id("cmpl-"), call.created, config.model, completions, include_usage)
     return Job(completions, writer, stream)

@@ -18,6 +18,10 @@ A spec is `key=value` pairs separated by `;` or `,`, e.g. `status=500;times=2`:
                            all with HTTP 200 as vLLM does; non-stream: a 500 error
     hang=1                 never answer; the request ends (and counts as aborted) when the client leaves
     keepalive=1            stream: a `: keep-alive` SSE comment before every event (valid; clients must skip it)
+    bad_output=text        chat/completions: a structured reply (response_format, structured_outputs) breaks
+                           its format, as from a server without structured outputs: `text` (or 1) ignores
+                           it (plain text); `type` writes the JSON with its first value of the wrong type
+    bad_choices=K          with bad_output and n > 1: only the first K choices break (default: all)
 
 `times` and `rate` only decide whether the fault fires; everything else says what it does.
 The header replaces the configured default entirely; `x-sim-fault: none` turns it off.
@@ -48,6 +52,8 @@ class FaultSpec:
     stream_error: int | None = None
     hang: bool = False
     keepalive: bool = False
+    bad_output: str | None = None
+    bad_choices: int | None = None
     group: str | None = None
 
     @classmethod
@@ -67,6 +73,8 @@ class FaultSpec:
             try:
                 if key == "group":
                     values[key] = raw
+                elif key == "bad_output":
+                    values[key] = _bad_output(raw)
                 elif key in ("malformed", "hang", "keepalive"):
                     values[key] = raw.lower() in ("1", "true", "yes", "on")
                 elif "float" in types[key]:
@@ -84,6 +92,8 @@ class FaultSpec:
             raise ValueError("stream_error must be >= 1 (the role chunk comes first)")
         if spec.drop_after_chunks is not None and spec.drop_after_chunks < 0:
             raise ValueError("drop_after_chunks must be >= 0")
+        if spec.bad_choices is not None and spec.bad_choices < 0:
+            raise ValueError("bad_choices must be >= 0")
         return spec
 
     @property
@@ -101,7 +111,20 @@ class FaultSpec:
             return "stream_error"
         if self.keepalive:
             return "keepalive"
+        if self.bad_output is not None:
+            return "bad_output"
         return "slow_first_token"
+
+
+def _bad_output(raw: str) -> str | None:
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on", "text"):
+        return "text"
+    if value == "type":
+        return "type"
+    if value in ("0", "false", "no", "off"):
+        return None
+    raise ValueError(raw)
 
 
 class FaultInjector:

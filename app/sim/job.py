@@ -15,6 +15,7 @@ from typing import Protocol
 
 from app.sim.completion import Completion
 from app.sim.config import SimConfig
+from app.sim.faults import FaultSpec
 
 _TRUE = (b"1", b"true", b"yes", b"on")
 
@@ -30,6 +31,14 @@ class Call:
     request_id: str | None = None  # the X-Request-Id header
     reasoning_header: bytes | None = None  # the x-sim-reasoning header
     created: int = field(default_factory=lambda: int(time.time()))
+    fault: FaultSpec | None = None  # the fault picked for it, when it changes what the model writes
+
+    def bad_output(self, choice: int) -> str | None:
+        """How the `bad_output` fault breaks this choice's structured reply (None: it does not)."""
+        f = self.fault
+        if f is None or f.bad_output is None or (f.bad_choices is not None and choice >= f.bad_choices):
+            return None
+        return f.bad_output
 
     def response_id(self, prefix: str) -> str:
         """`prefix` + the X-Request-Id header, else + 32 hex digits (as vLLM)."""
@@ -71,6 +80,11 @@ class Job:
     writer: Writer  # a StreamWriter when `stream`
     stream: bool = False
     generates: bool = True  # False: pooling (embeddings): a sequence only prefills, then it is done
+    shared_prompt: bool = False  # the completions are choices of one prompt (n): its tokens count once
+
+    def prompt_tokens(self, index: int, completion: Completion) -> int:
+        """Prompt tokens to count for completion `index`."""
+        return 0 if self.shared_prompt and index else completion.prompt_tokens
 
     def length(self, completion: Completion) -> int:
         """How many tokens the engine produces for `completion` (pooling: the one output after prefill)."""

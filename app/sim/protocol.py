@@ -55,6 +55,7 @@ class ChatRequest:
     tool_choice: str | dict[str, Any] | None = None
     output_format: tuple[str, Any] | None = None  # ("json_schema", schema) | ("json_object", None) | ("choice", [...])
     enable_thinking: bool | None = None  # chat_template_kwargs.enable_thinking
+    n: int = 1  # choices to sample from the one prompt (vLLM's `n`)
 
 
 def int_field(body: dict[str, Any], name: str, minimum: int) -> int | None:
@@ -156,15 +157,27 @@ def load_body(raw: bytes, config: SimConfig) -> dict[str, Any]:
     return body
 
 
-def stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
-    """(stream, stream_options.include_usage), checked as vLLM does; also refuses n > 1."""
+MAX_N = 128  # choices per request the simulator samples
+
+
+def stream_flags(body: dict[str, Any], *, allow_n: bool = False) -> tuple[bool, bool]:
+    """(stream, stream_options.include_usage), checked as vLLM does; refuses n > 1 unless ``allow_n``
+    (chat completions sample n choices; the other endpoints make one per prompt)."""
     stream = bool(body.get("stream") or False)
     options = body.get("stream_options")
     if options is not None and not stream:
         raise RequestError("Stream options can only be defined when `stream=True`.", param="stream_options")
-    if body.get("n") not in (None, 1):
-        raise RequestError("The simulator supports only n=1", param="n")
+    if not allow_n and body.get("n") not in (None, 1):
+        raise RequestError("The simulator supports only n=1 here", param="n")
     return stream, bool(isinstance(options, dict) and options.get("include_usage"))
+
+
+def n_field(body: dict[str, Any]) -> int:
+    """`n`: how many choices to sample (1 to ``MAX_N``)."""
+    n = int_field(body, "n", 1)
+    if n is not None and n > MAX_N:
+        raise RequestError(f"`n` must be at most {MAX_N}, got {n}", param="n")
+    return n or 1
 
 
 def seed_field(body: dict[str, Any]) -> int | None:
@@ -210,7 +223,7 @@ def parse_chat_request(raw: bytes, config: SimConfig) -> ChatRequest:
     if not isinstance(messages, list) or not messages \
             or not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
         raise RequestError("`messages` must be a non-empty list of messages with a `role`", param="messages")
-    stream, include_usage = stream_flags(body)
+    stream, include_usage = stream_flags(body, allow_n=True)
     max_completion = int_field(body, "max_completion_tokens", 1)
     max_tokens = int_field(body, "max_tokens", 1)
     kwargs = body.get("chat_template_kwargs")
@@ -227,6 +240,7 @@ def parse_chat_request(raw: bytes, config: SimConfig) -> ChatRequest:
         tool_choice=tool_choice,
         output_format=output_format(body),
         enable_thinking=thinking if isinstance(thinking, bool) else None,
+        n=n_field(body),
     )
 
 
@@ -235,15 +249,16 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "completion_tokens": completion_tokens}
 
 
-def completion_body(completion_id: str, created: int, model: str, message: dict[str, Any],
-                    finish_reason: str, usage_: dict[str, int]) -> bytes:
+def completion_body(completion_id: str, created: int, model: str, choices: list[tuple[dict[str, Any], str]],
+                    usage_: dict[str, int]) -> bytes:
+    """A `chat.completion`: one choice per (message, finish_reason), indexed in order."""
     return _dumps({
         "id": completion_id,
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason,
-                     "stop_reason": None}],
+        "choices": [{"index": i, "message": message, "logprobs": None, "finish_reason": finish_reason,
+                     "stop_reason": None} for i, (message, finish_reason) in enumerate(choices)],
         "usage": usage_,
     }).encode()
 
@@ -257,9 +272,10 @@ class ChunkRenderer:
         self._head = f"data: {self._base}" + '"choices":[{"index":0,"delta":'
         self._choice = f"data: {self._base}" + '"choices":[{"index":'
 
-    def delta(self, delta_json: str, finish_reason: str | None = None) -> str:
+    def delta(self, delta_json: str, finish_reason: str | None = None, index: int = 0) -> str:
         finish = "null" if finish_reason is None else f'"{finish_reason}"'
-        return f'{self._head}{delta_json},"logprobs":null,"finish_reason":{finish}}}]}}\n\n'
+        head = self._head if index == 0 else f'{self._choice}{index},"delta":'
+        return f'{head}{delta_json},"logprobs":null,"finish_reason":{finish}}}]}}\n\n'
 
     def text(self, index: int, text: str, finish_reason: str | None = None) -> str:
         """A `text_completion` chunk (/v1/completions): the finish_reason rides on the last token's chunk."""
@@ -267,8 +283,8 @@ class ChunkRenderer:
         return (f'{self._choice}{index},"text":{_dumps(text)},"logprobs":null,"finish_reason":{finish},'
                 f'"stop_reason":null}}]}}\n\n')
 
-    def role(self) -> str:
-        return self.delta('{"role":"assistant","content":""}')
+    def role(self, index: int = 0) -> str:
+        return self.delta('{"role":"assistant","content":""}', index=index)
 
     def usage(self, usage_: dict[str, int]) -> str:
         return f'data: {self._base}"choices":[],"usage":{_dumps(usage_)}}}\n\n'

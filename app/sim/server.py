@@ -209,6 +209,9 @@ class SimApp:
                 fault = self.faults.pick(fault_header, call.request_id, raw)
             except ValueError as exc:
                 raise RequestError(f"Bad x-sim-fault header: {exc}") from None
+            if fault is not None and fault.bad_output is not None:
+                call.fault = fault
+                job = build(call)  # again, now writing what the fault makes of it
         except RequestError as exc:
             await _send(send, exc.status, error_body(exc.message, exc.status, exc.param))
             return
@@ -233,18 +236,20 @@ class SimApp:
                 await work  # zero-latency: nothing to wait for, so no disconnect watch
             elif not await _until_disconnect(work, receive):
                 self.stats.requests_aborted += 1
-                for c, seq in zip(job.completions, seqs, strict=True):
-                    self.stats.finished("abort", c.prompt_tokens if seq.produced else 0, job.generated(seq.produced))
+                for i, (c, seq) in enumerate(zip(job.completions, seqs, strict=True)):
+                    self.stats.finished("abort", job.prompt_tokens(i, c) if seq.produced else 0,
+                                        job.generated(seq.produced))
         finally:
             for seq in seqs:
                 self.engine.release(seq)
 
     def _finished(self, job: Job, seqs: list[Sequence]) -> None:
-        for c, seq in zip(job.completions, seqs, strict=True):
-            self.stats.finished(c.finish_reason, c.prompt_tokens, job.generated(seq.total))
+        for i, (c, seq) in enumerate(zip(job.completions, seqs, strict=True)):
+            self.stats.finished(c.finish_reason, job.prompt_tokens(i, c), job.generated(seq.total))
 
     def _usage(self, job: Job, seqs: list[Sequence]) -> tuple[int, int]:
-        return sum(c.prompt_tokens for c in job.completions), sum(job.generated(s.total) for s in seqs)
+        return (sum(job.prompt_tokens(i, c) for i, c in enumerate(job.completions)),
+                sum(job.generated(s.total) for s in seqs))
 
     async def _send_fault_status(self, send: Send, fault: FaultSpec) -> None:
         status = fault.status or 500

@@ -186,7 +186,7 @@ async def test_a_refusal_carries_the_remaining_headers(sim_url, store):
 
 
 async def test_calls_the_upstream_refused_are_not_requests_in_the_usage_report(sim_url, store):
-    bad = {**CHAT, "n": 2}  # the simulator answers 400
+    bad = {**CHAT, "seed": "x"}  # the simulator answers 400
     async with gateway(sim_url, api_keys=keys(budget_usd_daily=5.0), **store) as gw:
         r = await gw.client.post("/v1/chat/completions", json=bad, headers=bearer(KEY))
         await gw.state.meter.drain()

@@ -10,11 +10,15 @@ import pytest
 
 from app.errors import InvalidRequestError
 from app.services.adapter import (
+    MAX_REPAIR_ERROR_CHARS,
+    MAX_REPAIR_ERRORS,
     NO_INPUTS_TEXT,
     build_messages,
     default_instructions,
     demo_messages,
     render_inputs,
+    repair_messages,
+    repair_prompt,
     response_format,
     schema_name,
     system_prompt,
@@ -229,3 +233,38 @@ def test_schema_name_is_safe(name: str | None, expected: str) -> None:
 def test_schema_name_from_many_outputs_is_bounded() -> None:
     sig = parse_signature("q -> " + ", ".join(f"output_field_{i}" for i in range(20)))
     assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", schema_name(sig))
+
+
+# --- repair prompts ----------------------------------------------------------------------------
+
+
+def test_repair_prompt_shows_each_error_and_the_format() -> None:
+    errors = [{"loc": ["answer"], "msg": "Input should be a valid string", "type": "string_type"},
+              {"loc": ["items", 0, "name"], "msg": "Field required", "type": "missing"}]
+    text = repair_prompt(SIG, errors)
+    assert "- `answer`: Input should be a valid string" in text
+    assert "- `items.0.name`: Field required" in text
+    assert '"answer", "confidence"' in text and "only the corrected JSON object" in text
+
+
+def test_repair_prompt_names_a_json_error_and_a_cut_off_reply() -> None:
+    text = repair_prompt(SIG, [{"loc": [], "msg": "Expecting value: line 1 column 1 (char 0)",
+                                "type": "json_invalid"}])
+    assert "- the reply as a whole: not valid JSON (Expecting value" in text
+    cut = repair_prompt(SIG, [], cut_at_tokens=64)
+    assert "cut off at the limit of 64 tokens" in cut and "does not match" not in cut
+
+
+def test_repair_prompt_is_bounded() -> None:
+    errors = [{"loc": [f"f{i}"], "msg": "x" * 5000, "type": "t"} for i in range(50)]
+    text = repair_prompt(SIG, errors)
+    assert text.count("\n- `f") == MAX_REPAIR_ERRORS and "- and 40 more" in text
+    assert len(text) < MAX_REPAIR_ERRORS * (MAX_REPAIR_ERROR_CHARS + 20) + 500
+
+
+def test_repair_messages_extend_the_conversation() -> None:
+    messages = build_messages(SIG, {"context": ["a"], "question": "q"})
+    out = repair_messages(messages, SIG, '{"answer": 1}', [{"loc": ["answer"], "msg": "bad", "type": "t"}])
+    assert out[:-2] == messages and len(messages) == 2  # the prefix is unchanged (prefix cache)
+    assert out[-2] == {"role": "assistant", "content": '{"answer": 1}'}
+    assert out[-1]["role"] == "user" and "`answer`: bad" in out[-1]["content"]

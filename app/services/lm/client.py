@@ -136,14 +136,19 @@ class LMClient:
         request_id: str | None = None,
         headers: dict[str, str] | None = None,
         on_usage: UsageCallback | None = None,
+        deadline: float | None = None,
         **params: Any,
     ) -> LMResult:
         """One chat completion, aggregated. Raises a ``VGateError`` subclass on failure.
 
         Nothing reaches the caller before the end, so a call whose stream broke midway is replayed
         (on another upstream when there is one), within the retry budget and the deadline; the
-        broken attempt keeps its own books (the work it cost is counted once, as estimated)."""
-        deadline = time.perf_counter() + self.settings.request_timeout_s
+        broken attempt keeps its own books (the work it cost is counted once, as estimated).
+        ``deadline`` (``time.perf_counter``'s clock): the caller's own, when it ends before the call's
+        ``request_timeout_s`` would (a request that makes several calls in turn). With ``n`` > 1 the
+        result's ``choices`` has every choice."""
+        deadline = min(time.perf_counter() + self.settings.request_timeout_s,
+                       deadline if deadline is not None else float("inf"))
         exclude: set[Upstream] = set()
         replays = 0
         while True:
@@ -226,7 +231,7 @@ class LMClient:
                             raise UpstreamTimeoutError("upstream call exceeded its deadline")
                         chunk = await next_chunk(call.opened.lines)
                 except EndOfStream:
-                    if acc.finish_reason is None:  # cut off: never pass half an answer as whole
+                    if not acc.finished(call.outputs):  # cut off: never pass half an answer as whole
                         self.dispatch.broke(call)
                         raise StreamBroke("upstream closed the stream before finishing", call.upstream,
                                           call.label) from None
@@ -302,9 +307,10 @@ class LMClient:
         decode_s = latency - (call.ttft or 0.0)
         tps = usage.completion_tokens / decode_s if decode_s > 0 and usage.completion_tokens else None
         call.tokens_per_s = tps
+        choices = acc.choices(call.outputs)
         return LMResult(
-            content="".join(acc.content),
-            reasoning="".join(acc.reasoning) or None,
+            content=choices[0].content,
+            reasoning=choices[0].reasoning,
             tool_calls=acc.tool_calls(),
             finish_reason=acc.finish_reason,
             usage=usage,
@@ -316,4 +322,5 @@ class LMClient:
             attempts=call.attempts,
             upstream_id=acc.id,
             queue_ms=(call.started - call.entered) * 1000,
+            choices=choices,
         )

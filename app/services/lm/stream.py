@@ -17,7 +17,7 @@ import msgspec
 
 from app.errors import UpstreamError
 from app.services.lm.errors import log, malformed
-from app.services.lm.types import ContentDelta, ReasoningDelta, StreamEvent, ToolCall, ToolCallDelta
+from app.services.lm.types import ContentDelta, LMChoice, ReasoningDelta, StreamEvent, ToolCall, ToolCallDelta
 
 Count = Annotated[int, msgspec.Meta(ge=0)]
 
@@ -85,10 +85,24 @@ async def next_chunk(lines: AsyncIterator[str]) -> Chunk | None:
     raise EndOfStream
 
 
-class Accumulator:
-    """Folds streamed chunks into one result, and counts what was streamed (for a call cut short)."""
+class OtherChoice:
+    """What a choice past the first (vLLM's ``n`` > 1) streamed: its text and how it finished."""
 
-    __slots__ = ("id", "content", "reasoning", "tools", "finish_reason", "usage", "model", "token_chunks")
+    __slots__ = ("content", "reasoning", "finish_reason")
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.finish_reason: str | None = None
+
+
+class Accumulator:
+    """Folds streamed chunks into one result, and counts what was streamed (for a call cut short).
+
+    Choice 0 makes the events and the result's text; the choices past it (``n`` > 1: vLLM streams
+    each chunk for one choice, ``index`` saying which) are folded apart, in ``others``, with no events."""
+
+    __slots__ = ("id", "content", "reasoning", "tools", "finish_reason", "usage", "model", "token_chunks", "others")
 
     def __init__(self) -> None:
         self.id: str | None = None
@@ -99,6 +113,7 @@ class Accumulator:
         self.usage: ChunkUsage | None = None
         self.model: str | None = None
         self.token_chunks = 0  # chunks that carried generated text: ~ one token each in vLLM
+        self.others: dict[int, OtherChoice] | None = None  # choices 1.. (n > 1)
 
     def feed(self, chunk: Chunk) -> list[StreamEvent]:
         if chunk.error is not None:
@@ -114,6 +129,9 @@ class Accumulator:
             self.usage = chunk.usage
         events: list[StreamEvent] = []
         for choice in chunk.choices:
+            if choice.index:
+                self._other(choice)
+                continue
             delta = choice.delta
             if delta is not None:
                 if delta.content:
@@ -140,6 +158,43 @@ class Accumulator:
         if events:
             self.token_chunks += 1
         return events
+
+    def _other(self, choice: Choice) -> None:
+        if self.others is None:
+            self.others = {}
+        other = self.others.get(choice.index)
+        if other is None:
+            other = self.others[choice.index] = OtherChoice()
+        delta = choice.delta
+        if delta is not None:
+            thought = delta.reasoning or delta.reasoning_content
+            if delta.content:
+                other.content.append(delta.content)
+            if thought:
+                other.reasoning.append(thought)
+            if delta.content or thought:
+                self.token_chunks += 1
+        if choice.finish_reason:
+            other.finish_reason = choice.finish_reason
+
+    def finished(self, n: int = 1) -> bool:
+        """Whether each of the ``n`` choices said how it finished (else the stream was cut off)."""
+        if self.finish_reason is None:
+            return False
+        if n <= 1:
+            return True
+        others = self.others or {}
+        return all(i in others and others[i].finish_reason is not None for i in range(1, n))
+
+    def choices(self, n: int) -> list[LMChoice]:
+        """The ``n`` choices, in index order (choice 0 from the main fold)."""
+        out = [LMChoice(0, "".join(self.content), "".join(self.reasoning) or None, self.finish_reason)]
+        others = self.others or {}
+        for i in range(1, n):
+            o = others.get(i)
+            out.append(LMChoice(i, "".join(o.content), "".join(o.reasoning) or None, o.finish_reason) if o is not None
+                       else LMChoice(i, "", None, None))
+        return out
 
     def tool_calls(self) -> list[ToolCall]:
         return [

@@ -50,7 +50,21 @@ class ToolCall:
 
 
 @dataclass(slots=True)
+class LMChoice:
+    """One of the choices of a call (vLLM's ``n``): its text and how it finished."""
+
+    index: int
+    content: str
+    reasoning: str | None
+    finish_reason: str | None
+
+
+@dataclass(slots=True)
 class LMResult:
+    """One call's answer. ``content``, ``reasoning`` and ``finish_reason`` are choice 0's; ``choices``
+    has every choice in index order (one, unless the call asked for ``n`` > 1); ``usage`` covers them
+    all (vLLM: the prompt once, the completion tokens summed over the choices)."""
+
     content: str
     reasoning: str | None
     tool_calls: list[ToolCall]
@@ -64,6 +78,7 @@ class LMResult:
     attempts: int
     upstream_id: str | None = None
     queue_ms: float = 0.0
+    choices: list[LMChoice] = field(default_factory=list)
 
 
 # Stream events handed to callers of ``stream_chat``.
