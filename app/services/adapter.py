@@ -75,7 +75,8 @@ def _render_value(value: Any) -> str:
 
 
 def _field_line(index: int, f: Field) -> str:
-    line = f"{index}. `{f.name}` ({f.type})"
+    limits = f.constraints.describe()
+    line = f"{index}. `{f.name}` ({f.type}; {limits})" if limits else f"{index}. `{f.name}` ({f.type})"
     return f"{line}: {f.desc}" if f.desc else line
 
 
@@ -99,6 +100,9 @@ def system_prompt(signature: Signature) -> str:
     lines = ["Your output fields are:"]
     lines += [_field_line(i, f) for i, f in enumerate(signature.outputs, 1)]
     parts.append("\n".join(lines))
+    types = signature.describe_types()
+    if types:
+        parts.append(types)
     if signature.inputs:
         parts.append(
             "Each user message gives the input fields as blocks:\n\n"

@@ -1,8 +1,8 @@
 """POST /v1/chat/completions: the request becomes a job; its answer is a `chat.completion` or its chunks.
 
 `n` choices are n engine sequences of the one prompt (vLLM shares its KV cache; here the prefix
-cache serves what it already holds), each its own sample (completion.py). As vLLM counts them: the prompt once, the completion
-tokens summed over the choices. A stream opens with a role chunk per choice, then each chunk
+cache serves what it already holds), each its own sample (completion.py). As vLLM counts them: the
+prompt once, the completion tokens summed over the choices. A stream opens with a role chunk per choice, then each chunk
 carries one choice's delta, `index` saying which.
 """
 

@@ -268,3 +268,21 @@ def test_repair_messages_extend_the_conversation() -> None:
     assert out[:-2] == messages and len(messages) == 2  # the prefix is unchanged (prefix cache)
     assert out[-2] == {"role": "assistant", "content": '{"answer": 1}'}
     assert out[-1]["role"] == "user" and "`answer`: bad" in out[-1]["content"]
+
+
+def test_the_system_prompt_describes_object_types_and_constraints():
+    """A field line shows only a type's name (``list[Contact]``): the prompt also says what a Contact
+    is, and a field's constraints, so a model without structured outputs can follow them (and a
+    repair's errors make sense to it)."""
+    from app.services.adapter import system_prompt
+    from app.services.signature import parse_signature
+
+    sig = parse_signature({
+        "types": {"Contact": {"name": "str", "email": {"type": "Optional[str]", "desc": "work address"}}},
+        "inputs": {"text": "str"},
+        "outputs": {"contacts": {"type": "list[Contact]", "max_items": 5}, "stars": {"type": "int", "ge": 1, "le": 5}},
+    })
+    prompt = system_prompt(sig)
+    assert "`contacts` (list[Contact]; at most 5 items)" in prompt
+    assert "`stars` (int; at least 1, at most 5)" in prompt
+    assert "`Contact`:" in prompt and "`email` (Optional[str]): work address" in prompt

@@ -46,6 +46,8 @@ from app.services.upstreams import Upstream, UpstreamPool
 from app.settings import Settings
 
 log = structlog.get_logger("vgate.lm")
+# Routes whose calls are items of a batch admitted whole (LMClient.admit_batch): no arrival check of their own.
+BATCH_ADMITTED = frozenset({"predict_batch", "evaluate", "optimize"})
 
 
 @dataclass(slots=True)
@@ -205,7 +207,7 @@ class LMClient:
         call = Call(model=model, label=self.model_label(model), route=route, messages=messages,
                     tools=tools, on_usage=on_usage, priority=self.dispatch.priority(priority_route or route),
                     affinity=self.dispatch.affinity(model, messages, tools),
-                    in_batch=priority_route == "predict_batch",
+                    in_batch=priority_route in BATCH_ADMITTED,
                     max_tokens=params.get("max_tokens") or params.get("max_completion_tokens"),
                     outputs=max(1, int(params.get("n") or 1)))
         if _exclude:
