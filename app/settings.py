@@ -239,6 +239,10 @@ class Settings(BaseSettings):
     predict_default_max_tokens: int = Field(512, ge=1)
     max_batch_size: int = Field(1000, ge=1)
     programs_dir: Path = PACKAGE_DIR / "programs"
+    # Where /optimize saves new program versions (name@3.json) when Redis is not configured; they are
+    # loaded from there at start, beside programs_dir's. Default: programs_dir, unless that is the
+    # package's own (never written into): then $XDG_DATA_HOME/vgate/programs (~/.local/share/...).
+    program_versions_dir: Path | None = None
 
     # --- /evaluate and /optimize --------------------------------------------
     # Examples in one /evaluate dataset (and in each of /optimize's trainset and valset); more is a 422.
@@ -334,6 +338,16 @@ class Settings(BaseSettings):
     def upstream_configs(self) -> list[UpstreamConfig]:
         """The upstreams: the list, or the single upstream_url."""
         return self.upstreams or [UpstreamConfig(url=self.upstream_url, api_key=self.upstream_api_key)]
+
+    @property
+    def versions_dir(self) -> Path:
+        """Where saved program versions go (``program_versions_dir``, or its default)."""
+        if self.program_versions_dir is not None:
+            return self.program_versions_dir
+        if self.programs_dir.resolve() != (PACKAGE_DIR / "programs").resolve():
+            return self.programs_dir
+        data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(data) / "vgate" / "programs"
 
     def priority_for(self, route: str) -> Priority:
         return self.priorities.get(route, "interactive")

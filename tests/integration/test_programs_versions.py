@@ -95,7 +95,8 @@ async def test_an_unwritable_programs_dir_is_a_clear_error(tmp_path):
         await save(registry)
     err = info.value
     assert err.status_code == 503 and err.type == "program_store_unavailable"
-    assert "not writable" in err.message and "VGATE_PROGRAMS_DIR" in err.message
+    assert "not writable" in err.message and "VGATE_PROGRAM_VERSIONS_DIR" in err.message
+    assert str(tmp_path) not in str(err.body())  # the server's paths stay in its log
     assert registry.resolve("sentiment").version == 1  # nothing half-saved
 
 
@@ -166,3 +167,31 @@ async def test_a_program_step_runs_the_newest_version_of_its_program_unless_pinn
         then = (await gw.client.post("/predict", json={"program": "both", "inputs": {"text": "great"}})).json()
     assert [s["program"] for s in first["trace"]] == ["sentiment", "sentiment"]
     assert [s["program"] for s in then["trace"]] == ["sentiment@2", "sentiment"]
+
+
+async def test_versions_of_the_bundled_programs_are_saved_outside_the_package(sim_url, tmp_path, monkeypatch):
+    """With the programs that ship in the package (no VGATE_PROGRAMS_DIR), a saved version goes to the
+    user's data directory ($XDG_DATA_HOME/vgate/programs), never into the installed package (a demo's
+    /optimize would otherwise change the repo's own program files), and is loaded back from there."""
+    import app.settings as settings_module
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    bundled = settings_module.PACKAGE_DIR / "programs"
+    before = sorted(p.name for p in bundled.iterdir())
+    async with gateway(sim_url) as gw:
+        v2 = await save(gw.state.programs)
+    saved = tmp_path / "data" / "vgate" / "programs" / "sentiment@2.json"
+    assert v2.version == 2 and saved.is_file()
+    assert sorted(p.name for p in bundled.iterdir()) == before
+    async with gateway(sim_url) as gw:
+        assert gw.state.programs.resolve("sentiment").version == 2
+        assert gw.state.programs.resolve("sentiment@1").demos != DEMOS
+
+
+async def test_program_versions_dir_says_where_versions_go(sim_url, programs_dir, tmp_path):
+    versions = tmp_path / "versions"
+    async with gateway(sim_url, programs_dir=programs_dir, program_versions_dir=versions) as gw:
+        await save(gw.state.programs)
+    assert (versions / "sentiment@2.json").is_file() and not (programs_dir / "sentiment@2.json").exists()
+    async with gateway(sim_url, programs_dir=programs_dir, program_versions_dir=versions) as gw:
+        assert gw.state.programs.resolve("sentiment").version == 2

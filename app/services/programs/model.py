@@ -139,14 +139,14 @@ def _read(path: Path) -> Program:
     return Program.model_validate(raw)
 
 
-def load_programs(directory: Path) -> dict[str, Program]:
-    """Load every program file in ``directory`` (``sentiment``, ``sentiment@3``: by reference).
-    Raises ``ValueError`` naming the broken file, and for a multi-step program the step and field."""
+def load_programs(*directories: Path) -> dict[str, Program]:
+    """Load every program file in ``directories`` (``sentiment``, ``sentiment@3``: by reference; a
+    directory that is not there holds none). Raises ``ValueError`` naming the broken file, and for a
+    multi-step program the step and field."""
     programs: dict[str, Program] = {}
     paths: dict[str, Path] = {}
-    if not directory.is_dir():
-        return programs
-    for path in sorted(directory.iterdir()):
+    files = [p for d in dict.fromkeys(d.resolve() for d in directories) if d.is_dir() for p in sorted(d.iterdir())]
+    for path in files:
         if path.suffix not in (".json", ".toml") or path.name.startswith("."):
             continue
         try:

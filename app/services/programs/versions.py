@@ -69,10 +69,12 @@ class FileVersions:
                 except FileExistsError:
                     version += 1
         except OSError as exc:
+            log.error("program_version_not_saved", program=program.name, version=version, directory=str(self.directory),
+                      error=exc.strerror or str(exc))
             raise ProgramStoreError(
-                f"cannot save version {version} of program {program.name!r}: the programs directory "
-                f"{self.directory} is not writable ({exc.strerror or exc}); set VGATE_PROGRAMS_DIR to a writable "
-                "directory, or VGATE_REDIS_URL to keep versions in Redis", directory=str(self.directory)) from None
+                f"cannot save version {version} of program {program.name!r}: the gateway's directory for program "
+                "versions is not writable (the operator sets VGATE_PROGRAM_VERSIONS_DIR, or VGATE_REDIS_URL to keep "
+                "versions in Redis)") from None
         finally:
             try:
                 tmp.unlink(missing_ok=True)
