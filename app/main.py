@@ -152,7 +152,8 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
     settings = settings or Settings()
     configure_logging(settings.log_format, settings.log_level)
     metrics = Metrics()
-    programs = ProgramRegistry(load_programs(settings.programs_dir, settings.versions_dir),  # fail at start on a broken program file
+    # fail at start on a broken program file
+    programs = ProgramRegistry(load_programs(settings.programs_dir, settings.versions_dir),
                                directory=settings.versions_dir)  # where saved versions go (without Redis)
     keyring = build_keyring(settings)
     meter = Meter(settings, metrics)
