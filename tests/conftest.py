@@ -16,6 +16,16 @@ def _serve(*args: str, timeout: float = 60) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Program versions a test saves with the bundled programs go to $XDG_DATA_HOME: a directory of
+    this run's own, never the user's (where a later run, or the demo, would serve them)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def _fresh_structlog() -> Iterator[None]:
     """Each test starts from structlog's defaults: an app built by an earlier test configures a
