@@ -99,6 +99,12 @@ class JobAccepted(BaseModel):
     location: str = Field(description="/jobs/{job_id}, also in the Location header")
 
 
+# The 202 of a route that may run as a job (OpenAPI).
+JOB_ACCEPTED: dict[int | str, dict[str, Any]] = {
+    202: {"model": JobAccepted, "description": "run as a job: GET /jobs/{job_id} gives its status and result",
+          "headers": {"Location": {"description": "/jobs/{job_id}", "schema": {"type": "string"}}}}}
+
+
 async def start_job(jobs: JobService, kind: str, work: Callable[[Any], Awaitable[dict[str, Any]]],
                     total: int) -> JSONResponse:
     """Submit ``work`` to the gateway's job service (owned by the caller's key); a 202 pointing at it."""
@@ -114,8 +120,7 @@ async def start_job(jobs: JobService, kind: str, work: Callable[[Any], Awaitable
     response_model=EvaluateResponse,
     response_model_exclude_unset=True,
     responses={
-        202: {"model": JobAccepted, "description": "run as a job: GET /jobs/{job_id} gives its status and result",
-              "headers": {"Location": {"description": "/jobs/{job_id}", "schema": {"type": "string"}}}},
+        **JOB_ACCEPTED,
         **error_responses(400, 401, 403, 404, 413, 422, 429, 503,
                           _404="unknown program (program_not_found) or model (model_not_found)",
                           _422="invalid request: unknown metric or option (invalid_metric), a bad example "

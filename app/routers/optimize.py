@@ -16,7 +16,7 @@ from app.routers.deps import (
     cancel_on_disconnect,
     routing_hints,
 )
-from app.routers.evaluate import METRIC_DESCRIPTION, JobAccepted, MetricSpec, start_job
+from app.routers.evaluate import JOB_ACCEPTED, METRIC_DESCRIPTION, MetricSpec, start_job
 from app.routers.json_body import JSONBodyRoute
 from app.routers.schemas import Cost, Omittable, Usage, _omitted, error_responses
 from app.services.evaluation import Example
@@ -86,8 +86,7 @@ class OptimizeResponse(BaseModel):
     response_model=OptimizeResponse,
     response_model_exclude_unset=True,
     responses={
-        202: {"model": JobAccepted, "description": "run as a job: GET /jobs/{job_id} gives its status and result",
-              "headers": {"Location": {"description": "/jobs/{job_id}", "schema": {"type": "string"}}}},
+        **JOB_ACCEPTED,
         **error_responses(400, 401, 403, 404, 413, 422, 429, 503,
                           _404="unknown program (program_not_found) or model (model_not_found)",
                           _422="invalid request: metric (invalid_metric), example (invalid_example), dataset size "

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from app.errors import VGateError
+from tests.integration.test_agent_api import parse_sse
 from tests.support import gateway
 
 KEY, OTHER, ADMIN = "vg-" + "a" * 29, "vg-" + "b" * 29, "vg-" + "c" * 29
@@ -22,22 +23,6 @@ KEYS = [
 
 def bearer(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
-
-
-def parse_sse(text: str) -> list[dict]:
-    events = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        ev: dict = {}
-        for line in block.split("\n"):
-            if line.startswith("id:"):
-                ev["id"] = int(line[3:].strip())
-            elif line.startswith("event:"):
-                ev["event"] = line[6:].strip()
-            elif line.startswith("data:"):
-                ev["data"] = json.loads(line[5:].strip())
-        if "event" in ev:
-            events.append(ev)
-    return events
 
 
 class Gated:
