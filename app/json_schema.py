@@ -10,9 +10,9 @@ here, by pydantic's generator with one set of rules on top:
   JSON class: booleans are not numbers, ints and floats are one class (``integer`` when all are
   ints). So ``Literal["a"]`` is ``{"enum": ["a"], "type": "string"}``, ``Literal[1, 2.5]`` a
   ``number`` and ``Literal[1, True]`` has no ``type``;
-* a fixed-length tuple (``tuple[int, str]``) says so three ways: ``prefixItems``, ``items: false``
-  (nothing after them) and ``minItems``/``maxItems``; a variadic one (``tuple[int, ...]``) is an
-  array of ``items``.
+* a fixed-length tuple (``tuple[int, str]``) is ``prefixItems`` with ``minItems``/``maxItems``
+  (pydantic's own; never a boolean schema such as ``items: false``, which llama.cpp refuses); a
+  variadic one (``tuple[int, ...]``) is an array of ``items``.
 
 The one thing a caller chooses is key order, because both orders are already on the wire:
 ``sort_keys=True`` is pydantic's alphabetical order (tool schemas, which chat templates render
@@ -65,18 +65,6 @@ class _Generator(GenerateJsonSchema):
         if not values or any(type(v) not in _LITERAL_TYPES for v in values):
             return super().literal_schema(schema)
         return literal_schema(values)
-
-    def tuple_schema(self, schema: core_schema.TupleSchema) -> JsonSchemaValue:
-        out = super().tuple_schema(schema)
-        if "prefixItems" not in out or "items" in out:
-            return out
-        fixed: dict[str, Any] = {}
-        for key, value in out.items():
-            fixed[key] = value
-            if key == "prefixItems":
-                fixed["items"] = False
-        return fixed
-
 
 class _Unsorted(_Generator):
     sort_keys = False
