@@ -247,3 +247,17 @@ def test_the_document_declares_the_answer_and_the_job():
         schemas["EvaluateResponse"]["required"])
     assert {"program", "version", "demos", "score_before", "score_after", "calls", "budget_exhausted"} <= set(
         schemas["OptimizeResponse"]["required"])
+
+
+async def test_an_expected_value_no_metric_can_read_scores_0_not_a_500(sim_url):
+    """An integer of 400 digits (valid JSON, a Python int float() refuses) and JSON text nested
+    deeper than Python parses: the example scores 0, the evaluation answers 200."""
+    huge = "1" + "0" * 400
+    deep = json.dumps("[" * 5000)
+    body = ('{"signature": "question -> answer: float, data: str", "metric": {"answer": "numeric", '
+            '"data": "json_equal"}, "dataset": [{"inputs": {"question": "q"}, '
+            f'"outputs": {{"answer": {huge}, "data": {deep}}}}}]}}')
+    async with gateway(sim_url) as gw:
+        r = await gw.client.post("/evaluate", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["scores"] == {"answer": 0.0, "data": 0.0}
