@@ -161,13 +161,14 @@ class Pipeline:
     ) -> _Done:
         step = cs.step
         bound = {f: self._value(ref, values, done) for f, ref in cs.bindings}
-        call_model = model or step.model or program.model
+        target = self._target(cs)
+        # the request's model, the step's, a program step's program's own, then this program's
+        call_model = model or step.model or (target.model if target is not None else None) or program.model
         # a signature step: the program's config, the step's, the request's; a program step: that program's
         # own (ProgramRunner merges it), the step's, the request's
         call_config = step.config.merged(config)
         if cs.program is None:
             call_config = program.config.merged(call_config)
-        target = self._target(cs)
         head: dict[str, Any] = {"name": step.name} if target is None else {"name": step.name, "program": target.ref}
         if step.map is None:
             try:
