@@ -277,3 +277,20 @@ async def test_an_expected_value_no_metric_can_read_scores_0_not_a_500(sim_url):
         r = await gw.client.post("/evaluate", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 200, r.text
     assert r.json()["scores"] == {"answer": 0.0, "data": 0.0}
+
+
+async def test_a_multi_step_example_that_fails_in_a_later_step_counts_the_steps_it_ran(tmp_path):
+    """Step ``a`` answers, step ``b`` gets a reply without its field (the upstream always says
+    {"answer": 7}) and fails: the example failed, but both calls count in the usage."""
+    two = {"name": "two", "inputs": {"question": "str"}, "outputs": {"verdict": "b.verdict"},
+           "config": {"repair": 0}, "steps": [
+               {"name": "a", "signature": "question -> answer: int", "inputs": {"question": "inputs.question"}},
+               {"name": "b", "signature": "answer: int -> verdict: int", "inputs": {"answer": "a.answer"}}]}
+    (tmp_path / "two.json").write_text(json.dumps(two))
+    dataset = [{"inputs": {"question": "q"}, "outputs": {"verdict": 1}}]
+    async with gateway("http://upstream", lm_transport=_upstream_broken_on("BROKEN"), programs_dir=tmp_path) as gw:
+        r = await gw.client.post("/evaluate", json={"program": "two", "dataset": dataset})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["failed"] == 1 and body["results"][0]["error"]["step"] == "b"
+    assert body["usage"] == {"prompt_tokens": 2 * 5, "completion_tokens": 2 * 4, "total_tokens": 2 * 9}

@@ -124,6 +124,9 @@ class Pipeline:
                 for task in finished:
                     cs = running.pop(task)
                     done[cs.name] = task.result()  # a failed step raises here; finally cancels the rest
+        except VGateError as exc:  # what the steps that ran spent still counts (an evaluation's usage)
+            _spent_with(exc, done.values())
+            raise
         finally:
             for task in running:
                 task.cancel()
@@ -245,6 +248,17 @@ def _outputs_of(cs: CompiledStep, result: Any) -> dict[str, Any]:
     if REASONING_FIELD in cs.outputs and REASONING_FIELD not in result.outputs:
         return {**result.outputs, REASONING_FIELD: result.reasoning}
     return result.outputs
+
+
+def _spent_with(exc: VGateError, steps: Any) -> None:
+    """Add the finished steps' usage and cost to what the failed step's error says it spent."""
+    from app.services.predict.repair import Spent
+
+    spent = getattr(exc, "spent", None) or Spent()
+    for d in steps:
+        spent.usage.add(d.usage)
+        spent.cost_usd += d.cost_usd
+    exc.spent = spent  # type: ignore[attr-defined]
 
 
 def _first(eg: BaseExceptionGroup) -> BaseException:
