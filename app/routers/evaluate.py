@@ -130,7 +130,7 @@ async def start_job(jobs: JobService, kind: str, work: Callable[[Any], Awaitable
 async def evaluate(body: EvaluateRequest, request: Request, programs: ProgramsDep, runner: RunnerDep, lm: LMDep,
                    jobs: JobsDep, settings: SettingsDep) -> Any:
     if body.program is not None:
-        await programs.refresh()  # versions another replica saved
+        await programs.find(body.program, body.version)  # with versions another replica saved (build_run resolves)
     run = build_run(programs, program=body.program, version=body.version, signature=body.signature,
                     instructions=body.instructions, module=body.module, demos=body.demos, model=body.model,
                     config=body.config, priority_route="evaluate")

@@ -90,8 +90,7 @@ async def predict(
     config: PredictConfig | None = None
     program_name = None
     if body.program is not None:
-        await programs.refresh()  # versions another replica saved (at most one store read per half second)
-        program = programs.resolve(body.program, body.version)
+        program = await programs.find(body.program, body.version)  # with versions another replica saved
         if program.steps is not None:
             return await _predict_steps(body, program, request, runner, settings, request_id)
         program_name = program.ref
@@ -183,7 +182,6 @@ async def program_versions(name: str, programs: ProgramsDep) -> dict[str, Any]:
     if "@" in name:
         raise InvalidRequestError(f"name a program without a version here, not {name!r}",
                                   type="invalid_program_reference")
-    await programs.refresh()
-    newest = programs.resolve(name)  # 422 for a malformed name, 404 program_not_found
+    newest = await programs.find(name)  # 422 for a malformed name, 404 program_not_found
     return {"name": newest.name, "latest": newest.version,
             "versions": [p.version_summary() for p in programs.versions(newest.name)]}

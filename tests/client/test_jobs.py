@@ -160,3 +160,46 @@ async def test_the_async_forms():
     assert (await job.wait()).count == 2
     gw = MockGateway(OPTIMIZATION)
     assert (await vgate.aoptimize("math", trainset=DATASET, client=gw.async_client())).version == 2
+
+
+class EndsEarly:
+    """A job's event stream that ends after its first event without the last one (the gateway does
+    so when Redis fails mid-stream), then answers the resumed request from Last-Event-ID."""
+
+    def __init__(self) -> None:
+        self.last_ids: list[str | None] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        last = request.headers.get("last-event-id")
+        self.last_ids.append(last)
+        if last is None:
+            body = f"id: 1\nevent: progress\ndata: {json.dumps({'done': 1, 'total': 2})}\n\n"
+        else:
+            body = (f"id: 1\nevent: progress\ndata: {json.dumps({'done': 1, 'total': 2})}\n\n"
+                    f"id: 2\nevent: result\ndata: {json.dumps(EVALUATION)}\n\n")
+        return httpx.Response(200, content=body.encode(), headers={"content-type": "text/event-stream"})
+
+
+def test_job_events_resume_a_stream_that_ends_before_the_last_event():
+    gw = EndsEarly()
+    job = vgate.Job(vgate.Client("http://gw", transport=httpx.MockTransport(gw)), JOB, "evaluate")
+    events = list(job.events())
+    assert [(e["event"], e["id"]) for e in events] == [("progress", 1), ("result", 2)]
+    assert gw.last_ids == [None, "1"]
+
+
+async def test_async_job_events_resume_a_stream_that_ends_before_the_last_event():
+    gw = EndsEarly()
+    job = vgate.AsyncJob(vgate.AsyncClient("http://gw", transport=httpx.MockTransport(gw)), JOB, "evaluate")
+    events = [e async for e in job.events()]
+    assert [(e["event"], e["id"]) for e in events] == [("progress", 1), ("result", 2)]
+    assert gw.last_ids == [None, "1"]
+
+
+def test_job_events_give_up_on_a_stream_that_keeps_ending_early():
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b": ping\n\n", headers={"content-type": "text/event-stream"})
+
+    job = vgate.Job(vgate.Client("http://gw", transport=httpx.MockTransport(handler)), JOB, "evaluate")
+    with pytest.raises(vgate.ConnectionError):
+        list(job.events())

@@ -126,14 +126,16 @@ async def test_a_named_program_by_version(sim_url, tmp_path):
     assert latest.json()["program"] == "label@2" and latest.json()["score"] == right / 5
 
 
-def _upstream_broken_on(word: str) -> httpx.MockTransport:
-    """Answers {"answer": 7}, except for prompts containing ``word``: text that is not JSON."""
+def _upstream_broken_on(word: str, *, anywhere: bool = False) -> httpx.MockTransport:
+    """Answers {"answer": 7}, except for prompts containing ``word`` (in the last message, or with
+    ``anywhere`` in any: a repair fails too): text that is not JSON."""
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path != "/v1/chat/completions":
             if request.url.path == "/v1/models":
                 return httpx.Response(200, json={"object": "list", "data": [{"id": "m", "object": "model"}]})
             return httpx.Response(200 if request.url.path == "/health" else 404)
-        prompt = json.loads(request.content)["messages"][-1]["content"]
+        messages = json.loads(request.content)["messages"]
+        prompt = " ".join(str(m["content"]) for m in (messages if anywhere else messages[-1:]))
         content = "not json at all" if word in prompt else '{"answer": 7}'
         body = "".join(f"data: {json.dumps(c)}\n\n" for c in completion_chunks(content)) + "data: [DONE]\n\n"
         return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
@@ -153,6 +155,20 @@ async def test_a_failed_example_scores_zero_and_counts_in_failed():
     assert bad["prediction"] is None and bad["score"] == 0.0 and bad["scores"] == {"answer": 0.0}
     assert bad["error"]["type"] == "output_validation_error" and bad["error"]["status"] == 502
     assert all("error" not in body["results"][i] for i in (0, 2, 3))
+
+
+async def test_the_calls_a_failed_example_made_count_in_the_usage():
+    """A failed example still spent its calls (the first and its repair): the evaluation's usage sums
+    them, as the optimizer's budget, which reads the same books, must."""
+    dataset = [{"inputs": {"question": q}, "outputs": {"answer": 7}} for q in ("one", "two BROKEN", "three", "four")]
+    async with gateway("http://upstream", lm_transport=_upstream_broken_on("BROKEN", anywhere=True)) as gw:
+        r = await gw.client.post("/evaluate", json={"signature": "question -> answer: int", "dataset": dataset,
+                                                    "config": {"repair": 1}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["failed"] == 1 and body["results"][1]["error"]["attempts"] == 2
+    # 3 good examples of one call each, the failed one 2 calls; every call 5 prompt + 4 completion tokens
+    assert body["usage"] == {"prompt_tokens": 5 * 5, "completion_tokens": 5 * 4, "total_tokens": 5 * 9}
 
 
 @pytest.mark.parametrize(("change", "status", "kind", "needle"), [
@@ -247,3 +263,34 @@ def test_the_document_declares_the_answer_and_the_job():
         schemas["EvaluateResponse"]["required"])
     assert {"program", "version", "demos", "score_before", "score_after", "calls", "budget_exhausted"} <= set(
         schemas["OptimizeResponse"]["required"])
+
+
+async def test_an_expected_value_no_metric_can_read_scores_0_not_a_500(sim_url):
+    """An integer of 400 digits (valid JSON, a Python int float() refuses) and JSON text nested
+    deeper than Python parses: the example scores 0, the evaluation answers 200."""
+    huge = "1" + "0" * 400
+    deep = json.dumps("[" * 5000)
+    body = ('{"signature": "question -> answer: float, data: str", "metric": {"answer": "numeric", '
+            '"data": "json_equal"}, "dataset": [{"inputs": {"question": "q"}, '
+            f'"outputs": {{"answer": {huge}, "data": {deep}}}}}]}}')
+    async with gateway(sim_url) as gw:
+        r = await gw.client.post("/evaluate", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["scores"] == {"answer": 0.0, "data": 0.0}
+
+
+async def test_a_multi_step_example_that_fails_in_a_later_step_counts_the_steps_it_ran(tmp_path):
+    """Step ``a`` answers, step ``b`` gets a reply without its field (the upstream always says
+    {"answer": 7}) and fails: the example failed, but both calls count in the usage."""
+    two = {"name": "two", "inputs": {"question": "str"}, "outputs": {"verdict": "b.verdict"},
+           "config": {"repair": 0}, "steps": [
+               {"name": "a", "signature": "question -> answer: int", "inputs": {"question": "inputs.question"}},
+               {"name": "b", "signature": "answer: int -> verdict: int", "inputs": {"answer": "a.answer"}}]}
+    (tmp_path / "two.json").write_text(json.dumps(two))
+    dataset = [{"inputs": {"question": "q"}, "outputs": {"verdict": 1}}]
+    async with gateway("http://upstream", lm_transport=_upstream_broken_on("BROKEN"), programs_dir=tmp_path) as gw:
+        r = await gw.client.post("/evaluate", json={"program": "two", "dataset": dataset})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["failed"] == 1 and body["results"][0]["error"]["step"] == "b"
+    assert body["usage"] == {"prompt_tokens": 2 * 5, "completion_tokens": 2 * 4, "total_tokens": 2 * 9}

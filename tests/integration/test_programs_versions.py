@@ -146,6 +146,27 @@ async def test_a_version_saved_on_one_replica_is_served_by_the_other(sim_url, re
     assert {p["name"]: p["version"] for p in latest}["sentiment"] == 8
 
 
+async def test_a_version_just_saved_on_one_replica_is_found_by_reference_on_the_other(sim_url, redis_clean,
+                                                                                     programs_dir):
+    """The client's way: optimize on one replica, then call ``sentiment@2`` (or list its versions)
+    through another at once. A reference the replica does not know yet makes it read Redis now,
+    rather than a 404 for up to REFRESH_S."""
+    async with gateway(sim_url, programs_dir=programs_dir, redis_url=redis_clean) as a, \
+            gateway(sim_url, programs_dir=programs_dir, redis_url=redis_clean) as b:
+        assert (await b.client.get("/predict/programs/sentiment")).json()["latest"] == 1  # b has just looked
+        v2 = await save(a.state.programs)
+        r = await b.client.post("/predict", json={"program": v2.ref, "inputs": {"text": "great"}})
+        assert r.status_code == 200, r.text
+        assert r.json()["program"] == "sentiment@2"
+        v3 = await save(a.state.programs)
+        r = await b.client.post("/evaluate", json={"program": "sentiment", "version": v3.version, "dataset": [
+            {"inputs": {"text": "great"}, "outputs": {"sentiment": "positive"}}]})
+        assert r.status_code == 200, r.text
+        assert r.json()["program"] == "sentiment@3"
+        unknown = await b.client.post("/predict", json={"program": "sentiment@9", "inputs": {"text": "great"}})
+    assert unknown.status_code == 404 and unknown.json()["error"]["versions"] == [1, 2, 3]
+
+
 async def test_with_redis_away_the_versions_already_seen_are_served(sim_url, programs_dir):
     async with gateway(sim_url, programs_dir=programs_dir, redis_url="redis://127.0.0.1:1/0",
                        redis_timeout_s=0.2) as gw:

@@ -76,6 +76,24 @@ def test_numeric():
     assert parse_number(" -2.5 ") == -2.5 and parse_number("1e3") == 1000.0 and parse_number([1]) is None
 
 
+def test_numeric_with_an_integer_too_large_for_a_float_scores_0_not_raises():
+    """A JSON integer of hundreds of digits is a Python int that float() refuses (OverflowError):
+    it is no finite number, so it scores 0 (it was a 500 for the whole evaluation)."""
+    huge = 10**400
+    assert parse_number(huge) is None
+    assert numeric(huge, 1) == 0.0 and numeric(1, huge) == 0.0
+    assert numeric(huge, huge) == 0.0
+
+
+def test_json_equal_with_json_text_nested_too_deep_compares_it_as_text():
+    """A string that would parse into JSON deeper than Python's recursion limit (RecursionError, not
+    a ValueError) is compared as the string it is (it was a 500)."""
+    deep = "[" * 5000 + "]" * 5000
+    assert json_equal(deep, 1) == 0.0
+    assert json_equal(deep, deep) == 1.0
+    assert json_equal("[" * 100000, "x") == 0.0
+
+
 def test_token_f1_known_values():
     assert token_f1("the cat sat", "cat sat") == 1.0  # articles dropped
     # pred {cat, sat, down} vs gold {cat, sat, on, mat}: 2 common, p=2/3, r=2/4 -> f1=4/7

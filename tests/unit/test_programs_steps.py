@@ -159,3 +159,44 @@ def test_a_program_built_in_code_with_steps_is_checked_when_first_used():
     program = Program.model_validate(steps_program([PLAN, {**EACH, "inputs": {"question": "plan.nope"}}]))
     with pytest.raises(Exception, match="step 'each', input 'question': step 'plan' has no output 'nope'"):
         program.parsed()
+
+
+async def test_a_program_step_runs_on_its_programs_own_model_unless_the_step_or_request_names_one(tmp_path):
+    """The multi-step program's ``model`` is the default of its signature steps; a program step runs
+    the program it names on that program's own model (as it gets that program's own config), unless
+    the step or the request says otherwise. The outer model took precedence over the program's own."""
+    from types import SimpleNamespace
+
+    from app.services.lm import Usage
+    from app.services.programs.pipeline import Pipeline
+
+    fixed = {"name": "fixed", "signature": "question -> answer", "model": "small"}
+    free = {"name": "free", "signature": "question -> answer"}
+    outer = steps_program([
+        {"name": "a", "program": "fixed", "inputs": {"question": "inputs.question"}},
+        {"name": "b", "program": "fixed", "model": "step-model", "inputs": {"question": "inputs.question"}},
+        {"name": "c", "program": "free", "inputs": {"question": "inputs.question"}},
+        {"name": "d", "signature": "question -> answer", "inputs": {"question": "inputs.question"}},
+    ], outputs={"a": "a.answer", "b": "b.answer", "c": "c.answer", "d": "d.answer"}, model="big")
+    programs = load_programs(write(tmp_path, fixed, free, outer))
+    seen: dict[str, str | None] = {}
+
+    def answer(model):
+        return SimpleNamespace(outputs={"answer": "x"}, usage=Usage(), cost_usd=0.0, model=model or "default",
+                               as_dict=lambda: {"outputs": {"answer": "x"}})
+
+    async def run_program(target, inputs, *, model=None, **kw):
+        seen[target.name + ("-b" if target.name in seen else "")] = model or target.model
+        return answer(model or target.model)
+
+    async def predict(signature, inputs, *, model=None, **kw):
+        seen["signature"] = model
+        return answer(model)
+
+    service = SimpleNamespace(settings=SimpleNamespace(max_batch_size=8), predict=predict)
+    pipeline = Pipeline(service, run_program)  # type: ignore[arg-type]
+    await pipeline.run(programs["multi"], {"question": "q"})
+    assert seen == {"fixed": "small", "fixed-b": "step-model", "free": "big", "signature": "big"}
+    seen.clear()
+    await pipeline.run(programs["multi"], {"question": "q"}, model="request-model")
+    assert set(seen.values()) == {"request-model"}

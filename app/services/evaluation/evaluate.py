@@ -126,6 +126,10 @@ async def run_example(runner: ProgramRunner, run: Run, index: int, example: Exam
                                       priority_route=run.priority_route)
     except VGateError as exc:
         result.error = error_body(exc)
+        spent = getattr(exc, "spent", None)  # the calls a failed prediction made still cost
+        if spent is not None:
+            result.usage.add(spent.usage)
+            result.cost_usd = spent.cost_usd
         return result
     except Exception:  # a bug fails this example, not the evaluation
         log.exception("evaluate_example_crashed", index=index)

@@ -86,7 +86,10 @@ def parse_number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int of hundreds of digits: no finite float
+            return None
     elif isinstance(value, str):
         try:
             number = float(value.strip().replace(",", "").replace("_", ""))
@@ -119,7 +122,7 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, str):
         try:
             return json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than Python parses
             return value
     return value
 

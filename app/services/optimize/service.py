@@ -78,8 +78,7 @@ async def plan(runner: ProgramRunner, lm: LMClient, programs: ProgramRegistry, s
                metric: Any, options: Options) -> Plan:
     """Everything checked before any call: the program (single-step), the metric, both datasets,
     the budget (enough calls to score the valset before and after), the models (admitted)."""
-    await programs.refresh()  # versions another replica saved
-    base = programs.resolve(program, version)
+    base = await programs.find(program, version)  # with versions another replica saved
     if getattr(base, "steps", None):
         raise InvalidRequestError(f"program {base.name!r} has steps: /optimize supports single-step programs only "
                                   "(optimize each step as a program of its own)", type="unsupported_program")

@@ -26,7 +26,7 @@ from app.errors import OutputTruncatedError, OutputValidationError, VGateError
 from app.metrics import Metrics
 from app.services.adapter import build_messages, demo_messages, response_format
 from app.services.lm import LMClient, LMResult
-from app.services.predict.repair import Ask, with_repair
+from app.services.predict.repair import Ask, Spent, with_repair
 from app.services.predict.result import BatchResult, Prediction
 from app.services.predict.voting import SampleAsk, voted
 from app.services.programs import Module, PredictConfig
@@ -129,10 +129,12 @@ class PredictService:
         max_tokens = params.setdefault("max_tokens", self.settings.predict_default_max_tokens)
         messages = build_messages(sig, values, demos)
         started = time.perf_counter()
+        spent = Spent()  # every call's, for a failure to carry (an evaluation's usage, an optimization's budget)
 
         async def ask(msgs: list[dict[str, Any]], n: int = 1) -> LMResult:
             r = await self.lm.chat(msgs, model=model, route="predict", priority_route=priority_route,
                                    response_format=fmt, deadline=deadline, n=n if n > 1 else None, **params)
+            spent.add(r)
             if self.settings.log_prompts:
                 log.info("predict_io", messages=msgs, completion=r.content,
                          choices=[c.content for c in r.choices[1:]] or None)
@@ -146,11 +148,12 @@ class PredictService:
             else:
                 prediction = await self._once(ask, sig, messages, module, cfg, max_tokens, deadline)
             outcome = "ok"
-        except OutputTruncatedError:
-            outcome = "truncated"
-            raise
-        except OutputValidationError:
-            outcome = "invalid_output"
+        except VGateError as exc:
+            if isinstance(exc, OutputTruncatedError):
+                outcome = "truncated"
+            elif isinstance(exc, OutputValidationError):
+                outcome = "invalid_output"
+            exc.spent = spent  # type: ignore[attr-defined]
             raise
         finally:
             self.metrics.predictions.labels(module=module, outcome=outcome).inc()

@@ -124,6 +124,9 @@ class Pipeline:
                 for task in finished:
                     cs = running.pop(task)
                     done[cs.name] = task.result()  # a failed step raises here; finally cancels the rest
+        except VGateError as exc:  # what the steps that ran spent still counts (an evaluation's usage)
+            _spent_with(exc, done.values())
+            raise
         finally:
             for task in running:
                 task.cancel()
@@ -161,13 +164,14 @@ class Pipeline:
     ) -> _Done:
         step = cs.step
         bound = {f: self._value(ref, values, done) for f, ref in cs.bindings}
-        call_model = model or step.model or program.model
+        target = self._target(cs)
+        # the request's model, the step's, a program step's program's own, then this program's
+        call_model = model or step.model or (target.model if target is not None else None) or program.model
         # a signature step: the program's config, the step's, the request's; a program step: that program's
         # own (ProgramRunner merges it), the step's, the request's
         call_config = step.config.merged(config)
         if cs.program is None:
             call_config = program.config.merged(call_config)
-        target = self._target(cs)
         head: dict[str, Any] = {"name": step.name} if target is None else {"name": step.name, "program": target.ref}
         if step.map is None:
             try:
@@ -244,6 +248,17 @@ def _outputs_of(cs: CompiledStep, result: Any) -> dict[str, Any]:
     if REASONING_FIELD in cs.outputs and REASONING_FIELD not in result.outputs:
         return {**result.outputs, REASONING_FIELD: result.reasoning}
     return result.outputs
+
+
+def _spent_with(exc: VGateError, steps: Any) -> None:
+    """Add the finished steps' usage and cost to what the failed step's error says it spent."""
+    from app.services.predict.repair import Spent
+
+    spent = getattr(exc, "spent", None) or Spent()
+    for d in steps:
+        spent.usage.add(d.usage)
+        spent.cost_usd += d.cost_usd
+    exc.spent = spent  # type: ignore[attr-defined]
 
 
 def _first(eg: BaseExceptionGroup) -> BaseException:

@@ -63,6 +63,22 @@ class ProgramRegistry:
             if self.get(program.name, program.version) is None:
                 self.add(program)
 
+    async def find(self, ref: str, version: int | None = None) -> Program:
+        """``resolve`` after ``refresh``; with Redis, a name or version not known here yet makes it read
+        the store now (a version another replica saved a moment ago, named by the client it answered),
+        instead of a 404 for up to ``REFRESH_S``. The 404 stands if the store has nothing more or is away."""
+        await self.refresh()
+        try:
+            return self.resolve(ref, version)
+        except NotFoundError:
+            if self._store is None or not self._store.shared:
+                raise
+            try:
+                await self.refresh(force=True)
+            except StoreUnavailable:
+                pass
+            return self.resolve(ref, version)
+
     async def save_version(
         self,
         base: Program,

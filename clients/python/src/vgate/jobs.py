@@ -113,12 +113,13 @@ class Job(_JobBase):
                         yield event
                         if event["event"] in ("result", "error"):
                             return
-                return
-            except ConnectionError:
-                failures += 1
-                if failures > 3:
-                    raise
-                time.sleep(0.2 * failures)
+                reason: ConnectionError = _ended_early(self.id)
+            except ConnectionError as e:
+                reason = e
+            failures += 1
+            if failures > 3:
+                raise reason
+            time.sleep(0.2 * failures)
 
 
 class AsyncJob(_JobBase):
@@ -166,12 +167,19 @@ class AsyncJob(_JobBase):
                         yield event
                         if event["event"] in ("result", "error"):
                             return
-                return
-            except ConnectionError:
-                failures += 1
-                if failures > 3:
-                    raise
-                await asyncio.sleep(0.2 * failures)
+                reason: ConnectionError = _ended_early(self.id)
+            except ConnectionError as e:
+                reason = e
+            failures += 1
+            if failures > 3:
+                raise reason
+            await asyncio.sleep(0.2 * failures)
+
+
+def _ended_early(job_id: str) -> ConnectionError:
+    """A stream that ended before the job's last event (the gateway ends it so when its store fails):
+    resumed from the last id seen, as a dropped connection is."""
+    return ConnectionError(f"the event stream of job {job_id} ended before its last event", type="stream_ended")
 
 
 def _job_event(name: str, data: str, event_id: str | None) -> dict[str, Any]:
