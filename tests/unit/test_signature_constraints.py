@@ -239,3 +239,21 @@ def test_descriptions_for_the_prompt() -> None:
         "  - `n` (int; at least 0): count\n  - `t` (list[str])"
     )
     assert parse_signature("q -> a").describe_types() is None
+
+
+# --- what pydantic would refuse later, as a 500 ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("field", "piece"), [
+    ({"type": "int", "ge": 1.5}, "constraint 'ge' must be a whole number for an int field"),
+    ({"type": "Optional[int]", "lt": 0.5}, "constraint 'lt' must be a whole number for an int field"),
+    ({"type": "float", "le": 10**400}, "constraint 'le' is out of range for a float field"),
+])
+def test_number_constraints_that_do_not_fit_the_number_type_are_a_422(field: dict[str, Any], piece: str) -> None:
+    for section in ("outputs", "inputs"):
+        spec = {section: {"x": field}, **({"outputs": {"y": "int"}} if section == "inputs" else {})}
+        e = err(spec)
+        assert piece in e.message and e.details["field"] == "x"
+    sig = parse_signature({"outputs": {"x": {"type": "int", "ge": 1.0, "le": 10**400}}})  # whole: fine
+    assert sig.parse_outputs('{"x": 3}') == {"x": 3}
+

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -95,6 +96,14 @@ class Constraints:
             wanted = _FITS[key]
             if base.kind not in _KINDS[wanted]:
                 return f"constraint {key!r} needs a {wanted} type ({'/'.join(_KINDS[wanted])}), not '{spec}'"
+        for key in NUMBER_KEYS:  # pydantic refuses to build these validators (a 500, not a 422)
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if base.kind == "int" and isinstance(value, float) and not value.is_integer():
+                return f"constraint {key!r} must be a whole number for an int field, not {value!r}"
+            if base.kind == "float" and isinstance(value, int) and abs(value) > sys.float_info.max:
+                return f"constraint {key!r} is out of range for a float field"
         return None
 
     def pydantic_kwargs(self, *, for_schema: bool = False) -> dict[str, Any]:
