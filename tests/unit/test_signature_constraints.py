@@ -257,3 +257,17 @@ def test_number_constraints_that_do_not_fit_the_number_type_are_a_422(field: dic
     sig = parse_signature({"outputs": {"x": {"type": "int", "ge": 1.0, "le": 10**400}}})  # whole: fine
     assert sig.parse_outputs('{"x": 3}') == {"x": 3}
 
+
+@pytest.mark.parametrize("spec", [
+    {"outputs": {"x": {"type": "int", "desc": "bad \ud800 text"}}},
+    {"instructions": "bad \udc00", "outputs": {"x": "int"}},
+    {"outputs": {"x": {"type": "str", "pattern": "^\ud800$"}}},
+    {"outputs": {"x": "Literal['\\ud800']"}},
+    {"outputs": {"x": "Literal['\ud800']"}},
+    {"types": {"A": {"y": {"type": "int", "desc": "\ud800"}}}, "outputs": {"x": "A"}},
+])
+def test_text_that_is_not_unicode_is_a_422(spec: dict[str, Any]) -> None:
+    """A lone surrogate (JSON may spell one: "\\ud800") cannot be encoded in UTF-8: refused when parsed,
+    not a 500 when the schema is measured or the validator built."""
+    e = err(spec)
+    assert "lone surrogate" in e.message and e.status_code == 422

@@ -127,7 +127,20 @@ def clean_text(value: Any, *, what: str, limit: int, field: str | None = None) -
     value = value.strip()
     if len(value) > limit:
         raise SignatureError(f"{what} is too long ({len(value)} chars; max {limit})", **details)
+    problem = unicode_problem(value, what)
+    if problem is not None:
+        raise SignatureError(problem, **details)
     return value or None
+
+
+def unicode_problem(text: str, what: str) -> str | None:
+    """Whether ``text`` holds a lone surrogate (JSON may spell one, ``"\\ud800"``), which no UTF-8
+    encoder (the schema's, the upstream request's) nor pydantic's Literal can take; or None."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return f"{what} holds a lone surrogate, which is not valid Unicode"
+    return None
 
 
 # --- types -----------------------------------------------------------------------
@@ -167,6 +180,8 @@ class LiteralValues:
             return f"Literal values must be strings, numbers or booleans, not {type(value).__name__}"
         if isinstance(value, float) and not math.isfinite(value):
             return f"Literal value {value!r} is not a finite number"
+        if isinstance(value, str) and (problem := unicode_problem(value, "a Literal value")) is not None:
+            return problem
         key = literal_key(value)
         if key in self._keys:
             return f"duplicate Literal value {literal_text(value) if shown is None else shown}"

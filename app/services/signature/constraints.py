@@ -33,6 +33,7 @@ from app.services.signature.checks import (
     MAX_PATTERN_CHARS,
     MAX_PATTERN_REPEAT,
     MAX_SCHEMA_STRING_LENGTH,
+    unicode_problem,
 )
 
 if TYPE_CHECKING:
@@ -143,7 +144,7 @@ def _value_problem(key: str, value: Any) -> str | None:
             return f"constraint 'pattern' must be a string, not {type(value).__name__}"
         if len(value) > MAX_PATTERN_CHARS:
             return f"pattern is too long ({len(value)} chars; max {MAX_PATTERN_CHARS})"
-        return _pattern_problem(value) or _repeat_problem(value)
+        return unicode_problem(value, "pattern") or _pattern_problem(value) or _repeat_problem(value)
     if isinstance(value, bool) or not isinstance(value, int):
         return f"constraint {key!r} must be an integer, not {type(value).__name__}"
     if not 0 <= value <= MAX_CONSTRAINT_COUNT:
