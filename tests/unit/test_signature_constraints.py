@@ -227,6 +227,19 @@ def test_object_type_schemas_do_not_depend_on_declaration_order_or_unused_types(
     assert parse_signature(a) == parse_signature(b)
 
 
+def test_equal_number_bounds_give_one_schema_whatever_came_first() -> None:
+    """``ge: 1.0`` and ``ge: 1`` make equal signatures (they key the same caches), so they must make the
+    same bytes; before, the schema was whichever of the two was built first in the process."""
+    float_first = fmt_bytes({"outputs": {"bound_order": {"type": "float", "ge": 1.0, "le": -0.0 + 5}}})
+    int_then = fmt_bytes({"outputs": {"bound_order": {"type": "float", "ge": 1, "le": 5}}})
+    assert float_first == int_then
+    bounds = json.loads(int_then)["json_schema"]["schema"]["properties"]["bound_order"]
+    assert [(bounds[k], type(bounds[k])) for k in ("minimum", "maximum")] == [(1, int), (5, int)]
+    zero = fmt_bytes({"outputs": {"bound_zero": {"type": "float", "gt": -0.0}}})
+    assert zero == fmt_bytes({"outputs": {"bound_zero": {"type": "float", "gt": 0}}})
+    assert '"exclusiveMinimum": 0}' in zero and "-0" not in zero
+
+
 def test_descriptions_for_the_prompt() -> None:
     assert Constraints(ge=1, le=5).describe() == "at least 1, at most 5"
     assert Constraints(min_length=1, max_items=3, pattern="^a$").describe() == (

@@ -70,6 +70,10 @@ class Constraints:
             problem = _value_problem(key, value)
             if problem is not None:
                 raise SignatureError(problem)
+            if isinstance(value, float) and value.is_integer():
+                # one spelling per bound: ``ge=1.0`` equals ``ge=1`` (and keys the same caches), so both
+                # must make the same schema bytes and prompt text (``-0.0`` is ``0`` too)
+                object.__setattr__(self, key, int(value))
         for low, high in (("ge", "le"), ("gt", "lt"), ("ge", "lt"), ("gt", "le"),
                           ("min_length", "max_length"), ("min_items", "max_items")):
             lo, hi = getattr(self, low), getattr(self, high)
