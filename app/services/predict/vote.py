@@ -2,7 +2,8 @@
 
 Each field is voted on its own: the winner is the value most samples gave, two values being the
 same when their canonical JSON is (keys sorted, no spaces: ``{"a": 1, "b": 2}`` and
-``{"b": 2, "a": 1}`` are one value; ``1`` and ``1.0`` are two, which typed outputs never mix).
+``{"b": 2, "a": 1}`` are one value; numbers by value, as Python and the Literal check compare them:
+``1`` and ``1.0`` are one, as are ``0.0`` and ``-0.0``, but ``true`` is not ``1``).
 A tie goes to the value that appeared first, in sample order, so the vote is deterministic.
 
 Pure functions, no I/O.
@@ -20,7 +21,18 @@ __all__ = ["Vote", "canonical", "majority"]
 
 def canonical(value: Any) -> str:
     """A value's identity for the vote: its canonical JSON."""
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return json.dumps(_whole(value), sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _whole(value: Any) -> Any:
+    """``value`` with each float that is a whole number as an int (``1.0`` is ``1``, ``-0.0`` is ``0``)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_whole(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True, slots=True)
