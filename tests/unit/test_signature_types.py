@@ -254,6 +254,20 @@ def test_type_count_and_section_shape_are_checked() -> None:
     assert "'types' must be an object" in err({"types": ["Contact"], "outputs": {"a": "int"}}).message
 
 
+def test_the_json_form_is_bounded_as_a_whole_not_only_per_section() -> None:
+    """Each object type may have MAX_FIELDS fields of MAX_TYPE_CHARS each: 32 of them made a signature
+    that took the event loop ~40 s to parse and build before its schema was refused. Totals bound it."""
+    many = {f"T{t}": {f"f{i}": "Optional[int]" for i in range(100)} for t in range(5)}
+    e = err({"types": many, "outputs": {f"o{t}": f"T{t}" for t in range(5)}})
+    assert e.details["limit"] == "MAX_TOTAL_FIELDS" and e.details["max"] == 400 and e.status_code == 422
+    long = "Union[" + ", ".join(f"Literal['{i:04}']" for i in range(50)) + ", int]"
+    wide = {f"T{t}": {f"f{i}": long for i in range(25)} for t in range(5)}
+    e = err({"types": wide, "outputs": {f"o{t}": f"T{t}" for t in range(5)}})
+    assert e.details["limit"] == "MAX_TOTAL_TYPE_CHARS" and "more than 100000 characters" in e.message
+    fits = {f"T{t}": {f"f{i}": "int" for i in range(90)} for t in range(4)}
+    assert len(parse_signature({"types": fits, "outputs": {f"o{t}": f"T{t}" for t in range(4)}}).object_types) == 4
+
+
 def test_direct_construction_of_object_types() -> None:
     contact = ObjectType("Contact", (Field("name"), Field("age", TypeSpec.optional(TypeSpec("int")))))
     spec = TypeSpec.of_object(contact)

@@ -32,6 +32,10 @@ MAX_DESC_CHARS = 4_000
 MAX_INSTRUCTIONS_CHARS = 32_000
 MAX_OBJECT_TYPES = 32  # named object types in one signature's "types" section
 MAX_OBJECT_DEPTH = 4  # object types nested in object types: A has a B, which has a C, which has a D
+# the JSON form as a whole (its object types multiply what MAX_FIELDS and MAX_TYPE_CHARS allow): every
+# field, of the inputs, outputs and object types together, and the text of all their types
+MAX_TOTAL_FIELDS = 400
+MAX_TOTAL_TYPE_CHARS = 100_000  # what the inputs and outputs alone allow (MAX_FIELDS * MAX_TYPE_CHARS)
 MAX_PATTERN_CHARS = 512  # one "pattern" constraint
 MAX_PATTERN_REPEAT = 1_000  # a pattern's counted repetitions, expanded: [a-z]{1,50}@[a-z]{1,50} is 101
 MAX_CONSTRAINT_COUNT = 100_000  # min/max_length, min/max_items
