@@ -20,19 +20,17 @@ __all__ = ["Vote", "canonical", "majority"]
 
 
 def canonical(value: Any) -> str:
-    """A value's identity for the vote: its canonical JSON."""
-    return json.dumps(_whole(value), sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    """A value's identity for the vote: its canonical JSON (whole-number floats written as ints, by
+    the JSON codec itself: an ``Any`` value may be nested as deep as the reply's JSON parser allows)."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    whole = json.loads(text, parse_float=_number)
+    return json.dumps(whole, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-def _whole(value: Any) -> Any:
-    """``value`` with each float that is a whole number as an int (``1.0`` is ``1``, ``-0.0`` is ``0``)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _whole(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_whole(v) for v in value]
-    return value
+def _number(text: str) -> int | float:
+    """A JSON number with a fraction or exponent: an int when it is a whole one (``1.0``, ``-0.0``)."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
 
 
 @dataclass(frozen=True, slots=True)
