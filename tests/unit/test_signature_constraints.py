@@ -260,15 +260,18 @@ def test_descriptions_for_the_prompt() -> None:
 @pytest.mark.parametrize(("field", "piece"), [
     ({"type": "int", "ge": 1.5}, "constraint 'ge' must be a whole number for an int field"),
     ({"type": "Optional[int]", "lt": 0.5}, "constraint 'lt' must be a whole number for an int field"),
-    ({"type": "float", "le": 10**400}, "constraint 'le' is out of range for a float field"),
+    ({"type": "float", "le": 10**400}, "constraint 'le' is out of range"),
+    ({"type": "int", "ge": -(10**400)}, "constraint 'ge' is out of range"),
 ])
 def test_number_constraints_that_do_not_fit_the_number_type_are_a_422(field: dict[str, Any], piece: str) -> None:
     for section in ("outputs", "inputs"):
         spec = {section: {"x": field}, **({"outputs": {"y": "int"}} if section == "inputs" else {})}
         e = err(spec)
         assert piece in e.message and e.details["field"] == "x"
-    sig = parse_signature({"outputs": {"x": {"type": "int", "ge": 1.0, "le": 10**400}}})  # whole: fine
+    sig = parse_signature({"outputs": {"x": {"type": "int", "ge": 1.0, "le": 10**300}}})  # whole: fine
     assert sig.parse_outputs('{"x": 3}') == {"x": 3}
+    with pytest.raises(OutputValidationError, match="less than or equal to"):
+        sig.parse_outputs('{"x": ' + "9" * 301 + "}")
 
 
 @pytest.mark.parametrize("spec", [

@@ -107,8 +107,8 @@ class Constraints:
                 continue
             if base.kind == "int" and isinstance(value, float) and not value.is_integer():
                 return f"constraint {key!r} must be a whole number for an int field, not {value!r}"
-            if base.kind == "float" and isinstance(value, int) and abs(value) > sys.float_info.max:
-                return f"constraint {key!r} is out of range for a float field"
+            if isinstance(value, int) and abs(value) > sys.float_info.max:  # int fields too: the error message
+                return f"constraint {key!r} is out of range (at most {sys.float_info.max:g} either way)"
         return None
 
     def pydantic_kwargs(self, *, for_schema: bool = False) -> dict[str, Any]:
