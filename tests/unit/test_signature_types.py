@@ -65,6 +65,19 @@ def test_union_order_survives_typing_caches() -> None:
         assert schema["anyOf"][0]["type"] == {"int": "integer", "str": "string"}[first]
 
 
+def test_union_order_survives_typing_caches_inside_containers_of_a_union() -> None:
+    """``list[Union[int, str, None]] == list[Union[str, int, None]]``, so an outer union holding one came
+    back from typing's cache with the other order when a signature had built it first."""
+    for outer in ("list[{}] | bool", "dict[str, {}] | bool", "tuple[{}, bool] | bool"):
+        for inner, first in (("Optional[int | str]", "integer"), ("Optional[str | int]", "string"),
+                             ("int | str | None", "integer")):
+            schema = parse_signature("q -> a: " + outer.format(inner)).output_json_schema()["properties"]["a"]
+            branch = schema["anyOf"][0]
+            item = (branch.get("items") or branch.get("additionalProperties") or {}) if "prefixItems" not in branch \
+                else branch["prefixItems"][0]
+            assert item["anyOf"][0]["type"] == first, (outer, inner, schema)
+
+
 def test_smart_union_keeps_the_exact_type() -> None:
     sig = "q -> a: int | str, b: str | int, c: float | int, d: int | float"
     assert out(sig, {"a": "3", "b": 3, "c": 3, "d": 2.5}) == {"a": "3", "b": 3, "c": 3, "d": 2.5}
