@@ -227,6 +227,19 @@ def test_object_type_schemas_do_not_depend_on_declaration_order_or_unused_types(
     assert parse_signature(a) == parse_signature(b)
 
 
+def test_equal_number_bounds_give_one_schema_whatever_came_first() -> None:
+    """``ge: 1.0`` and ``ge: 1`` make equal signatures (they key the same caches), so they must make the
+    same bytes; before, the schema was whichever of the two was built first in the process."""
+    float_first = fmt_bytes({"outputs": {"bound_order": {"type": "float", "ge": 1.0, "le": -0.0 + 5}}})
+    int_then = fmt_bytes({"outputs": {"bound_order": {"type": "float", "ge": 1, "le": 5}}})
+    assert float_first == int_then
+    bounds = json.loads(int_then)["json_schema"]["schema"]["properties"]["bound_order"]
+    assert [(bounds[k], type(bounds[k])) for k in ("minimum", "maximum")] == [(1, int), (5, int)]
+    zero = fmt_bytes({"outputs": {"bound_zero": {"type": "float", "gt": -0.0}}})
+    assert zero == fmt_bytes({"outputs": {"bound_zero": {"type": "float", "gt": 0}}})
+    assert '"exclusiveMinimum": 0}' in zero and "-0" not in zero
+
+
 def test_descriptions_for_the_prompt() -> None:
     assert Constraints(ge=1, le=5).describe() == "at least 1, at most 5"
     assert Constraints(min_length=1, max_items=3, pattern="^a$").describe() == (
@@ -239,3 +252,38 @@ def test_descriptions_for_the_prompt() -> None:
         "  - `n` (int; at least 0): count\n  - `t` (list[str])"
     )
     assert parse_signature("q -> a").describe_types() is None
+
+
+# --- what pydantic would refuse later, as a 500 ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("field", "piece"), [
+    ({"type": "int", "ge": 1.5}, "constraint 'ge' must be a whole number for an int field"),
+    ({"type": "Optional[int]", "lt": 0.5}, "constraint 'lt' must be a whole number for an int field"),
+    ({"type": "float", "le": 10**400}, "constraint 'le' is out of range"),
+    ({"type": "int", "ge": -(10**400)}, "constraint 'ge' is out of range"),
+])
+def test_number_constraints_that_do_not_fit_the_number_type_are_a_422(field: dict[str, Any], piece: str) -> None:
+    for section in ("outputs", "inputs"):
+        spec = {section: {"x": field}, **({"outputs": {"y": "int"}} if section == "inputs" else {})}
+        e = err(spec)
+        assert piece in e.message and e.details["field"] == "x"
+    sig = parse_signature({"outputs": {"x": {"type": "int", "ge": 1.0, "le": 10**300}}})  # whole: fine
+    assert sig.parse_outputs('{"x": 3}') == {"x": 3}
+    with pytest.raises(OutputValidationError, match="less than or equal to"):
+        sig.parse_outputs('{"x": ' + "9" * 301 + "}")
+
+
+@pytest.mark.parametrize("spec", [
+    {"outputs": {"x": {"type": "int", "desc": "bad \ud800 text"}}},
+    {"instructions": "bad \udc00", "outputs": {"x": "int"}},
+    {"outputs": {"x": {"type": "str", "pattern": "^\ud800$"}}},
+    {"outputs": {"x": "Literal['\\ud800']"}},
+    {"outputs": {"x": "Literal['\ud800']"}},
+    {"types": {"A": {"y": {"type": "int", "desc": "\ud800"}}}, "outputs": {"x": "A"}},
+])
+def test_text_that_is_not_unicode_is_a_422(spec: dict[str, Any]) -> None:
+    """A lone surrogate (JSON may spell one: "\\ud800") cannot be encoded in UTF-8: refused when parsed,
+    not a 500 when the schema is measured or the validator built."""
+    e = err(spec)
+    assert "lone surrogate" in e.message and e.status_code == 422

@@ -65,6 +65,19 @@ def test_union_order_survives_typing_caches() -> None:
         assert schema["anyOf"][0]["type"] == {"int": "integer", "str": "string"}[first]
 
 
+def test_union_order_survives_typing_caches_inside_containers_of_a_union() -> None:
+    """``list[Union[int, str, None]] == list[Union[str, int, None]]``, so an outer union holding one came
+    back from typing's cache with the other order when a signature had built it first."""
+    for outer in ("list[{}] | bool", "dict[str, {}] | bool", "tuple[{}, bool] | bool"):
+        for inner, first in (("Optional[int | str]", "integer"), ("Optional[str | int]", "string"),
+                             ("int | str | None", "integer")):
+            schema = parse_signature("q -> a: " + outer.format(inner)).output_json_schema()["properties"]["a"]
+            branch = schema["anyOf"][0]
+            item = (branch.get("items") or branch.get("additionalProperties") or {}) if "prefixItems" not in branch \
+                else branch["prefixItems"][0]
+            assert item["anyOf"][0]["type"] == first, (outer, inner, schema)
+
+
 def test_smart_union_keeps_the_exact_type() -> None:
     sig = "q -> a: int | str, b: str | int, c: float | int, d: int | float"
     assert out(sig, {"a": "3", "b": 3, "c": 3, "d": 2.5}) == {"a": "3", "b": 3, "c": 3, "d": 2.5}
@@ -251,6 +264,20 @@ def test_type_count_and_section_shape_are_checked() -> None:
     many = {f"T{i}": {"x": "int"} for i in range(MAX_OBJECT_TYPES + 1)}
     assert "too many object types" in err({"types": many, "outputs": {"a": "int"}}).message
     assert "'types' must be an object" in err({"types": ["Contact"], "outputs": {"a": "int"}}).message
+
+
+def test_the_json_form_is_bounded_as_a_whole_not_only_per_section() -> None:
+    """Each object type may have MAX_FIELDS fields of MAX_TYPE_CHARS each: 32 of them made a signature
+    that took the event loop ~40 s to parse and build before its schema was refused. Totals bound it."""
+    many = {f"T{t}": {f"f{i}": "Optional[int]" for i in range(100)} for t in range(5)}
+    e = err({"types": many, "outputs": {f"o{t}": f"T{t}" for t in range(5)}})
+    assert e.details["limit"] == "MAX_TOTAL_FIELDS" and e.details["max"] == 400 and e.status_code == 422
+    long = "Union[" + ", ".join(f"Literal['{i:04}']" for i in range(50)) + ", int]"
+    wide = {f"T{t}": {f"f{i}": long for i in range(25)} for t in range(5)}
+    e = err({"types": wide, "outputs": {f"o{t}": f"T{t}" for t in range(5)}})
+    assert e.details["limit"] == "MAX_TOTAL_TYPE_CHARS" and "more than 100000 characters" in e.message
+    fits = {f"T{t}": {f"f{i}": "int" for i in range(90)} for t in range(4)}
+    assert len(parse_signature({"types": fits, "outputs": {f"o{t}": f"T{t}" for t in range(4)}}).object_types) == 4
 
 
 def test_direct_construction_of_object_types() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from app.services.predict.vote import canonical, majority
@@ -35,7 +37,7 @@ def test_values_are_the_same_when_their_canonical_json_is() -> None:
     v = majority(samples, ["d"])
     assert v.outputs == {"d": {"a": 1, "b": [1, 2]}} and v.agreement["d"] == pytest.approx(2 / 3)
     assert canonical({"b": 1, "a": "é"}) == '{"a":"é","b":1}'
-    assert canonical(1) != canonical(1.0) and canonical(True) != canonical(1)
+    assert canonical(True) != canonical(1) and canonical(0.5) != canonical(0)
     assert canonical((1, "x")) == canonical([1, "x"])  # a tuple is its JSON array
 
 
@@ -62,3 +64,16 @@ def test_one_sample_wins_everything_and_none_is_an_error() -> None:
 def test_only_the_given_fields_are_voted() -> None:
     v = majority([{"reasoning": "r1", "a": 1}, {"reasoning": "r2", "a": 1}], ["a"])
     assert v.outputs == {"a": 1} and set(v.agreement) == {"a"}
+
+
+def test_equal_numbers_are_one_value() -> None:
+    """``1`` and ``1.0`` are one number (an ``Any`` or ``int | float`` field may give either; the Literal
+    check matches them too), and so are ``0.0`` and ``-0.0`` in a ``float`` field: one vote each, not two."""
+    v = majority([{"x": 0.0}, {"x": -0.0}, {"x": 0.5}], ["x"])
+    assert v.outputs == {"x": 0.0} and v.agreement["x"] == pytest.approx(2 / 3)
+    v = majority([{"x": [1, 2.5]}, {"x": 3}, {"x": [1.0, 2.5]}, {"x": {"k": 3}}, {"x": {"k": 3.0}}], ["x"])
+    assert v.outputs == {"x": [1, 2.5]} and v.agreement["x"] == pytest.approx(2 / 5)
+    assert canonical({"a": [1.0, -0.0]}) == canonical({"a": [1, 0]})
+    assert canonical([True, 1]) != canonical([1, 1])
+    deep = 900  # as deep as an Any output may come back (the reply's JSON parser allows it)
+    assert canonical(json.loads("[" * deep + "1.0" + "]" * deep)) == "[" * deep + "1" + "]" * deep

@@ -2,7 +2,8 @@
 
 Each field is voted on its own: the winner is the value most samples gave, two values being the
 same when their canonical JSON is (keys sorted, no spaces: ``{"a": 1, "b": 2}`` and
-``{"b": 2, "a": 1}`` are one value; ``1`` and ``1.0`` are two, which typed outputs never mix).
+``{"b": 2, "a": 1}`` are one value; numbers by value, as Python and the Literal check compare them:
+``1`` and ``1.0`` are one, as are ``0.0`` and ``-0.0``, but ``true`` is not ``1``).
 A tie goes to the value that appeared first, in sample order, so the vote is deterministic.
 
 Pure functions, no I/O.
@@ -19,8 +20,17 @@ __all__ = ["Vote", "canonical", "majority"]
 
 
 def canonical(value: Any) -> str:
-    """A value's identity for the vote: its canonical JSON."""
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    """A value's identity for the vote: its canonical JSON (whole-number floats written as ints, by
+    the JSON codec itself: an ``Any`` value may be nested as deep as the reply's JSON parser allows)."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    whole = json.loads(text, parse_float=_number)
+    return json.dumps(whole, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def _number(text: str) -> int | float:
+    """A JSON number with a fraction or exponent: an int when it is a whole one (``1.0``, ``-0.0``)."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,10 @@ MAX_DESC_CHARS = 4_000
 MAX_INSTRUCTIONS_CHARS = 32_000
 MAX_OBJECT_TYPES = 32  # named object types in one signature's "types" section
 MAX_OBJECT_DEPTH = 4  # object types nested in object types: A has a B, which has a C, which has a D
+# the JSON form as a whole (its object types multiply what MAX_FIELDS and MAX_TYPE_CHARS allow): every
+# field, of the inputs, outputs and object types together, and the text of all their types
+MAX_TOTAL_FIELDS = 400
+MAX_TOTAL_TYPE_CHARS = 100_000  # what the inputs and outputs alone allow (MAX_FIELDS * MAX_TYPE_CHARS)
 MAX_PATTERN_CHARS = 512  # one "pattern" constraint
 MAX_PATTERN_REPEAT = 1_000  # a pattern's counted repetitions, expanded: [a-z]{1,50}@[a-z]{1,50} is 101
 MAX_CONSTRAINT_COUNT = 100_000  # min/max_length, min/max_items
@@ -127,7 +131,20 @@ def clean_text(value: Any, *, what: str, limit: int, field: str | None = None) -
     value = value.strip()
     if len(value) > limit:
         raise SignatureError(f"{what} is too long ({len(value)} chars; max {limit})", **details)
+    problem = unicode_problem(value, what)
+    if problem is not None:
+        raise SignatureError(problem, **details)
     return value or None
+
+
+def unicode_problem(text: str, what: str) -> str | None:
+    """Whether ``text`` holds a lone surrogate (JSON may spell one, ``"\\ud800"``), which no UTF-8
+    encoder (the schema's, the upstream request's) nor pydantic's Literal can take; or None."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return f"{what} holds a lone surrogate, which is not valid Unicode"
+    return None
 
 
 # --- types -----------------------------------------------------------------------
@@ -167,6 +184,8 @@ class LiteralValues:
             return f"Literal values must be strings, numbers or booleans, not {type(value).__name__}"
         if isinstance(value, float) and not math.isfinite(value):
             return f"Literal value {value!r} is not a finite number"
+        if isinstance(value, str) and (problem := unicode_problem(value, "a Literal value")) is not None:
+            return problem
         key = literal_key(value)
         if key in self._keys:
             return f"duplicate Literal value {literal_text(value) if shown is None else shown}"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -32,6 +33,7 @@ from app.services.signature.checks import (
     MAX_PATTERN_CHARS,
     MAX_PATTERN_REPEAT,
     MAX_SCHEMA_STRING_LENGTH,
+    unicode_problem,
 )
 
 if TYPE_CHECKING:
@@ -68,6 +70,10 @@ class Constraints:
             problem = _value_problem(key, value)
             if problem is not None:
                 raise SignatureError(problem)
+            if isinstance(value, float) and value.is_integer():
+                # one spelling per bound: ``ge=1.0`` equals ``ge=1`` (and keys the same caches), so both
+                # must make the same schema bytes and prompt text (``-0.0`` is ``0`` too)
+                object.__setattr__(self, key, int(value))
         for low, high in (("ge", "le"), ("gt", "lt"), ("ge", "lt"), ("gt", "le"),
                           ("min_length", "max_length"), ("min_items", "max_items")):
             lo, hi = getattr(self, low), getattr(self, high)
@@ -95,6 +101,14 @@ class Constraints:
             wanted = _FITS[key]
             if base.kind not in _KINDS[wanted]:
                 return f"constraint {key!r} needs a {wanted} type ({'/'.join(_KINDS[wanted])}), not '{spec}'"
+        for key in NUMBER_KEYS:  # pydantic refuses to build these validators (a 500, not a 422)
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if base.kind == "int" and isinstance(value, float) and not value.is_integer():
+                return f"constraint {key!r} must be a whole number for an int field, not {value!r}"
+            if isinstance(value, int) and abs(value) > sys.float_info.max:  # int fields too: the error message
+                return f"constraint {key!r} is out of range (at most {sys.float_info.max:g} either way)"
         return None
 
     def pydantic_kwargs(self, *, for_schema: bool = False) -> dict[str, Any]:
@@ -134,7 +148,7 @@ def _value_problem(key: str, value: Any) -> str | None:
             return f"constraint 'pattern' must be a string, not {type(value).__name__}"
         if len(value) > MAX_PATTERN_CHARS:
             return f"pattern is too long ({len(value)} chars; max {MAX_PATTERN_CHARS})"
-        return _pattern_problem(value) or _repeat_problem(value)
+        return unicode_problem(value, "pattern") or _pattern_problem(value) or _repeat_problem(value)
     if isinstance(value, bool) or not isinstance(value, int):
         return f"constraint {key!r} must be an integer, not {type(value).__name__}"
     if not 0 <= value <= MAX_CONSTRAINT_COUNT:

@@ -19,6 +19,8 @@ from app.services.signature.checks import (
     MAX_OBJECT_DEPTH,
     MAX_OBJECT_TYPES,
     MAX_SIGNATURE_CHARS,
+    MAX_TOTAL_FIELDS,
+    MAX_TOTAL_TYPE_CHARS,
     MAX_TYPE_CHARS,
     NO_OUTPUTS,
     FieldNames,
@@ -118,7 +120,8 @@ def _from_mapping(spec: Mapping[str, Any]) -> tuple[str | None, tuple[Field, ...
 
 
 class _ObjectTypes:
-    """The ``types`` section, resolved by name on demand (``self(name)``, for the parser)."""
+    """The ``types`` section, resolved by name on demand (``self(name)``, for the parser); it also
+    counts every field of the JSON form and its type's text against MAX_TOTAL_* (:meth:`charge`)."""
 
     def __init__(self, raw: Any) -> None:
         if raw is None:
@@ -138,6 +141,20 @@ class _ObjectTypes:
         self.raw = raw
         self.built: dict[str, TypeSpec] = {}
         self.stack: list[str] = []
+        self.fields = 0
+        self.type_chars = 0
+
+    def charge(self, section: str, item: Any) -> None:
+        """Count one field (its spec ``item``) against the JSON form's totals, before its type is parsed."""
+        self.fields += 1
+        text = item.get("type", "str") if isinstance(item, Mapping) else item
+        self.type_chars += len(text) if isinstance(text, str) else 0
+        for total, limit, name, what in ((self.fields, MAX_TOTAL_FIELDS, "MAX_TOTAL_FIELDS", "fields"),
+                                         (self.type_chars, MAX_TOTAL_TYPE_CHARS, "MAX_TOTAL_TYPE_CHARS",
+                                          "characters of type text")):
+            if total > limit:
+                raise SignatureError(f"the signature has more than {limit} {what}, its object types' included "
+                                     f"(the limit {name})", section=section, limit=name, max=limit)
 
     def resolve_all(self) -> None:
         for name in self.raw:
@@ -195,6 +212,7 @@ def _fields_from_json(section: str, value: Any, names: FieldNames, types: _Objec
         problem = names.too_many()  # counted as they come: a huge object is refused before its types are read
         if problem is not None:
             raise SignatureError(problem, section=section)
+        types.charge(section, item)
         try:
             fields.append(_field_from_json(name, item, types))
         except SignatureError as exc:

@@ -75,11 +75,13 @@ class _Declared:
 
 
 def _pin(spec: TypeSpec, annotation: Any) -> Any:
-    return Annotated[annotation, _Declared(spec)] if spec.kind in ("literal", "union") else annotation
+    # an Optional union is the flat Union[A, B, None]: pinned too, or list[Union[A, B, None]] equals
+    # list[Union[B, A, None]] and an outer union holding it comes back from typing's cache reordered
+    return Annotated[annotation, _Declared(spec)] if spec.kind in ("literal", "union", "optional") else annotation
 
 
 def _annotation(spec: TypeSpec) -> Any:
-    """``spec.to_annotation()`` with each Literal (and union) pinned to its declared order. typing
+    """``spec.to_annotation()`` with each Literal (union, Optional) pinned to its declared order. typing
     caches ``Optional[X]`` and ``Annotated[X, ...]`` by equality, and ``Literal['a', 1] == Literal[1, 'a']``
     (``Union[int, str] == Union[str, int]`` too): without the pin, ``Optional[Literal[1, 'a']]`` can
     come back holding an earlier ``Literal['a', 1]``, and the enum would list the values in that order."""
