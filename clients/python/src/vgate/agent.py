@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from vgate.client import AsyncClient, Client, async_client, sync_client
 from vgate.errors import AgentError, ConnectionError, VGateError, error_class, error_from_body
 from vgate.results import Usage
-from vgate.sse import ServerSentEvent, aiter_sse, iter_sse
+from vgate.sse import Resumption, ServerSentEvent, aiter_sse, iter_sse
 
 TERMINAL = ("final", "error")
 
@@ -183,32 +183,25 @@ class Agent:
 
     def _follow(self, client: Client, first: tuple[str, str, dict] | None, run_id: str | None,
                 seen: int) -> Iterator[Event]:
-        failures = 0
+        resume = self._resumption(seen)
         while True:
-            method, path, body, headers = _next_request(first, run_id, seen)
+            method, path, body, headers = _next_request(first, run_id, resume.seen)
             first = None
             try:
                 with client.stream(method, path, json=body, headers=headers) as response:
                     run_id = run_id or response.headers.get("x-vgate-run-id")
                     for sse in iter_sse(response.iter_lines()):
                         event = parse_event(sse)
-                        if event.event_id is not None:
-                            if event.event_id <= seen:
-                                continue  # replayed: already yielded
-                            seen, failures = event.event_id, 0
-                        if isinstance(event, RunEvent):
-                            run_id = event.run_id
-                        yield event
-                        if event.event in TERMINAL:
-                            return
-                reason: Exception = ConnectionError("the event stream ended before the run's last event",
-                                                    type="stream_ended")
+                        if resume.is_new(event.event_id):  # else replayed: already yielded
+                            if isinstance(event, RunEvent):
+                                run_id = event.run_id
+                            yield event
+                            if event.event in TERMINAL:
+                                return
+                reason: Exception = _ended_early()
             except ConnectionError as e:
                 reason = e
-            failures += 1
-            if run_id is None or failures > self.max_reconnects:
-                raise reason
-            time.sleep(min(0.2 * 2 ** (failures - 1), 2.0))
+            time.sleep(resume.pause(reason, resumable=run_id is not None))
 
     # --- async --------------------------------------------------------------------------------
     def astream(self, input: str | Sequence[Mapping[str, Any]]) -> AsyncIterator[Event]:
@@ -225,32 +218,30 @@ class Agent:
 
     async def _afollow(self, client: AsyncClient, first: tuple[str, str, dict] | None, run_id: str | None,
                        seen: int) -> AsyncIterator[Event]:
-        failures = 0
+        resume = self._resumption(seen)
         while True:
-            method, path, body, headers = _next_request(first, run_id, seen)
+            method, path, body, headers = _next_request(first, run_id, resume.seen)
             first = None
             try:
                 async with client.stream(method, path, json=body, headers=headers) as response:
                     run_id = run_id or response.headers.get("x-vgate-run-id")
                     async for sse in aiter_sse(response.aiter_lines()):
                         event = parse_event(sse)
-                        if event.event_id is not None:
-                            if event.event_id <= seen:
-                                continue
-                            seen, failures = event.event_id, 0
-                        if isinstance(event, RunEvent):
-                            run_id = event.run_id
-                        yield event
-                        if event.event in TERMINAL:
-                            return
-                reason: Exception = ConnectionError("the event stream ended before the run's last event",
-                                                    type="stream_ended")
+                        if resume.is_new(event.event_id):
+                            if isinstance(event, RunEvent):
+                                run_id = event.run_id
+                            yield event
+                            if event.event in TERMINAL:
+                                return
+                reason: Exception = _ended_early()
             except ConnectionError as e:
                 reason = e
-            failures += 1
-            if run_id is None or failures > self.max_reconnects:
-                raise reason
-            await asyncio.sleep(min(0.2 * 2 ** (failures - 1), 2.0))
+            await asyncio.sleep(resume.pause(reason, resumable=run_id is not None))
+
+    def _resumption(self, seen: int) -> Resumption:
+        """A dropped stream is resumed ``max_reconnects`` times in a row at most, waiting 0.2 s, 0.4 s, ... 2 s."""
+        return Resumption(seen, max_failures=self.max_reconnects,
+                          delay=lambda failures: min(0.2 * 2 ** (failures - 1), 2.0))
 
     def __repr__(self) -> str:
         return f"Agent(tools={self.tools!r})"
@@ -263,6 +254,10 @@ def _next_request(first: tuple[str, str, dict] | None, run_id: str | None,
         return method, path, body, {"accept": "text/event-stream"}
     assert run_id is not None
     return "GET", f"/agent/runs/{run_id}/events", None, {"accept": "text/event-stream", "last-event-id": str(seen)}
+
+
+def _ended_early() -> ConnectionError:
+    return ConnectionError("the event stream ended before the run's last event", type="stream_ended")
 
 
 def _finish(events: Iterator[Event]) -> FinalEvent:

@@ -48,21 +48,29 @@ class _Base:
     def _stream_timeout(self) -> httpx.Timeout:
         return httpx.Timeout(self._timeout().connect, read=self.stream_timeout, write=self.timeout, pool=self.timeout)
 
-    def _retry_delay(self, error: VGateError, attempt: int) -> float | None:
-        """Seconds to wait before retrying, or None: not retryable, or no retries left."""
-        if attempt >= self.max_retries:
-            return None
-        if not (error.retryable or error.status == 429 or isinstance(error, ConnectionError)):
-            return None
+    def _http_options(self) -> dict[str, Any]:
+        """What the httpx pool, sync or async, is built with."""
+        return {"base_url": self.base_url, "headers": self.headers, "timeout": self._timeout()}
+
+    def _failed_send(self, exc: httpx.TransportError, path: str) -> ConnectionError:
+        """A request that failed before an answer came, as the error to retry on; raised at once when
+        the request may have reached the gateway (it is never resent)."""
+        error = transport_error(exc, f"{self.base_url}{path}")
+        if not isinstance(exc, _SAFE_TO_RETRY):
+            raise error from exc
+        return error
+
+    def _retry_delay(self, error: VGateError, attempt: int) -> float:
+        """Seconds to wait before retrying after ``error``, which is raised when it is not retryable,
+        or no retries are left."""
+        retryable = error.retryable or error.status == 429 or isinstance(error, ConnectionError)
         delay = error.retry_after if error.retry_after is not None else 0.5 * 2**attempt
-        return delay if delay <= MAX_RETRY_WAIT else None  # a daily budget: waiting does not help
+        if attempt >= self.max_retries or not retryable or delay > MAX_RETRY_WAIT:  # the last: a daily budget
+            raise error
+        return delay
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
-
-
-def _wrap(exc: httpx.TransportError, request_url: str) -> ConnectionError:
-    return transport_error(exc, request_url)
 
 
 _SAFE_TO_RETRY = (httpx.ConnectError, httpx.ConnectTimeout)  # nothing was sent
@@ -77,8 +85,7 @@ class Client(_Base):
                  transport: httpx.BaseTransport | None = None) -> None:
         super().__init__(base_url, api_key, timeout=timeout, stream_timeout=stream_timeout,
                          max_retries=max_retries, headers=headers)
-        self._http = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=self._timeout(),
-                                  transport=transport)
+        self._http = httpx.Client(**self._http_options(), transport=transport)
 
     def request(self, method: str, path: str, *, json: Any = None, headers: Mapping[str, str] | None = None,
                 params: Mapping[str, Any] | None = None) -> httpx.Response:
@@ -86,18 +93,13 @@ class Client(_Base):
         for attempt in itertools.count():
             try:
                 response = self._http.request(method, path, json=json, headers=headers, params=params)
-            except _SAFE_TO_RETRY as e:
-                error: VGateError = _wrap(e, f"{self.base_url}{path}")
-            except httpx.TransportError as e:  # the request may have reached the gateway: never resent
-                raise _wrap(e, f"{self.base_url}{path}") from e
+            except httpx.TransportError as e:
+                error: VGateError = self._failed_send(e, path)
             else:
                 if response.is_success:
                     return response
                 error = error_from_response(response)
-            delay = self._retry_delay(error, attempt)
-            if delay is None:
-                raise error
-            time.sleep(delay)
+            time.sleep(self._retry_delay(error, attempt))
         raise AssertionError("unreachable")
 
     def get(self, path: str, **kw: Any) -> Any:
@@ -120,7 +122,7 @@ class Client(_Base):
                     raise error_from_response(response)
                 yield response
         except httpx.TransportError as e:
-            raise _wrap(e, f"{self.base_url}{path}") from e
+            raise transport_error(e, f"{self.base_url}{path}") from e
 
     def programs(self) -> list[dict[str, Any]]:
         """The programs the gateway serves (``GET /predict/programs``)."""
@@ -153,26 +155,20 @@ class AsyncClient(_Base):
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         super().__init__(base_url, api_key, timeout=timeout, stream_timeout=stream_timeout,
                          max_retries=max_retries, headers=headers)
-        self._http = httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=self._timeout(),
-                                       transport=transport)
+        self._http = httpx.AsyncClient(**self._http_options(), transport=transport)
 
     async def request(self, method: str, path: str, *, json: Any = None, headers: Mapping[str, str] | None = None,
                       params: Mapping[str, Any] | None = None) -> httpx.Response:
         for attempt in itertools.count():
             try:
                 response = await self._http.request(method, path, json=json, headers=headers, params=params)
-            except _SAFE_TO_RETRY as e:
-                error: VGateError = _wrap(e, f"{self.base_url}{path}")
-            except httpx.TransportError as e:  # the request may have reached the gateway: never resent
-                raise _wrap(e, f"{self.base_url}{path}") from e
+            except httpx.TransportError as e:
+                error: VGateError = self._failed_send(e, path)
             else:
                 if response.is_success:
                     return response
                 error = error_from_response(response)
-            delay = self._retry_delay(error, attempt)
-            if delay is None:
-                raise error
-            await asyncio.sleep(delay)
+            await asyncio.sleep(self._retry_delay(error, attempt))
         raise AssertionError("unreachable")
 
     async def get(self, path: str, **kw: Any) -> Any:
@@ -192,7 +188,7 @@ class AsyncClient(_Base):
                     raise error_from_response(response)
                 yield response
         except httpx.TransportError as e:
-            raise _wrap(e, f"{self.base_url}{path}") from e
+            raise transport_error(e, f"{self.base_url}{path}") from e
 
     async def programs(self) -> list[dict[str, Any]]:
         return (await self.get("/predict/programs"))["programs"]

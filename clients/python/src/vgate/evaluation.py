@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from vgate.client import AsyncClient, Client, async_client, sync_client
@@ -154,28 +155,28 @@ def optimization_body(program: str | Program, strategy: str, trainset: Sequence[
     return body
 
 
+def _started(client: Client | AsyncClient, response: httpx.Response, kind: str,
+             job_type: type[Job] | type[AsyncJob]) -> Any:
+    """The result the gateway answered with, or the job it made of the run (a 202: {job_id, status, ...},
+    Location: /jobs/{id})."""
+    data = response.json()
+    if response.status_code == 202:
+        return job_type(client, data["job_id"], kind, data)
+    return RESULT_TYPES[kind](data)
+
+
 def _sync_run(client: Client, path: str, kind: str, body: dict[str, Any], wait: bool, timeout: float | None,
               on_progress: Callable[[dict[str, Any]], None] | None) -> Any:
-    if not wait:
-        body["job"] = True
-    response = client.request("POST", path, json=body)
-    data = response.json()
-    if response.status_code == 202:  # a job: {job_id, status, ...}, Location: /jobs/{id}
-        job = Job(client, data["job_id"], kind, data)
-        return job.wait(timeout, on_progress=on_progress) if wait else job
-    return RESULT_TYPES[kind](data)
+    response = client.request("POST", path, json=body if wait else {**body, "job": True})
+    answer = _started(client, response, kind, Job)
+    return answer.wait(timeout, on_progress=on_progress) if wait and isinstance(answer, Job) else answer
 
 
 async def _async_run(client: AsyncClient, path: str, kind: str, body: dict[str, Any], wait: bool,
                      timeout: float | None, on_progress: Callable[[dict[str, Any]], None] | None) -> Any:
-    if not wait:
-        body["job"] = True
-    response = await client.request("POST", path, json=body)
-    data = response.json()
-    if response.status_code == 202:  # a job: {job_id, status, ...}, Location: /jobs/{id}
-        job = AsyncJob(client, data["job_id"], kind, data)
-        return await job.wait(timeout, on_progress=on_progress) if wait else job
-    return RESULT_TYPES[kind](data)
+    response = await client.request("POST", path, json=body if wait else {**body, "job": True})
+    answer = _started(client, response, kind, AsyncJob)
+    return await answer.wait(timeout, on_progress=on_progress) if wait and isinstance(answer, AsyncJob) else answer
 
 
 def evaluate(program: Any, dataset: Sequence[Example], metric: Metric = "exact_match", *,

@@ -16,7 +16,7 @@ from typing import Any
 
 from vgate.client import AsyncClient, Client
 from vgate.errors import ConnectionError, JobFailed
-from vgate.sse import aiter_sse, iter_sse
+from vgate.sse import Resumption, aiter_sse, iter_sse
 
 FINISHED = ("succeeded", "failed", "cancelled")
 # kind -> the result's type; evaluation.py registers evaluate and optimize
@@ -99,27 +99,20 @@ class Job(_JobBase):
     def events(self) -> Iterator[dict[str, Any]]:
         """The job's events from the start, as ``{"event", "id", **data}``: ``progress`` ones, then
         ``result`` or ``error``. A dropped stream resumes after the last id seen."""
-        seen, failures = 0, 0
+        resume = _resumption()
         while True:
             try:
-                with self.client.stream("GET", f"/jobs/{self.id}/events",
-                                        headers={"last-event-id": str(seen)} if seen else None) as response:
+                with self.client.stream("GET", f"/jobs/{self.id}/events", headers=_resume_headers(resume)) as response:
                     for sse in iter_sse(response.iter_lines()):
                         event = _job_event(sse.event, sse.data, sse.id)
-                        if event["id"] is not None:
-                            if event["id"] <= seen:
-                                continue
-                            seen, failures = event["id"], 0
-                        yield event
-                        if event["event"] in ("result", "error"):
-                            return
+                        if resume.is_new(event["id"]):
+                            yield event
+                            if event["event"] in ("result", "error"):
+                                return
                 reason: ConnectionError = _ended_early(self.id)
             except ConnectionError as e:
                 reason = e
-            failures += 1
-            if failures > 3:
-                raise reason
-            time.sleep(0.2 * failures)
+            time.sleep(resume.pause(reason))
 
 
 class AsyncJob(_JobBase):
@@ -153,27 +146,30 @@ class AsyncJob(_JobBase):
         return await self.refresh()
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
-        seen, failures = 0, 0
+        resume = _resumption()
         while True:
             try:
                 async with self.client.stream("GET", f"/jobs/{self.id}/events",
-                                              headers={"last-event-id": str(seen)} if seen else None) as response:
+                                              headers=_resume_headers(resume)) as response:
                     async for sse in aiter_sse(response.aiter_lines()):
                         event = _job_event(sse.event, sse.data, sse.id)
-                        if event["id"] is not None:
-                            if event["id"] <= seen:
-                                continue
-                            seen, failures = event["id"], 0
-                        yield event
-                        if event["event"] in ("result", "error"):
-                            return
+                        if resume.is_new(event["id"]):
+                            yield event
+                            if event["event"] in ("result", "error"):
+                                return
                 reason: ConnectionError = _ended_early(self.id)
             except ConnectionError as e:
                 reason = e
-            failures += 1
-            if failures > 3:
-                raise reason
-            await asyncio.sleep(0.2 * failures)
+            await asyncio.sleep(resume.pause(reason))
+
+
+def _resumption() -> Resumption:
+    """A job's event stream is resumed three times in a row at most, waiting 0.2 s longer each time."""
+    return Resumption(max_failures=3, delay=lambda failures: 0.2 * failures)
+
+
+def _resume_headers(resume: Resumption) -> dict[str, str] | None:
+    return {"last-event-id": str(resume.seen)} if resume.seen else None
 
 
 def _ended_early(job_id: str) -> ConnectionError:

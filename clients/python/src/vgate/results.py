@@ -22,11 +22,30 @@ class Usage(BaseModel):
     total_tokens: int = 0
 
 
-def _usage(value: Any) -> Usage:
-    return Usage.model_validate(value) if isinstance(value, dict) else Usage()
+class _Accounted:
+    """What an answer, or a whole batch, cost and where it came from, read from its ``raw`` response."""
+
+    raw: dict[str, Any]
+
+    @property
+    def usage(self) -> Usage:
+        value = self.raw.get("usage")
+        return Usage.model_validate(value) if isinstance(value, dict) else Usage()
+
+    @property
+    def cost_usd(self) -> float:
+        return float(self.raw.get("cost_usd") or 0.0)
+
+    @property
+    def latency_ms(self) -> float | None:
+        return self.raw.get("latency_ms")
+
+    @property
+    def request_id(self) -> str | None:
+        return self.raw.get("request_id")
 
 
-class Prediction:
+class Prediction(_Accounted):
     """One answer. Output fields are attributes (``pred.answer``) and items (``pred["answer"]``);
     an output named like one of the attributes below (``model``, ``usage``, ...) is read as an item.
 
@@ -87,28 +106,12 @@ class Prediction:
         return self.raw.get("reasoning")
 
     @property
-    def usage(self) -> Usage:
-        return _usage(self.raw.get("usage"))
-
-    @property
-    def cost_usd(self) -> float:
-        return float(self.raw.get("cost_usd") or 0.0)
-
-    @property
-    def latency_ms(self) -> float | None:
-        return self.raw.get("latency_ms")
-
-    @property
     def ttft_ms(self) -> float | None:
         return self.raw.get("ttft_ms")
 
     @property
     def model(self) -> str | None:
         return self.raw.get("model")
-
-    @property
-    def request_id(self) -> str | None:
-        return self.raw.get("request_id")
 
     @property
     def program(self) -> str | None:
@@ -171,7 +174,7 @@ class TraceStep(Prediction):
         return f"TraceStep({self.name!r}, outputs={self.raw.get('outputs')!r})"
 
 
-class BatchResult(list):
+class BatchResult(_Accounted, list):
     """A batch's answers, in input order: each a ``Prediction``, or a ``PredictionError`` for an item
     that failed (the others are unaffected). Also ``usage``, ``cost_usd`` and ``latency_ms`` of the
     whole batch, ``succeeded``, ``failed``, ``errors`` and ``raw``. A list longer than the gateway's
@@ -203,18 +206,6 @@ class BatchResult(list):
                     "request_ids": [p.raw.get("request_id") for p in parts]})
 
     @property
-    def usage(self) -> Usage:
-        return _usage(self.raw.get("usage"))
-
-    @property
-    def cost_usd(self) -> float:
-        return float(self.raw.get("cost_usd") or 0.0)
-
-    @property
-    def latency_ms(self) -> float | None:
-        return self.raw.get("latency_ms")
-
-    @property
     def succeeded(self) -> int:
         return sum(1 for item in self if isinstance(item, Prediction))
 
@@ -226,6 +217,3 @@ class BatchResult(list):
     def errors(self) -> list[PredictionError]:
         return [item for item in self if isinstance(item, PredictionError)]
 
-    @property
-    def request_id(self) -> str | None:
-        return self.raw.get("request_id")

@@ -9,7 +9,7 @@ blank line, and one cut off by the end of the stream is discarded. Lines come fr
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 
@@ -71,3 +71,31 @@ async def aiter_sse(lines: AsyncIterable[str]) -> AsyncIterator[ServerSentEvent]
         event = decoder.feed(line.rstrip("\r\n"))
         if event is not None:
             yield event
+
+
+class Resumption:
+    """Where a stream resumed with ``Last-Event-ID`` stands, for its sync and async readers alike: the
+    last id ``seen`` (an event at or before it is a replay) and the failures in a row since a new event."""
+
+    def __init__(self, seen: int = 0, *, max_failures: int, delay: Callable[[int], float]) -> None:
+        self.seen = seen
+        self.failures = 0
+        self.max_failures = max_failures
+        self._delay = delay
+
+    def is_new(self, event_id: int | None) -> bool:
+        """Whether to pass an event on (one without an id always is); a new one resets the failures."""
+        if event_id is None:
+            return True
+        if event_id <= self.seen:
+            return False
+        self.seen, self.failures = event_id, 0
+        return True
+
+    def pause(self, reason: Exception, *, resumable: bool = True) -> float:
+        """Seconds to wait before resuming after ``reason`` (a drop, or an early end); ``reason`` is
+        raised when the stream cannot be resumed, or has failed too many times in a row."""
+        self.failures += 1
+        if not resumable or self.failures > self.max_failures:
+            raise reason
+        return self._delay(self.failures)
