@@ -9,12 +9,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic.json_schema import models_json_schema
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.routers.agent import last_event_id_value
 from app.routers.deps import JobsDep, SettingsDep
-from app.routers.schemas import REF, ErrorInfo, Omittable, _omitted, error_responses
+from app.routers.schemas import REF, ErrorInfo, Omittable, _omitted, error_responses, sse_components
 from app.services.agent.runs import event_json
 
 router = APIRouter(tags=["jobs"])
@@ -68,24 +67,8 @@ JOB_EVENTS_RESPONSE: dict[str, Any] = {
 
 
 def event_stream_components() -> dict[str, Any]:
-    """Component schemas of the job event stream (FastAPI only registers JSON responses' models)."""
-    _, top = models_json_schema([(m, "serialization") for m in _EVENTS.values()], ref_template=REF)
-    components: dict[str, Any] = dict(top.get("$defs", {}))
-    variants = []
-    for name, model in _EVENTS.items():
-        title = "JobEvent_" + name
-        components[title] = {
-            "title": title, "type": "object", "required": ["event", "data"],
-            "properties": {
-                "event": {"const": name},
-                "id": {"type": "string", "description": "the event's number in the job: 1, 2, 3, ..."},
-                "data": {"type": "string", "contentMediaType": "application/json",
-                         "contentSchema": {"$ref": REF.format(model=model.__name__)}},
-            },
-        }
-        variants.append({"$ref": REF.format(model=title)})
-    components["JobEvent"] = {"title": "JobEvent", "oneOf": variants}
-    return components
+    """The job event stream's component schemas."""
+    return sse_components(_EVENTS, "JobEvent", "job")
 
 
 _NOT_FOUND = "unknown or expired job, or another key's (job_not_found)"

@@ -356,28 +356,33 @@ EVENT_STREAM_DESCRIPTION = (
 )
 
 
-def event_stream_components() -> dict[str, Any]:
-    """Component schemas for ``text/event-stream``: FastAPI only registers the models of JSON responses."""
-    _, top = models_json_schema([(m, "serialization") for m in dict.fromkeys(_EVENTS.values())],
-                                ref_template=REF)
-    components: dict[str, Any] = dict(top["$defs"])
+def sse_components(events: dict[str, type[BaseModel]], stream: str, of: str) -> dict[str, Any]:
+    """Component schemas of a ``text/event-stream`` whose events are ``events`` (name: data model), as
+    ``<stream>_<name>`` variants of one ``<stream>``: FastAPI only registers the models of JSON responses."""
+    _, top = models_json_schema([(m, "serialization") for m in dict.fromkeys(events.values())], ref_template=REF)
+    components: dict[str, Any] = dict(top.get("$defs", {}))
     variants = []
-    for name, model in _EVENTS.items():
-        title = "AgentEvent_" + name
+    for name, model in events.items():
+        title = f"{stream}_{name}"
         components[title] = {
             "title": title,
             "type": "object",
             "required": ["event", "data"],
             "properties": {
                 "event": {"const": name},
-                "id": {"type": "string", "description": "the event's number in the run: 1, 2, 3, ..."},
+                "id": {"type": "string", "description": f"the event's number in the {of}: 1, 2, 3, ..."},
                 "data": {"type": "string", "contentMediaType": "application/json",
                          "contentSchema": {"$ref": REF.format(model=model.__name__)}},
             },
         }
         variants.append({"$ref": REF.format(model=title)})
-    components["AgentEvent"] = {"title": "AgentEvent", "oneOf": variants}
+    components[stream] = {"title": stream, "oneOf": variants}
     return components
+
+
+def event_stream_components() -> dict[str, Any]:
+    """The agent's event stream."""
+    return sse_components(_EVENTS, "AgentEvent", "run")
 
 
 # itemSchema (OpenAPI 3.2, one event), as FastAPI itself documents an event stream
