@@ -186,7 +186,12 @@ def test_sigterm_stops_every_worker_and_removes_the_metrics_directory(sim_url, r
         metrics_dir = Path(started["metrics_dir"])
         assert httpx.post(f"{url}/predict", json={"signature": "question -> answer",
                                                   "inputs": {"question": "q"}}, timeout=30).status_code == 200
-        assert {int(f.stem.rsplit("_", 1)[1]) for f in metrics_dir.glob("gauge_livesum_*.db")} == pids
+        # Each worker writes its live-gauge file when its app is built; /healthz answering means one worker is up,
+        # not both, so wait (bounded) for the other's.
+        deadline = time.monotonic() + 30
+        while (owners := {int(f.stem.rsplit("_", 1)[1]) for f in metrics_dir.glob("gauge_livesum_*.db")}) != pids:
+            assert time.monotonic() < deadline and owners <= pids, (owners, pids)
+            time.sleep(0.1)
         assert (metrics_dir.stat().st_mode & 0o777) == 0o700  # private
         master.send_signal(signal.SIGTERM)
         assert master.wait(30) == 0
