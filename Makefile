@@ -19,13 +19,17 @@ install: $(BIN)/vgate
 demo: install
 	$(BIN)/vgate demo
 
-# Servers the tests start and stop themselves, from Debian's packages (redis-server for shared state).
+# What the tests run for real, from Debian's packages: redis-server (shared state), promtool (package prometheus:
+# the Prometheus config and alert rules in deploy/), chromium (the playground's browser test).
+SYSTEM_DEPS = redis-server:redis-server promtool:prometheus chromium:chromium
 system-deps:
-	@command -v redis-server >/dev/null || { \
-	  echo "installing redis-server (Debian) for the tests"; \
+	@missing=""; for dep in $(SYSTEM_DEPS); do \
+	  command -v $${dep%%:*} >/dev/null || missing="$$missing $${dep#*:}"; done; \
+	[ -z "$$missing" ] || { \
+	  echo "installing$$missing (Debian) for the tests"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get install -y -qq redis-server >/dev/null 2>&1 || \
-	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server; }; }
+	  $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $$missing; }; }
 
 test: install system-deps
 	$(BIN)/python -m pytest
