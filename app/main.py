@@ -22,7 +22,7 @@ from app.errors import VGateError, clean_errors
 from app.logging import configure_logging, info_enabled
 from app.metrics import Metrics
 from app.middleware import AccessMiddleware, BodyLimitMiddleware, RequestContextMiddleware
-from app.routers import admin, agent, health, jobs, openai, predict, schemas, tools
+from app.routers import admin, agent, health, jobs, openai, playground, predict, schemas, tools
 from app.routers import evaluate as evaluate_router
 from app.routers import optimize as optimize_router
 from app.services.access import build_keyring
@@ -229,6 +229,7 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
     app.include_router(jobs.router)
     app.include_router(evaluate_router.router)
     app.include_router(optimize_router.router)
+    app.include_router(playground.router)
     app.router.routes.extend(openai.routes)
     # Added innermost first: RequestContext (request id) > CORS (headers on every answer, 401 and 413 included;
     # preflights answered before any key is asked for) > Access (API keys) > BodyLimit.
