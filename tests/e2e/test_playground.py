@@ -24,10 +24,6 @@ from tests.support import free_port, live_gateway, spawn
 CHROMIUM = os.environ.get("VGATE_CHROMIUM", "/usr/bin/chromium")
 if not os.path.exists(CHROMIUM) and shutil.which("chromium"):
     CHROMIUM = shutil.which("chromium")
-if not os.path.exists(CHROMIUM):
-    pytest.skip(f"chromium is not installed at {CHROMIUM} (`make system-deps` installs Debian's chromium)",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra: pip install -e .[test]")
 
 KEY = "playground-test-key-0123456789"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -60,6 +56,9 @@ def agent_gateway() -> Iterator[tuple[str, object]]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"chromium is not installed at {CHROMIUM} (`make system-deps` installs Debian's chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra: pip install .[test]")
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         try:
@@ -79,6 +78,22 @@ def page(browser):
     yield page
     context.close()
     assert not errors, f"the page logged errors: {errors}"
+
+
+def test_the_page_is_open_on_a_keyed_gateway_and_only_its_own_files_are_served(keyed_gateway):
+    with httpx.Client(base_url=keyed_gateway, timeout=10) as c:
+        assert c.post("/predict", json={}).status_code == 401  # the API needs the key; the page does not
+        for path, kind in [("/playground", "text/html"), ("/playground/playground.js", "text/javascript"),
+                           ("/playground/playground.css", "text/css")]:
+            r = c.get(path)
+            assert r.status_code == 200 and r.headers["content-type"].startswith(kind), path
+            assert r.headers["content-security-policy"].startswith("default-src 'self'")
+            assert r.headers["x-content-type-options"] == "nosniff"
+        assert "innerHTML" not in c.get("/playground/playground.js").text
+        for path in ("/playground/index.html", "/playground/..%2Fpyproject.toml", "/playground/nope.js"):
+            r = c.get(path)
+            assert r.status_code == 404 and r.json()["error"]["type"] == "not_found", path
+        assert not [p for p in c.get("/openapi.json").json()["paths"] if p.startswith("/playground")]
 
 
 def tid(name: str) -> str:

@@ -1,5 +1,5 @@
 // vgate playground: plain JavaScript, no dependencies. Every value from the gateway is written with
-// textContent (never innerHTML), and every call goes to this page's own origin (relative URLs, so a
+// textContent (never parsed as HTML), and every call goes to this page's own origin (relative URLs, so a
 // gateway behind a path prefix works too).
 "use strict";
 
