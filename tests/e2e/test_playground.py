@@ -29,7 +29,7 @@ KEY = "playground-test-key-0123456789"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 WAIT_MS = 20_000  # a busy 2-core machine
-GRACE_S = 2  # a run with no client left is cancelled after this: a reload is back well within it
+GRACE_S = 3  # a run with no client left is cancelled after this: a reload is back well within it
 
 
 @pytest.fixture(scope="module")
