@@ -20,7 +20,8 @@ STACKS = {
     "replicas": [COMPOSE, ROOT / "docker-compose.replicas.yml"],
 }
 
-_VAR = re.compile(r"\$(?:\$|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?+])?(?P<arg>[^}]*)\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+_VAR = re.compile(r"\$(?:\$|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?+])?(?P<arg>[^}]*)\}"
+                  r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
 
 
 def interpolate(text: str, env: dict[str, str]) -> str:

@@ -69,8 +69,9 @@ def test_dashboard_is_provisioned_with_the_panels_the_issue_names():
     for p in d["panels"]:
         assert p["datasource"]["uid"] == ds["uid"] and p["targets"], p["title"]
     text = " ".join(dashboard_queries())
-    for needed in ("vgate_requests_total", "vgate_request_duration_seconds_bucket", "vgate_upstream_ttft_seconds_bucket",
-                   "vgate_prompt_tokens_total", "vgate_completion_tokens_total", "vgate_cost_usd_total",
+    for needed in ("vgate_requests_total", "vgate_request_duration_seconds_bucket",
+                   "vgate_upstream_ttft_seconds_bucket", "vgate_prompt_tokens_total",
+                   "vgate_completion_tokens_total", "vgate_cost_usd_total",
                    "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc", "vgate_upstream_picks_total",
                    "vgate_tool_calls_total", "vgate_shed_total"):
         assert needed in text, needed
