@@ -32,16 +32,19 @@ class UpstreamTimer:
         self.busy_s = 0.0
 
     def enter(self) -> None:
+        """Mark the start of an upstream call; overlapping calls are timed as one busy span."""
         if self._active == 0:
             self._since = time.perf_counter()
         self._active += 1
 
     def exit(self) -> None:
+        """Mark the end of an upstream call; the span closes when the last overlapping call ends."""
         self._active -= 1
         if self._active == 0:
             self.busy_s += time.perf_counter() - self._since
 
     def current(self) -> float:
+        """Seconds spent in upstream calls so far, the open span included."""
         if self._active:
             return self.busy_s + time.perf_counter() - self._since
         return self.busy_s
@@ -59,6 +62,7 @@ def upstream_request_id(base: str) -> str:
 
 @dataclass(slots=True)
 class RequestContext:
+    """What one request carries through its handlers: its id, upstream timer, routing hints, caller and spending."""
     request_id: str
     timer: UpstreamTimer = field(default_factory=UpstreamTimer)
     # Routing hints from the request's headers (set by ``routers.deps.routing_hints``): the priority
@@ -72,6 +76,7 @@ class RequestContext:
     cost_usd: float = 0.0
 
     def next_upstream_id(self) -> str:
+        """The id of this request's next upstream call: ``<request id>-<n>``."""
         return upstream_request_id(self.request_id)
 
 
@@ -79,5 +84,6 @@ request_context: ContextVar[RequestContext | None] = ContextVar("vgate_request_c
 
 
 def current_request_id() -> str | None:
+    """The id of the request being handled, or None outside a request."""
     ctx = request_context.get()
     return ctx.request_id if ctx is not None else None

@@ -12,6 +12,7 @@ from typing import Any
 
 
 class VGateError(Exception):
+    """A gateway error: its HTTP status, ``type`` and message become the one JSON error shape."""
     status_code: int = 500
     type: str = "internal_error"
     retryable: bool = False
@@ -35,6 +36,7 @@ class VGateError(Exception):
         self.details = details
 
     def body(self) -> dict[str, Any]:
+        """The error object of the JSON answer: type, message, the retry hint and any details."""
         err: dict[str, Any] = {"type": self.type, "message": self.message}
         if self.retryable:
             err["retryable"] = True
@@ -44,6 +46,7 @@ class VGateError(Exception):
         return err
 
     def headers(self) -> dict[str, str]:
+        """HTTP headers for the answer: ``Retry-After`` when a retry time is known."""
         if self.retry_after_s is not None:
             return {"Retry-After": str(max(1, round(self.retry_after_s)))}
         return {}
@@ -53,11 +56,13 @@ class VGateError(Exception):
 
 
 class InvalidRequestError(VGateError):
+    """The request is invalid (422 ``invalid_request``); the message says what to fix."""
     status_code = 422
     type = "invalid_request"
 
 
 class SignatureError(InvalidRequestError):
+    """A signature that cannot be parsed or uses a type outside the whitelist (422 ``invalid_signature``)."""
     type = "invalid_signature"
 
 
@@ -68,6 +73,7 @@ class SchemaTooComplexError(SignatureError):
 
 
 class NotFoundError(VGateError):
+    """Something named in the request does not exist (404)."""
     status_code = 404
     type = "not_found"
 
@@ -108,6 +114,7 @@ class OverloadedError(UpstreamError):
 
 
 class UpstreamTimeoutError(UpstreamError):
+    """The upstream did not answer in time (504 ``upstream_timeout``)."""
     status_code = 504
     type = "upstream_timeout"
 

@@ -24,6 +24,7 @@ MODEL_ALIAS = "smollm2-135m-instruct"
 
 
 def default_model_path() -> Path:
+    """Where the local GGUF model is kept: ``VGATE_LOCAL_MODEL_PATH``, else the user's cache directory."""
     env = os.environ.get("VGATE_LOCAL_MODEL_PATH")
     if env:
         return Path(env)
@@ -51,6 +52,7 @@ def ensure_model(path: Path | None = None) -> Path:
 
 
 def ensure_xllamacpp() -> None:
+    """Install ``xllamacpp`` with pip if it is not importable (the 'local' extra)."""
     try:
         import xllamacpp  # noqa: F401
     except ImportError:

@@ -116,6 +116,7 @@ def sweep_dead_processes(path: str) -> None:
 
 
 class Metrics:
+    """The gateway's Prometheus metrics, registered in one registry per app (see the README's metrics table)."""
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry

@@ -44,6 +44,7 @@ async def send_error(send: Send, status: int, type: str, message: str, request_i
 
 
 class RequestContextMiddleware:
+    """Pure-ASGI middleware: request id, request context, access metrics and log line, overhead header."""
     def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool = True) -> None:
         self.app = app
         self.metrics = metrics

@@ -29,6 +29,7 @@ class Price(BaseModel):
     output_per_1k: float = Field(0.03, ge=0)
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """The USD cost of a call with these token counts."""
         return (prompt_tokens * self.input_per_1k + completion_tokens * self.output_per_1k) / 1000.0
 
 
@@ -117,6 +118,7 @@ PRIORITY_ROUTES = ("predict", "predict_batch", "agent", "openai", "evaluate", "o
 
 
 class Settings(BaseSettings):
+    """The gateway's settings, from VGATE_* environment variables and the TOML file of VGATE_CONFIG_FILE."""
     model_config = SettingsConfigDict(
         env_prefix="VGATE_",
         env_nested_delimiter="__",
@@ -350,9 +352,11 @@ class Settings(BaseSettings):
         return Path(data) / "vgate" / "programs"
 
     def priority_for(self, route: str) -> Priority:
+        """The priority class of a route (interactive unless configured)."""
         return self.priorities.get(route, "interactive")
 
     def price_for(self, model: str) -> Price:
+        """The price of a model: its entry in ``prices``, else ``default_price``."""
         return self.prices.get(model, self.default_price)
 
     @classmethod
@@ -364,6 +368,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Where settings come from, first wins: arguments, environment, .env, the TOML file, secrets."""
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
         config_file = os.environ.get("VGATE_CONFIG_FILE")
         if config_file:

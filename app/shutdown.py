@@ -19,6 +19,7 @@ _since: dict[int, float] = {}  # id(event) -> time.monotonic() when it was set
 
 
 def stopping() -> asyncio.Event:
+    """The event set when this process begins shutting down (one per event loop, watched from the first call)."""
     loop = asyncio.get_running_loop()
     event = _events.get(loop)
     if event is None:

@@ -9,6 +9,7 @@ _SAFE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 def new_request_id() -> str:
+    """A fresh request id: 32 random hex digits."""
     return os.urandom(16).hex()  # 32 hex digits, as uuid4().hex, at a third of its cost
 
 

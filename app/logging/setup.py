@@ -22,6 +22,7 @@ def info_enabled(level: str) -> bool:
 
 
 def configure_logging(fmt: Literal["json", "console"] = "json", level: str = "INFO") -> None:
+    """Set up structlog and the standard logging it feeds: JSON lines (or console text) at ``level``."""
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,

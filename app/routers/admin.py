@@ -23,10 +23,12 @@ MAX_USAGE_DAYS = 366
 
 
 class KeyList(BaseModel):
+    """Every API key, configured and made at run time, without their secrets."""
     keys: list[KeyInfo]
 
 
 class UsageRow(BaseModel):
+    """One key's upstream calls, tokens and cost for one model on one UTC day."""
     day: str
     key: str
     model: str
@@ -37,6 +39,7 @@ class UsageRow(BaseModel):
 
 
 class UsageTotals(BaseModel):
+    """The sums over the report's rows."""
     requests: int
     prompt_tokens: int
     completion_tokens: int
@@ -44,6 +47,7 @@ class UsageTotals(BaseModel):
 
 
 class UsageReport(BaseModel):
+    """Usage by key, model and day over a range of UTC days, with totals."""
     since: str
     until: str
     usage: list[UsageRow]
@@ -70,6 +74,7 @@ async def list_keys(keys: KeysDep) -> KeyList:
 
 @router.get("/keys/{key_id}", response_model=KeyInfo, responses=error_responses(*_ERRORS, 404))
 async def get_key(key_id: str, keys: KeysDep) -> KeyInfo:
+    """One API key's settings (never its secret); 404 for an unknown id."""
     return await keys.get(key_id)
 
 

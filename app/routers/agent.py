@@ -30,12 +30,14 @@ router = APIRouter(tags=["agent"], route_class=JSONBodyRoute, dependencies=[Depe
 
 
 class FunctionRef(BaseModel):
+    """The function a named tool choice forces."""
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=64)
 
 
 class NamedToolChoice(BaseModel):
+    """A tool choice that forces the first model call to use one tool (OpenAI's form)."""
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["function"] = "function"
@@ -43,17 +45,20 @@ class NamedToolChoice(BaseModel):
 
 
 class FunctionCall(BaseModel):
+    """A tool call in an assistant message: the function's name and its arguments as JSON text."""
     name: str = Field(min_length=1, max_length=64)
     arguments: str = Field("{}", description="JSON text, as OpenAI sends it")
 
 
 class ToolCallMessagePart(BaseModel):
+    """One tool call of an assistant message in a conversation."""
     id: str = Field(min_length=1, max_length=256)
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
 class Message(BaseModel):
+    """One chat message of a conversation (OpenAI's shape); tool messages name the call they answer."""
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant", "tool"]
@@ -72,6 +77,7 @@ class Message(BaseModel):
 
 
 class AgentRequest(BaseModel):
+    """The body of POST /agent: the input or conversation, the tools, the limits and the model settings."""
     model_config = ConfigDict(extra="forbid")
 
     input: str | None = Field(None, description="a user message")
@@ -119,6 +125,8 @@ def _wants_json(request: Request) -> bool:
 )
 async def run_agent(body: AgentRequest, request: Request, agent: AgentDep,
                     settings: SettingsDep) -> EventSourceResponse | dict[str, Any]:
+    """Start an agent run and stream its events (SSE), or answer its final result as JSON with ``Accept:
+    application/json``."""
     task = agent.make_task(config=body.config, **body.model_dump(exclude={"config"}, exclude_none=True))
     run = await agent.start(task)
     if _wants_json(request):

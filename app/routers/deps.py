@@ -36,6 +36,7 @@ def _state(name: str) -> Any:
 
 
 async def get_request_id(request: Request) -> str:
+    """The request's id, as the middleware set it."""
     return request.scope.get("state", {}).get("request_id", "")
 
 
@@ -80,10 +81,12 @@ def read_routing_hints(request: Request) -> None:
 
 
 async def routing_hints(request: Request) -> None:
+    """Read the request's routing hints (X-Vgate-Priority, X-Vgate-Session) into its context."""
     read_routing_hints(request)
 
 
 class ClientDisconnected(VGateError):
+    """The client went away before the answer was ready (499: logged, never sent)."""
     status_code = 499
     type = "client_disconnected"
 

@@ -39,6 +39,7 @@ METRIC_DESCRIPTION = (
 
 
 class EvaluateRequest(BaseModel):
+    """The body of POST /evaluate: a program (or inline signature), a dataset and a metric."""
     model_config = ConfigDict(extra="forbid")
 
     program: str | None = Field(None, description='a program by name: "sentiment" (the newest) or "sentiment@3"')
@@ -64,6 +65,7 @@ class EvaluateRequest(BaseModel):
 
 
 class ExampleScore(BaseModel):
+    """One example's outcome: its prediction, the expected outputs and the scores."""
     index: int
     inputs: dict[str, Any]
     prediction: dict[str, Any] | None = Field(description="the program's outputs; null when the call failed")
@@ -74,6 +76,7 @@ class ExampleScore(BaseModel):
 
 
 class EvaluateResponse(BaseModel):
+    """An evaluation's result: the mean score, per-field scores, each example's result, usage and cost."""
     score: float = Field(description="the mean over examples of each example's score, in [0, 1]")
     scores: dict[str, float] = Field(description="per field: the mean over the examples that score it")
     results: list[ExampleScore]
@@ -129,6 +132,7 @@ async def start_job(jobs: JobService, kind: str, work: Callable[[Any], Awaitable
 )
 async def evaluate(body: EvaluateRequest, request: Request, programs: ProgramsDep, runner: RunnerDep, lm: LMDep,
                    jobs: JobsDep, settings: SettingsDep) -> Any:
+    """Score a program on a dataset; a large one (or ``job: true``) runs as a job and answers 202 with its id."""
     if body.program is not None:
         await programs.find(body.program, body.version)  # with versions another replica saved (build_run resolves)
     run = build_run(programs, program=body.program, version=body.version, signature=body.signature,

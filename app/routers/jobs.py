@@ -37,6 +37,7 @@ class JobError(ErrorInfo):
 
 
 class JobView(BaseModel):
+    """A job's state as GET /jobs/{id} answers it: status, progress, and its result or error once finished."""
     job_id: str = Field(description="job_ followed by 32 hex digits")
     kind: str = Field(description="what runs: evaluate, optimize")
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]

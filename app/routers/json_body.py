@@ -45,7 +45,9 @@ def read_body_as_json(scope: dict[str, Any]) -> None:
 
 
 class JSONBodyRoute(APIRoute):
+    """A route that reads its body as JSON whatever the request's content type says."""
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """The route's handler, wrapped to parse the body as JSON first when the route takes one."""
         handler = super().get_route_handler()
         if self.body_field is None:
             return handler

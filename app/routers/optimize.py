@@ -28,6 +28,7 @@ router = APIRouter(tags=["optimize"], route_class=JSONBodyRoute, dependencies=[D
 
 
 class OptimizeRequest(BaseModel):
+    """The body of POST /optimize: the program, the strategy, the trainset and valset, the metric and budgets."""
     model_config = ConfigDict(extra="forbid")
 
     program: str = Field(description='the program to improve: "sentiment" (the newest) or "sentiment@3"')
@@ -55,12 +56,14 @@ class OptimizeRequest(BaseModel):
 
 
 class Candidate(BaseModel):
+    """One candidate set of demos the optimizer scored."""
     kind: Literal["bootstrapped", "zero_shot", "base"]
     demos: list[dict[str, Any]]
     score: float
 
 
 class OptimizeResponse(BaseModel):
+    """An optimization's result: the new version saved, its demos, the scores before and after, its cost."""
     program: str = Field(description="the new version, as name@version (/predict serves it)")
     version: int
     base: str = Field(description="the version it was made from")
@@ -96,6 +99,7 @@ class OptimizeResponse(BaseModel):
 )
 async def optimize_program(body: OptimizeRequest, request: Request, programs: ProgramsDep, runner: RunnerDep,
                            lm: LMDep, jobs: JobsDep, settings: SettingsDep) -> Any:
+    """Improve a program with few-shot demos and save a new version; a large run goes as a job (202 with its id)."""
     options = Options(strategy=body.strategy, k=body.k, threshold=body.threshold, candidates=body.candidates,
                       seed=body.seed, teacher_model=body.teacher_model, max_calls=body.max_calls,
                       max_cost_usd=body.max_cost_usd, model=body.model, config=body.config)

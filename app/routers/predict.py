@@ -35,6 +35,7 @@ router = APIRouter(tags=["predict"], route_class=JSONBodyRoute, dependencies=[De
 
 
 class PredictRequest(BaseModel):
+    """The body of POST /predict: a signature or a program, and one example or a batch."""
     model_config = ConfigDict(extra="forbid")
 
     signature: str | dict[str, Any] | None = Field(
@@ -84,6 +85,7 @@ async def predict(
     settings: SettingsDep,
     request_id: RequestIdDep,
 ) -> dict[str, Any]:
+    """Run a signature or named program on one example or a batch; outputs are validated into the declared types."""
     module: Module = "predict"
     demos: list[dict[str, Any]] | None = None
     model: str | None = None

@@ -37,6 +37,7 @@ Cost = Annotated[float, AfterValidator(round_cost), Field(description="USD, roun
 
 
 class Usage(BaseModel):
+    """Token counts: prompt, completion, total."""
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
@@ -178,6 +179,8 @@ class StepTrace(BaseModel):
 
 
 class PredictionResult(BaseModel):
+    """A prediction: the typed outputs, with reasoning, vote and repair details when they apply, usage, cost and
+    latency."""
     outputs: dict[str, Any] = Field(description="the signature's output fields, in their declared types")
     reasoning: str | Omittable = _omitted("the chain of thought (module chain_of_thought)")
     agreement: dict[str, float] | Omittable = _omitted(
@@ -206,10 +209,12 @@ class PredictResponse(PredictionResult):
 
 
 class BatchItem(PredictionResult):
+    """A batch item that succeeded: its prediction and its position in the batch."""
     index: int
 
 
 class BatchItemError(BaseModel):
+    """A batch item that failed: its position and its error."""
     index: int
     error: ErrorInfo
 
@@ -231,6 +236,7 @@ class BatchPredictResponse(BaseModel):
 
 
 class ProgramSummary(BaseModel):
+    """A named program as GET /predict/programs lists it."""
     name: str
     version: int = Field(description="the newest version, the one a request naming the program gets")
     description: str
@@ -244,10 +250,12 @@ class ProgramSummary(BaseModel):
 
 
 class ProgramList(BaseModel):
+    """The named programs the gateway serves."""
     programs: list[ProgramSummary]
 
 
 class ProgramVersion(ProgramSummary):
+    """One saved version of a program, with its score and how it was made."""
     version: int
     score: float | None = Field(description="the validation score the optimization that made it measured")
     provenance: dict[str, Any] | None = Field(
@@ -257,6 +265,7 @@ class ProgramVersion(ProgramSummary):
 
 
 class ProgramVersions(BaseModel):
+    """Every version of a program."""
     name: str
     latest: int = Field(description="the newest version, the default")
     versions: list[ProgramVersion] = Field(description="oldest first")
@@ -284,12 +293,14 @@ class AgentText(BaseModel):
 
 
 class AgentToolCall(BaseModel):
+    """The ``tool_call`` event: a tool the model asked for, with its arguments."""
     id: str
     name: str
     arguments: Any = Field(description="the model's arguments: an object, or the raw text if not JSON")
 
 
 class AgentToolResult(BaseModel):
+    """The ``tool_result`` event: the tool's result, or its error when it failed."""
     id: str
     name: str
     ok: bool
@@ -325,10 +336,12 @@ class AgentErrorEvent(ErrorInfo):
 
 
 class TraceToolCall(AgentToolCall):
+    """A tool call in an agent run's trace."""
     event: Literal["tool_call"]
 
 
 class TraceToolResult(AgentToolResult):
+    """A tool result in an agent run's trace."""
     event: Literal["tool_result"]
 
 
@@ -396,10 +409,12 @@ EVENT_STREAM_RESPONSE: dict[str, Any] = {
 
 
 class HealthResponse(BaseModel):
+    """The answer of /healthz: the process is alive."""
     status: Literal["ok"]
 
 
 class ReadyResponse(BaseModel):
+    """The answer of /readyz: whether an upstream answers its health check."""
     status: Literal["ready", "unready"]
     upstream: Literal["reachable", "unreachable"]
 
@@ -413,5 +428,6 @@ class UpstreamModelInfo(BaseModel):
 
 
 class ModelList(BaseModel):
+    """The models every upstream serves, joined (OpenAI's list shape)."""
     object: Literal["list"]
     data: list[UpstreamModelInfo]

@@ -22,6 +22,7 @@ router = APIRouter(prefix="/tools", tags=["tools"], route_class=JSONBodyRoute)
 
 
 class ToolInfo(BaseModel):
+    """A tool as GET /tools lists it: its schema and whether it can be called."""
     name: str
     description: str
     parameters: dict[str, Any]
@@ -30,16 +31,19 @@ class ToolInfo(BaseModel):
 
 
 class ToolList(BaseModel):
+    """Every tool in the registry."""
     tools: list[ToolInfo]
 
 
 class ToolCallRequest(BaseModel):
+    """The body of POST /tools/{name}: the tool's arguments."""
     model_config = ConfigDict(extra="forbid")
 
     arguments: dict[str, Any] = Field(default_factory=dict)
 
 
 class ToolCallResponse(BaseModel):
+    """A tool's result and how long it took."""
     name: str
     result: Any
     latency_ms: float
@@ -47,6 +51,7 @@ class ToolCallResponse(BaseModel):
 
 @router.get("", response_model=ToolList, responses=error_responses())
 async def list_tools(tools: ExecutorDep) -> ToolList:
+    """List every tool with its description, JSON schema and availability."""
     return ToolList(tools=[ToolInfo(**tool.info()) for tool in tools.registry])
 
 
@@ -64,6 +69,7 @@ async def list_tools(tools: ExecutorDep) -> ToolList:
     ),
 )
 async def call_tool(name: str, tools: ExecutorDep, body: ToolCallRequest | None = None) -> ToolCallResponse:
+    """Call a tool directly with JSON arguments; a failure answers its 4xx or 5xx error."""
     principal = current_principal()
     if principal is not None:  # a caller spends a tool's credentials only with the key's permission
         principal.allow_tools([name])

@@ -21,19 +21,23 @@ from app.services.limits.model import NO_LIMITS, Limits
 
 
 class UnauthorizedError(VGateError):
+    """No API key, or an unknown one (401, with WWW-Authenticate)."""
     status_code = 401
     type = "unauthorized"
 
     def headers(self) -> dict[str, str]:
+        """The WWW-Authenticate header that says a bearer token is expected."""
         return {"WWW-Authenticate": 'Bearer realm="vgate"'}
 
 
 class ForbiddenError(VGateError):
+    """The key may not do this (403): a scope, model or tool it lacks."""
     status_code = 403
     type = "forbidden"
 
 
 def digest(key: str) -> str:
+    """The hex SHA-256 of a key (only digests are kept)."""
     return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -51,15 +55,18 @@ class Principal:
     priority_raise: bool = False  # X-Vgate-Priority may raise its requests' class
 
     def require(self, scope: str) -> None:
+        """Raise a 403 scope_missing unless the key has the scope (admin includes metrics)."""
         if scope not in self.scopes and not (scope == "metrics" and "admin" in self.scopes):
             raise ForbiddenError(f"this key has no {scope!r} scope", type="scope_missing", scope=scope)
 
     def allow_model(self, model: str) -> None:
+        """Raise a 403 model_not_allowed unless the key may use the model."""
         if self.models is not None and model not in self.models:
             raise ForbiddenError(f"this key may not use model {model!r}", type="model_not_allowed",
                                  allowed=sorted(self.models))
 
     def allow_tools(self, names: Iterable[str]) -> None:
+        """Raise a 403 tool_not_allowed unless the key may use every one of these tools."""
         if self.tools is None:
             return
         refused = sorted(set(names) - self.tools)
@@ -68,6 +75,7 @@ class Principal:
                                  allowed=sorted(self.tools))
 
     def usable_tools(self, names: Iterable[str]) -> list[str]:
+        """The tools of these names that the key may use."""
         return [n for n in names if self.tools is None or n in self.tools]
 
 
@@ -90,9 +98,11 @@ class KeyRing:
         return bool(self._by_digest)
 
     def configured(self, key_id: str) -> Principal | None:
+        """The configured key with this id, or None."""
         return next((p for p in self._by_digest.values() if p.id == key_id), None)
 
     def configured_keys(self) -> list[Principal]:
+        """Every configured key, by id."""
         return sorted(self._by_digest.values(), key=lambda p: p.id)
 
     async def authenticate(self, authorization: str | None, api_key: str | None) -> Principal:
@@ -147,6 +157,7 @@ def principal_of(k, source: str = "config") -> Principal:
 
 
 def current_principal() -> Principal | None:
+    """The caller of the request being handled, or None (no keys configured, or outside a request)."""
     from app.context import request_context
 
     ctx = request_context.get()

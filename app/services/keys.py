@@ -41,6 +41,7 @@ class KeyUpdate(KeyLimits):
 
 
 class KeyInfo(KeyCreate):
+    """A key as /admin/keys shows it: its policy, where it comes from, its prefix; never the secret."""
     id: str
     source: Literal["config", "admin"] = "admin"
     prefix: str | None = None  # the key's first characters, to recognise it by
@@ -48,10 +49,12 @@ class KeyInfo(KeyCreate):
 
 
 class KeyCreated(KeyInfo):
+    """A key just made: its settings and the key itself, shown this once."""
     key: str  # shown this once
 
 
 class KeyConflict(VGateError):
+    """An /admin/keys change that conflicts (409): an id taken, a configured key, or access control off."""
     status_code = 409
     type = "key_conflict"
 
@@ -88,6 +91,7 @@ class KeyStore:
             self._add, self._replace, self._delete = (redis.register_script(s) for s in (_ADD, _REPLACE, _DELETE))
 
     async def principal(self, key_digest: str) -> Principal | None:
+        """The caller a key digest belongs to, or None for an unknown digest."""
         raw = await self._get_by_digest(key_digest)
         if raw is None:
             return None
@@ -111,6 +115,7 @@ class KeyStore:
         return bool(await guarded(self._add(keys=_KEYS, args=[info.id, key_digest, raw]), "keys_add", self.health))
 
     async def get(self, key_id: str) -> tuple[str, KeyInfo] | None:
+        """A run-time key's digest and settings by id, or None."""
         if self.redis is None:
             d = self._ids.get(key_id)
             return (d, KeyInfo.model_validate_json(self._by_digest[d])) if d else None
@@ -142,6 +147,7 @@ class KeyStore:
         return bool(await guarded(self._delete(keys=_KEYS, args=[key_id, key_digest]), "keys_delete", self.health))
 
     async def all(self) -> list[KeyInfo]:
+        """Every key made at run time."""
         if self.redis is None:
             raws = list(self._by_digest.values())
         else:
@@ -157,6 +163,7 @@ class KeyAdmin:
 
     @property
     def store(self) -> KeyStore:
+        """The store of run-time keys (memory or Redis)."""
         return self.keyring.store
 
     def _require_access_control(self) -> None:
@@ -166,6 +173,7 @@ class KeyAdmin:
                               type="access_control_off")
 
     async def create(self, req: KeyCreate) -> KeyCreated:
+        """Make a key with the given policy; the answer carries the key itself, this once."""
         self._require_access_control()
         key_id = req.id or "key_" + secrets.token_hex(6)
         if self.keyring.configured(key_id) is not None:
@@ -177,10 +185,12 @@ class KeyAdmin:
         return KeyCreated(**info.model_dump(), key=key)
 
     async def list(self) -> list[KeyInfo]:
+        """Every key: the configured ones, then those made at run time."""
         configured = [_info_of(p) for p in self.keyring.configured_keys()]
         return configured + await self.store.all()
 
     async def get(self, key_id: str) -> KeyInfo:
+        """One key's settings by id (configured or run-time); 404 if unknown."""
         p = self.keyring.configured(key_id)
         if p is not None:
             return _info_of(p)
@@ -190,6 +200,7 @@ class KeyAdmin:
         return found[1]
 
     async def update(self, key_id: str, req: KeyUpdate) -> KeyInfo:
+        """Change a run-time key's policy (a configured key is a 409); returns its new settings."""
         d, info = await self._made(key_id)
         changes = {k: getattr(req, k) for k in req.model_fields_set}
         for name in ("scopes", "priority_raise"):
@@ -202,6 +213,7 @@ class KeyAdmin:
         return updated
 
     async def revoke(self, key_id: str) -> None:
+        """Revoke a run-time key: it is refused everywhere within key_cache_s."""
         d, _ = await self._made(key_id)
         if not await self.store.delete(key_id, d):
             raise NotFoundError(f"no key {key_id!r} (revoked meanwhile)", type="key_not_found")

@@ -26,29 +26,36 @@ class ChunkWriter:
         self.render = ChunkRenderer(completion_id, created, model, obj)
 
     def end(self, prompt_tokens: int, completion_tokens: int) -> list[str]:
+        """The events that close a stream: the usage chunk when asked for, then [DONE]."""
         if self.include_usage:
             return [self.render.usage(usage(prompt_tokens, completion_tokens)), _DONE]
         return [_DONE]
 
     def error(self, message: str, status: int) -> list[str]:
+        """An error event mid-stream, then [DONE] (as vLLM does)."""
         return [ChunkRenderer.error(message, status), _DONE]
 
 
 class ChatWriter(ChunkWriter):
+    """Renders chat completions, as one body or as a stream of chunks."""
     def __init__(self, completion_id: str, created: int, model: str, completions: list[Completion],
                  include_usage: bool) -> None:
         super().__init__(completion_id, created, model, include_usage)
         self.completions = completions
 
     def body(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        """The non-stream chat completion body, every choice with its message and finish reason."""
         return completion_body(self.completion_id, self.created, self.model,
                                [(c.message(), c.finish_reason) for c in self.completions],
                                usage(prompt_tokens, completion_tokens))
 
     def start(self) -> list[str]:
+        """The first chunk of each choice: the assistant role."""
         return [self.render.role(i) for i in range(len(self.completions))]
 
     def delta(self, index: int, pieces: list[Piece], finished: bool) -> list[str]:
+        """Chunks for new pieces (text, reasoning, tool calls) of choice ``index``; the last carries the finish
+        reason."""
         completion = self.completions[index]
         render, delta = self.render.delta, completion.delta
         events = [render(delta(piece), None, index) for piece in pieces]
@@ -59,6 +66,7 @@ class ChatWriter(ChunkWriter):
 
 
 def chat_job(call: Call) -> Job:
+    """A /v1/chat/completions request as an engine job: parsed, checked, its completions planned."""
     req = parse_chat_request(call.raw, call.config)
     thinking = call.thinking(req.enable_thinking)
     first = build_completion(req, call.config, thinking, bad_output=call.bad_output(0))

@@ -18,6 +18,7 @@ _LATENCY_FLAGS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the simulator's flags (address, model, latency model, faults) to a parser."""
     defaults = SimConfig()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
@@ -43,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
+    """The simulator's configuration from parsed flags."""
     latency = {dest: getattr(args, dest) for dest in _LATENCY_FLAGS if getattr(args, dest) is not None}
     return SimConfig(
         model=args.model,

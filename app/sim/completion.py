@@ -52,6 +52,7 @@ REASONING, CONTENT, CALL, ARGS = "reasoning", "content", "call", "args"
 
 @dataclass
 class Completion:
+    """One planned completion: its prompt's tokens and cache blocks, the pieces to emit, how it finishes."""
     prompt_tokens: int
     prompt_blocks: list[int]  # prefix-cache block hashes of the prompt
     pieces: list[tuple[str, int, str]]  # (kind, tool call index, text)

@@ -38,12 +38,14 @@ DEFAULT_MAX_TOKENS = 16
 
 
 class CompletionsWriter(ChunkWriter):
+    """Renders text completions (/v1/completions), as one body or as a stream of chunks."""
     def __init__(self, completion_id: str, created: int, model: str, completions: list[Completion],
                  include_usage: bool) -> None:
         super().__init__(completion_id, created, model, include_usage, "text_completion")
         self.completions = completions
 
     def body(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        """The non-stream text completion body."""
         choices = [{"index": i, "text": "".join(text for _, _, text in c.pieces), "logprobs": None,
                     "finish_reason": c.finish_reason, "stop_reason": None}
                    for i, c in enumerate(self.completions)]
@@ -52,9 +54,11 @@ class CompletionsWriter(ChunkWriter):
                       "usage": usage(prompt_tokens, completion_tokens)}).encode()
 
     def start(self) -> list[str]:
+        """Nothing: a text completion stream has no opening chunk."""
         return []
 
     def delta(self, index: int, pieces: list[Piece], finished: bool) -> list[str]:
+        """Chunks for new text of choice ``index``; the last carries the finish reason."""
         reason = self.completions[index].finish_reason
         if not pieces:  # a completion without tokens still says how it finished
             return [self.render.text(index, "", reason)] if finished else []
@@ -71,6 +75,7 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
 
 
 def completions_job(call: Call) -> Job:
+    """A /v1/completions request as an engine job."""
     config = call.config
     body = load_body(call.raw, config)
     prompts = parse_prompts(body, "prompt")

@@ -58,12 +58,14 @@ def _unit(vector: list[float]) -> list[float]:
 
 
 class EmbeddingsWriter:
+    """Renders an embeddings response: one deterministic vector per input text."""
     def __init__(self, response_id: str, created: int, model: str, texts: list[str], dim: int,
                  dimensions: int | None, encoding: str) -> None:
         self.response_id, self.created, self.model = response_id, created, model
         self.texts, self.dim, self.dimensions, self.encoding = texts, dim, dimensions, encoding
 
     def vector(self, text: str) -> Any:
+        """The text's vector, cut to ``dimensions`` and renormalized when asked, as floats or base64."""
         vector = embed(text, self.dim)
         if self.dimensions is not None and self.dimensions < self.dim:
             vector = _unit(vector[: self.dimensions])
@@ -72,6 +74,7 @@ class EmbeddingsWriter:
         return vector
 
     def body(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        """The /v1/embeddings response body."""
         data = [{"index": i, "object": "embedding", "embedding": self.vector(text)}
                 for i, text in enumerate(self.texts)]
         return dumps({"id": self.response_id, "object": "list", "created": self.created, "model": self.model,
@@ -89,6 +92,7 @@ def _dimensions(body: dict[str, Any], dim: int) -> int | None:
 
 
 def embeddings_job(call: Call) -> Job:
+    """A /v1/embeddings request as an engine job."""
     config = call.config
     body = load_body(call.raw, config)
     prompts = parse_prompts(body, "input")

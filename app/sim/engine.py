@@ -57,12 +57,15 @@ class Sequence:
         return self.produced
 
     def advance(self) -> None:
+        """Count one more generated token."""
         self.produced += 1
         if self.produced > self.want:
             self.ready.set()
 
 
 class Engine:
+    """The continuous-batching model: sequences wait, prefill and decode in steps, bounded by max_num_seqs and the KV
+    cache."""
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self.running = 0
@@ -77,16 +80,20 @@ class Engine:
 
     @property
     def waiting(self) -> int:
+        """Sequences waiting to be scheduled."""
         return len(self._waiting)
 
     def kv_cache_usage(self) -> float:
+        """The share of the KV cache in use (0 to 1)."""
         used = sum(s.prompt_tokens - s.prefill_left + s.produced for s in self._held)
         return min(1.0, used / self.config.kv_cache_tokens)
 
     def reset_peak(self) -> None:
+        """Start measuring the peak of running sequences afresh."""
         self.peak_running = self.running
 
     def submit(self, seq: Sequence) -> None:
+        """Add a sequence: at once without the latency model, else to the waiting queue."""
         if not self.config.latency_model:
             self._admit(seq)
             self.prefix_cache.insert(seq.blocks)
@@ -112,6 +119,7 @@ class Engine:
             self._waiting.remove(seq)
 
     async def close(self) -> None:
+        """Stop the engine's step loop."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -42,6 +42,7 @@ class SimulatedDrop(Exception):
 
 @dataclass(frozen=True)
 class FaultSpec:
+    """A fault asked for by a request's x-sim-fault header: a status, a drop, a hang, bad output, and how often."""
     status: int | None = None
     retry_after: float | None = None
     times: int | None = None
@@ -155,6 +156,7 @@ class FaultInjector:
         return spec
 
     def reset(self) -> None:
+        """Forget the attempt counts of every fault key."""
         self._attempts.clear()
 
 

@@ -58,6 +58,7 @@ _HARD_DEPTH = 32
 
 
 def seeded_rng(seed: int, key: str) -> random.Random:
+    """A random generator seeded by the seed and a key, the same on every run."""
     digest = hashlib.blake2b(f"{seed}\0{key}".encode(), digest_size=8).digest()
     return random.Random(int.from_bytes(digest, "big"))
 
@@ -100,6 +101,7 @@ def plain_text(rng: random.Random, words: list[str], min_tokens: int = 0) -> str
 
 
 def reasoning_text(rng: random.Random, words: list[str], plan: str) -> str:
+    """Deterministic reasoning text that mentions the prompt's words and states a plan."""
     opening = _fill(rng, "The user asks about {a}. Let me think about {b} first.", words)
     return f"{opening} {plan}"
 

@@ -76,6 +76,7 @@ class StreamWriter(Writer, Protocol):
 
 @dataclass
 class Job:
+    """One request's work for the engine: its completions and the writer that renders them."""
     completions: list[Completion]  # one engine sequence each
     writer: Writer  # a StreamWriter when `stream`
     stream: bool = False

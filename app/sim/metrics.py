@@ -19,6 +19,7 @@ FINISHED_REASONS = ("stop", "length", "abort")
 
 
 class SimStats:
+    """The simulator's counters and its vLLM-style /metrics (requests, queue, KV cache, prefix cache, faults)."""
     def __init__(self, engine: Engine, model: str) -> None:
         self.engine = engine
         self.model = model
@@ -27,6 +28,7 @@ class SimStats:
         self.reset()
 
     def reset(self) -> None:
+        """Zero every counter."""
         self.requests_total = 0
         self.requests_aborted = 0
         self.prompt_tokens = 0
@@ -44,9 +46,11 @@ class SimStats:
         self.generation_tokens += generation_tokens
 
     def fault(self, kind: str) -> None:
+        """Count an injected fault of a kind."""
         self.faults[kind] = self.faults.get(kind, 0) + 1
 
     def snapshot(self) -> dict[str, Any]:
+        """The counters and the engine's state as a dict (the simulator's /sim/stats)."""
         return {
             "num_requests_running": self.engine.running,
             "num_requests_waiting": self.engine.waiting,
@@ -63,6 +67,7 @@ class SimStats:
         }
 
     def render(self) -> bytes:
+        """The /metrics text, in vLLM's metric names."""
         return generate_latest(self.registry)
 
 

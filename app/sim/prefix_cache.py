@@ -27,6 +27,7 @@ def block_hashes(tokens: list[str]) -> list[int]:
 
 
 class PrefixCache:
+    """vLLM's prefix cache, modelled: an LRU of prompt block hashes bounded by capacity."""
     def __init__(self, capacity_tokens: int) -> None:
         self._capacity = max(1, capacity_tokens // BLOCK_SIZE)
         self._blocks: OrderedDict[int, None] = OrderedDict()
@@ -47,6 +48,7 @@ class PrefixCache:
         return cached
 
     def insert(self, hashes: list[int]) -> None:
+        """Add (or refresh) the blocks of a prompt, evicting the least recently used past capacity."""
         for h in hashes:
             self._blocks[h] = None
             self._blocks.move_to_end(h)
@@ -54,4 +56,5 @@ class PrefixCache:
             self._blocks.popitem(last=False)
 
     def clear(self) -> None:
+        """Empty the cache."""
         self._blocks.clear()

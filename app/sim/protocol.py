@@ -36,15 +36,18 @@ def error_type(status: int) -> str:
 
 
 def error_object(message: str, status: int, param: str | None = None) -> dict[str, Any]:
+    """An OpenAI-style error object, as vLLM answers it."""
     return {"error": {"message": message, "type": error_type(status), "param": param, "code": status}}
 
 
 def error_body(message: str, status: int, param: str | None = None) -> bytes:
+    """The error object as JSON bytes."""
     return _dumps(error_object(message, status, param)).encode()
 
 
 @dataclass
 class ChatRequest:
+    """A parsed chat completion request: what the simulator uses of it."""
     messages: list[dict[str, Any]]
     stream: bool = False
     include_usage: bool = False
@@ -59,6 +62,7 @@ class ChatRequest:
 
 
 def int_field(body: dict[str, Any], name: str, minimum: int) -> int | None:
+    """An optional integer field at least ``minimum``; anything else is a 400."""
     value = body.get(name)
     if value is None:
         return None
@@ -68,6 +72,7 @@ def int_field(body: dict[str, Any], name: str, minimum: int) -> int | None:
 
 
 def output_format(body: dict[str, Any]) -> tuple[str, Any] | None:
+    """The structured output asked for, as (kind, spec) (json, regex, choice, grammar), or None."""
     structured = body.get("structured_outputs")
     if structured is not None:
         if not isinstance(structured, dict):
@@ -110,6 +115,7 @@ def output_format(body: dict[str, Any]) -> tuple[str, Any] | None:
 
 
 def parse_tools(body: dict[str, Any], config: SimConfig) -> tuple[list[dict[str, Any]] | None, Any]:
+    """The request's tools and tool choice, checked as vLLM checks them."""
     tools = body.get("tools")
     choice = body.get("tool_choice")
     if tools is not None:
@@ -181,6 +187,7 @@ def n_field(body: dict[str, Any]) -> int:
 
 
 def seed_field(body: dict[str, Any]) -> int | None:
+    """The optional integer seed; anything else is a 400."""
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise RequestError("`seed` must be an integer", param="seed")
@@ -218,6 +225,7 @@ def parse_prompts(body: dict[str, Any], param: str) -> list[tuple[str, list[str]
 
 
 def parse_chat_request(raw: bytes, config: SimConfig) -> ChatRequest:
+    """Parse and check a chat completion request body."""
     body = load_body(raw, config)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages \
@@ -245,6 +253,7 @@ def parse_chat_request(raw: bytes, config: SimConfig) -> ChatRequest:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """A usage object for these token counts."""
     return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion_tokens,
             "completion_tokens": completion_tokens}
 
@@ -273,6 +282,7 @@ class ChunkRenderer:
         self._choice = f"data: {self._base}" + '"choices":[{"index":'
 
     def delta(self, delta_json: str, finish_reason: str | None = None, index: int = 0) -> str:
+        """One chat chunk with the given delta JSON and finish reason, as an SSE data line."""
         finish = "null" if finish_reason is None else f'"{finish_reason}"'
         head = self._head if index == 0 else f'{self._choice}{index},"delta":'
         return f'{head}{delta_json},"logprobs":null,"finish_reason":{finish}}}]}}\n\n'
@@ -284,15 +294,19 @@ class ChunkRenderer:
                 f'"stop_reason":null}}]}}\n\n')
 
     def role(self, index: int = 0) -> str:
+        """The chunk that opens a choice: the assistant role and empty content."""
         return self.delta('{"role":"assistant","content":""}', index=index)
 
     def usage(self, usage_: dict[str, int]) -> str:
+        """The usage-only chunk that ends a stream with include_usage."""
         return f'data: {self._base}"choices":[],"usage":{_dumps(usage_)}}}\n\n'
 
     @staticmethod
     def error(message: str, status: int) -> str:
+        """An error as an SSE data line."""
         return f"data: {_dumps(error_object(message, status))}\n\n"
 
 
 def dumps(value: Any) -> str:
+    """Compact JSON text."""
     return _dumps(value)

@@ -96,6 +96,7 @@ def _items(completion: Completion, response_id: str) -> tuple[list[_Item], list[
 
 
 class ResponsesWriter:
+    """Renders a Responses API answer (/v1/responses), as one body or as its typed events."""
     def __init__(self, response_id: str, created: int, model: str, completion: Completion,
                  echo: dict[str, Any]) -> None:
         self.response_id, self.created, self.model = response_id, created, model
@@ -107,6 +108,7 @@ class ResponsesWriter:
         self.open: int | None = None  # the item being streamed
 
     def response(self, done: bool, prompt_tokens: int = 0, completion_tokens: int = 0) -> dict[str, Any]:
+        """The response object, in progress or completed with its output and usage."""
         status = "in_progress"
         if done:
             status = "incomplete" if self.completion.finish_reason == "length" else "completed"
@@ -126,6 +128,7 @@ class ResponsesWriter:
         }
 
     def body(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        """The non-stream response body."""
         return dumps(self.response(True, prompt_tokens, completion_tokens)).encode()
 
     def _event(self, kind: str, **data: Any) -> str:
@@ -134,6 +137,7 @@ class ResponsesWriter:
         return event
 
     def start(self) -> list[str]:
+        """The events that open a stream: response.created and response.in_progress."""
         return [self._event("response.created", response=self.response(False)),
                 self._event("response.in_progress", response=self.response(False))]
 
@@ -176,6 +180,7 @@ class ResponsesWriter:
         return []  # a call's opening: its output_item.added says it all
 
     def delta(self, index: int, pieces: list[Piece], finished: bool) -> list[str]:
+        """The events for new pieces: output items opened, text and reasoning deltas, function calls."""
         events: list[str] = []
         for piece in pieces:
             i = self.owner[self.seen]
@@ -192,9 +197,11 @@ class ResponsesWriter:
         return events
 
     def end(self, prompt_tokens: int, completion_tokens: int) -> list[str]:
+        """The event that closes a stream: response.completed with usage."""
         return [self._event("response.completed", response=self.response(True, prompt_tokens, completion_tokens))]
 
     def error(self, message: str, status: int) -> list[str]:
+        """An error event mid-stream."""
         return [self._event("error", code="server_error" if status >= 500 else "invalid_request_error",
                             message=message, param=None)]
 
@@ -264,6 +271,7 @@ def _text_format(body: dict[str, Any]) -> tuple[str, Any] | None:
 
 
 def responses_job(call: Call) -> Job:
+    """A /v1/responses request as an engine job."""
     config = call.config
     body = load_body(call.raw, config)
     if body.get("previous_response_id") is not None:

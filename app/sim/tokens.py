@@ -24,10 +24,12 @@ TOKEN_RE = re.compile(r"\s?\w+|\s?[^\w\s]|\s+")
 
 
 def tokenize(text: str) -> list[str]:
+    """The text split into the simulator's tokens: words (with a leading space), punctuation marks, whitespace runs."""
     return TOKEN_RE.findall(text)
 
 
 def count_tokens(text: str) -> int:
+    """How many tokens the text is."""
     return len(TOKEN_RE.findall(text))
 
 
@@ -73,4 +75,5 @@ def prompt_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | 
 
 
 def count_prompt_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
+    """How many tokens a chat prompt is, its template and tools included."""
     return len(prompt_tokens(messages, tools))

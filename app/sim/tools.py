@@ -41,6 +41,7 @@ _ALWAYS_RE = re.compile(r"^[ \t]*ALWAYS CALL[ \t]+(\S+)[ \t]+(\{.*\})[ \t]*$", r
 
 @dataclass(frozen=True)
 class ToolCall:
+    """A tool call the simulated model makes: its id, the tool and the arguments."""
     id: str
     name: str
     arguments: str  # JSON text

@@ -250,6 +250,7 @@ async def searx_search(client: httpx.AsyncClient, base_url: str, query: str, max
 
 
 def register_builtins(registry: ToolRegistry, *, web_search_url: str | None, http_client: httpx.AsyncClient) -> None:
+    """Register the built-in tools: calculator, current_time and web_search (available with a SearxNG URL)."""
     registry.register(calculator, timeout_s=2.0)
     registry.register(current_time)
 

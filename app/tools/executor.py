@@ -55,6 +55,7 @@ _OPERATOR_ERRORS = frozenset({"tool_timeout", "tool_upstream_error", "tool_faile
 
 @dataclass(frozen=True, slots=True)
 class ToolResult:
+    """A tool call's outcome: its result or error, and how long it took."""
     name: str
     call_id: str | None
     ok: bool
@@ -76,6 +77,7 @@ class ToolResult:
 
 
 class ToolExecutor:
+    """Runs tool calls: argument validation, timeouts, a concurrency bound, metrics and logs."""
     def __init__(self, registry: ToolRegistry, settings: Settings, metrics: Metrics) -> None:
         self.registry = registry
         self.default_timeout_s = settings.tool_timeout_s

@@ -67,6 +67,7 @@ def register_http_tools(
     *,
     default_timeout_s: float,
 ) -> None:
+    """Register the HTTP tools of the configuration; a bad one fails at start."""
     for i, config in enumerate(configs):
         if config.name in registry:
             raise ValueError(f"http_tools[{i}]: the name {config.name!r} is already taken by another tool")
@@ -74,6 +75,7 @@ def register_http_tools(
 
 
 def http_tool(config: HttpToolConfig, http_client: httpx.AsyncClient, *, default_timeout_s: float) -> Tool:
+    """A tool that makes the configured HTTP call, its URL template filled from the arguments."""
     name, schema = config.name, config.parameters
     try:
         Draft202012Validator.check_schema(schema)

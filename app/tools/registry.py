@@ -87,6 +87,7 @@ Validator = Callable[[dict[str, Any]], dict[str, Any]]
 
 @dataclass(frozen=True, slots=True)
 class Tool:
+    """A tool: its name, description, JSON schema, the function that runs it, and its availability."""
     name: str
     description: str
     parameters: dict[str, Any]  # JSON schema of the arguments object
@@ -124,6 +125,7 @@ class ToolRegistry:
     # --- registration ----------------------------------------------------------
 
     def add(self, tool: Tool) -> Tool:
+        """Add a tool (a bad or taken name is a ValueError); returns it."""
         if not TOOL_NAME_RE.match(tool.name):
             raise ValueError(f"invalid tool name {tool.name!r}: use letters, digits, '_' or '-' (at most 64)")
         if tool.name in self._tools:
@@ -187,6 +189,7 @@ class ToolRegistry:
     # --- lookup ----------------------------------------------------------------
 
     def get(self, name: str) -> Tool | None:
+        """A tool by name, or None."""
         return self._tools.get(name)
 
     def __contains__(self, name: object) -> bool:
@@ -199,6 +202,7 @@ class ToolRegistry:
         return len(self._tools)
 
     def names(self) -> list[str]:
+        """The tools' names, in registration order."""
         return list(self._tools)
 
     def openai_tools(self, names: list[str] | None = None) -> list[dict[str, Any]]:

@@ -36,6 +36,7 @@ log = structlog.get_logger("vgate.agent")
 
 @dataclass
 class Totals:
+    """What an agent run has spent so far: usage, cost, steps and model calls."""
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
     steps: int = 0  # loop steps (each ends in an answer or in tool calls)
@@ -74,6 +75,8 @@ class RunLoop:
         self.step = 0  # the step under way: its text events name it
 
     async def main(self) -> None:
+        """The run from start to end: model turns and tool calls until an answer or a limit, then the final or error
+        event."""
         run, task, totals = self.run, self.task, self.totals
         structlog.contextvars.bind_contextvars(run_id=run.run_id)
         last: tuple[str, dict[str, Any]] = ("error", dict(_INTERNAL_ERROR))  # the run's last event
@@ -364,9 +367,11 @@ class ToolSupport:
         self._until: dict[str, float] = {}
 
     def refused(self, model: str) -> bool:
+        """Whether the model refused native tool calling recently (the run then uses ReAct)."""
         return time.monotonic() < self._until.get(model, 0.0)
 
     def mark_refused(self, model: str) -> None:
+        """Remember for ttl_s that the model refuses native tool calling."""
         now = time.monotonic()
         self._until = {m: t for m, t in self._until.items() if t > now}
         self._until[model] = now + self.ttl_s

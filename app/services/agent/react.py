@@ -40,6 +40,7 @@ _THOUGHT = re.compile(rf"\bThought{_WS}:", re.I)
 
 @dataclass(slots=True)
 class ReactStep:
+    """One parsed ReAct reply: its thought, and an action with arguments or a final answer."""
     thought: str | None
     action: str | None = None
     arguments: dict[str, Any] | None = None
@@ -48,6 +49,7 @@ class ReactStep:
 
 
 def system_prompt(instructions: str | None, tools: list[dict[str, Any]]) -> str:
+    """The ReAct system prompt: the instructions, each tool with its schema, and the reply format."""
     lines = []
     if instructions:
         lines += [instructions, ""]
@@ -209,6 +211,7 @@ class StreamSplitter:
         self.sent = {"reasoning": "", "delta": ""}
 
     def feed(self, piece: str) -> list[tuple[str, str]]:
+        """Take the next piece of streamed text; return the (kind, text) pieces publishable so far."""
         if self.section == "quiet" or not piece:
             return []  # after "Action:", parse decides (finish)
         if piece.isspace():  # ends no marker, and trailing whitespace is never published

@@ -74,15 +74,18 @@ class AgentRun:
 
     @property
     def finished(self) -> bool:
+        """Whether the run has ended."""
         return self.finished_at is not None
 
     def publish(self, event: str, data: dict[str, Any]) -> AgentEvent:
+        """Append an event to the run's log and wake its followers; returns the event."""
         ev = AgentEvent(id=len(self.events) + 1, event=event, data=data)
         self.events.append(ev)
         self._wake()
         return ev
 
     def finish(self) -> None:
+        """Mark the run ended and wake its followers."""
         if self.finished_at is None:
             self.finished_at = time.monotonic()
             self._wake()
@@ -117,16 +120,19 @@ class RunStore:
         self._runs: OrderedDict[str, AgentRun] = OrderedDict()
 
     def create(self) -> AgentRun:
+        """A new run with a fresh id, kept in the store."""
         self._evict()
         run = AgentRun(run_id="run_" + uuid.uuid4().hex)
         self._runs[run.run_id] = run
         return run
 
     def get(self, run_id: str) -> AgentRun | None:
+        """A run by id, or None if unknown or expired."""
         self._evict()
         return self._runs.get(run_id)
 
     def live(self) -> list[AgentRun]:
+        """The runs still going."""
         return [r for r in self._runs.values() if not r.finished]
 
     def _evict(self) -> None:

@@ -54,6 +54,7 @@ class Follower:
         self.wake = asyncio.Event()
 
     def push(self, events: list[AgentEvent]) -> None:
+        """Queue events for this follower (past its bound, it is told to catch up from the log)."""
         if len(self.queue) < self.MAX_QUEUE:
             self.queue.extend(events)
         else:

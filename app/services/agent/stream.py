@@ -30,6 +30,7 @@ class Coalescer:
         self._timer: asyncio.TimerHandle | None = None
 
     def add(self, kind: str, piece: str, step: int) -> None:
+        """Add a piece of text of a kind (delta, reasoning) and step; a change of either flushes what is held."""
         if not piece:
             return
         if kind != self.kind or step != self.step:
@@ -43,6 +44,7 @@ class Coalescer:
             self._timer = asyncio.get_running_loop().call_later(self.MAX_AGE_S, self.flush)
 
     def flush(self) -> None:
+        """Publish the held text as one event now."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -48,16 +48,19 @@ class Run:
     named: bool = True  # a program of the registry (False: an inline signature)
 
     def with_demos(self, demos: list[dict[str, Any]] | None, model: str | None = None) -> Run:
+        """The same run with other demos (and optionally another model)."""
         return Run(self.program, model or self.model, self.config, self.module, demos, self.instructions,
                    self.priority_route, self.named)
 
     @property
     def effective_demos(self) -> list[dict[str, Any]]:
+        """The demos the run uses: its own, else the program's."""
         return self.demos if self.demos is not None else list(self.program.demos)
 
 
 @dataclass(slots=True)
 class ExampleResult:
+    """One example's outcome: the prediction (or error), the expected outputs, the field scores, usage and cost."""
     index: int
     inputs: dict[str, Any]
     expected: dict[str, Any]
@@ -69,9 +72,11 @@ class ExampleResult:
 
     @property
     def score(self) -> float:
+        """The mean of the field scores (0 for a failed example)."""
         return sum(self.scores.values()) / len(self.scores) if self.scores else 0.0
 
     def as_dict(self) -> dict[str, Any]:
+        """The example's result as the API answers it."""
         d: dict[str, Any] = {"index": self.index, "inputs": self.inputs, "prediction": self.prediction,
                              "expected": self.expected, "score": self.score, "scores": self.scores}
         if self.error is not None:
@@ -81,6 +86,7 @@ class ExampleResult:
 
 @dataclass(slots=True)
 class Report:
+    """An evaluation's results with their total usage, cost and wall time."""
     results: list[ExampleResult]
     latency_ms: float
     usage: Usage = field(default_factory=Usage)
@@ -93,13 +99,16 @@ class Report:
 
     @property
     def score(self) -> float:
+        """The mean over examples of each example's score."""
         return sum(r.score for r in self.results) / len(self.results) if self.results else 0.0
 
     @property
     def failed(self) -> int:
+        """How many examples failed."""
         return sum(r.error is not None for r in self.results)
 
     def field_scores(self) -> dict[str, float]:
+        """Per output field, the mean score over the examples that score it."""
         totals: dict[str, list[float]] = {}
         for r in self.results:
             for name, value in r.scores.items():
@@ -107,12 +116,14 @@ class Report:
         return {name: sum(v) / len(v) for name, v in totals.items()}
 
     def as_dict(self) -> dict[str, Any]:
+        """The report as POST /evaluate answers it."""
         return {"score": self.score, "scores": self.field_scores(), "results": [r.as_dict() for r in self.results],
                 "count": len(self.results), "failed": self.failed, "usage": self.usage.as_dict(),
                 "cost_usd": round(self.cost_usd, 10), "latency_ms": round(self.latency_ms, 2)}
 
 
 def error_body(exc: VGateError) -> dict[str, Any]:
+    """An error's JSON object with its HTTP status, for a failed example."""
     return {**exc.body(), "status": exc.status_code}
 
 

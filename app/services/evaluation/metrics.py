@@ -55,10 +55,12 @@ def canonical(value: Any) -> Any:
 
 
 def canonical_json(value: Any) -> str:
+    """JSON text of a value with keys sorted and numbers canonical, for comparisons."""
     return json.dumps(canonical(value), sort_keys=True, ensure_ascii=False, separators=(", ", ": "))
 
 
 def as_text(value: Any) -> str:
+    """A string as is; anything else as canonical JSON."""
     return value if isinstance(value, str) else canonical_json(value)
 
 
@@ -69,14 +71,17 @@ def normalize_text(value: Any) -> str:
 
 
 def exact_match(prediction: Any, expected: Any) -> float:
+    """1.0 when prediction and expected are the same value (canonical JSON), else 0.0."""
     return float(canonical_json(prediction) == canonical_json(expected))
 
 
 def normalized_match(prediction: Any, expected: Any) -> float:
+    """1.0 when both are equal after normalization (case, punctuation, articles, spaces), else 0.0."""
     return float(normalize_text(prediction) == normalize_text(expected))
 
 
 def contains(prediction: Any, expected: Any) -> float:
+    """1.0 when the normalized expected text occurs in the normalized prediction as whole words, else 0.0."""
     want = normalize_text(expected)
     return float(not want or f" {want} " in f" {normalize_text(prediction)} ")
 
@@ -101,6 +106,7 @@ def parse_number(value: Any) -> float | None:
 
 
 def numeric(prediction: Any, expected: Any, *, tolerance: float = 0.0, relative: float = 0.0) -> float:
+    """1.0 when both parse as numbers within the absolute or relative tolerance, else 0.0."""
     p, e = parse_number(prediction), parse_number(expected)
     if p is None or e is None:
         return 0.0
@@ -108,6 +114,7 @@ def numeric(prediction: Any, expected: Any, *, tolerance: float = 0.0, relative:
 
 
 def token_f1(prediction: Any, expected: Any) -> float:
+    """SQuAD's token-level F1 between the normalized prediction and expected text."""
     pred, gold = normalize_text(prediction).split(), normalize_text(expected).split()
     if not pred or not gold:
         return float(pred == gold)
@@ -128,10 +135,12 @@ def _json_value(value: Any) -> Any:
 
 
 def json_equal(prediction: Any, expected: Any) -> float:
+    """1.0 when both are the same JSON value (a string holding JSON is parsed first), else 0.0."""
     return float(canonical_json(_json_value(prediction)) == canonical_json(_json_value(expected)))
 
 
 def one_of(prediction: Any, expected: Any) -> float:
+    """1.0 when the prediction matches any of the expected list's values after normalization, else 0.0."""
     if not isinstance(expected, (list, tuple)):
         return 0.0
     return float(any(normalized_match(prediction, e) for e in expected))
@@ -139,6 +148,7 @@ def one_of(prediction: Any, expected: Any) -> float:
 
 @dataclass(frozen=True)
 class MetricInfo:
+    """A metric's function, the options it takes (with their checks), and whether it expects a list."""
     fn: MetricFn
     options: dict[str, Callable[[Any], bool]]  # option name -> check of its value
     expects_list: bool = False  # the expected value must be a list (one_of)

@@ -22,6 +22,7 @@ INLINE = "inline"
 
 
 def program_ref(program: Program) -> str:
+    """The program as name@version."""
     return f"{program.name}@{program.version}"
 
 
@@ -63,11 +64,13 @@ def check_run(run: Run) -> None:
 
 
 def outputs_of(program: Program) -> tuple[str, ...]:
+    """The program's output field names."""
     return program.parsed().output_names
 
 
 def prepare(run: Run, dataset: list[Example], metric_spec: Any, settings: Settings, *, name: str = "dataset"
             ) -> Metric:
+    """Check a run, its dataset and its metric spec before anything is sent; returns the compiled metric."""
     check_run(run)
     metric = compile_metric(metric_spec, outputs_of(run.program))
     check_dataset(run.program.parsed(), dataset, metric, name=name, limit=settings.evaluate_max_examples)
@@ -112,4 +115,5 @@ def _mean(advance: Advance) -> Callable[[ExampleResult], Awaitable[None]]:
 
 
 def job_wanted(asked: bool, size: int, settings: Settings) -> bool:
+    """Whether the work runs as a job: asked for, or larger than evaluate_job_threshold."""
     return asked or size > settings.evaluate_job_threshold

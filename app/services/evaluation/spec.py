@@ -30,15 +30,18 @@ def _invalid(message: str, **details: Any) -> InvalidRequestError:
 
 @dataclass(frozen=True)
 class FieldMetric:
+    """One output field's metric with its options."""
     name: str
     options: dict[str, Any]
     info: MetricInfo
 
     def score(self, prediction: Any, expected: Any) -> float:
+        """The metric's value for one field, clamped to [0, 1]."""
         value = float(self.info.fn(prediction, expected, **self.options))
         return min(1.0, max(0.0, value))
 
     def describe(self) -> str | dict[str, Any]:
+        """The metric as the API names it: its name, or an object with its options."""
         return {"name": self.name, **self.options} if self.options else self.name
 
 
@@ -56,6 +59,7 @@ class Metric:
         return dict(self.fields)
 
     def describe(self) -> str | dict[str, Any]:
+        """The metric as the API names it: the default one, or one per field."""
         if self.default is not None:
             return self.default.describe()
         return {name: m.describe() for name, m in self.fields.items()}

@@ -12,6 +12,7 @@ from app.services.jobs.model import Job
 
 
 class MemoryJobs:
+    """Jobs kept in this process's memory: finished ones expire after ttl_s, at most max_kept."""
     def __init__(self, ttl_s: float, max_kept: int, on_drop: Callable[[Job], None] | None = None) -> None:
         self.ttl_s = ttl_s
         self.max_kept = max_kept
@@ -19,14 +20,17 @@ class MemoryJobs:
         self._jobs: OrderedDict[str, Job] = OrderedDict()  # oldest first
 
     def add(self, job: Job) -> None:
+        """Keep a new job, dropping expired or the oldest finished ones to make room."""
         self._evict(room=1)
         self._jobs[job.job_id] = job
 
     def get(self, job_id: str) -> Job | None:
+        """A job by id, or None if unknown or expired."""
         self._evict()
         return self._jobs.get(job_id)
 
     def live(self) -> list[Job]:
+        """The jobs not finished yet."""
         return [j for j in self._jobs.values() if not j.finished]
 
     def _evict(self, room: int = 0) -> None:

@@ -20,6 +20,7 @@ JOB_ID = re.compile(r"job_[0-9a-f]{32}")
 
 
 def new_job_id() -> str:
+    """A fresh job id: job_ followed by 32 hex digits."""
     return "job_" + uuid.uuid4().hex
 
 
@@ -34,6 +35,7 @@ class JobNotFound(NotFoundError):
 
 
 class JobsOverloaded(VGateError):
+    """Too many jobs running on this replica (503, retryable)."""
     status_code = 503
     type = "jobs_overloaded"
     retryable = True
@@ -94,6 +96,7 @@ class Job:
 
     @property
     def finished(self) -> bool:
+        """Whether the job has ended (succeeded, failed or cancelled)."""
         return self.status in TERMINAL
 
     def view(self) -> dict[str, Any]:
@@ -117,12 +120,14 @@ class Job:
     # ---------------------------------------------------------------- changes (this process's jobs)
 
     def publish(self, event: str, data: dict[str, Any]) -> JobEvent:
+        """Append an event to the job's log and wake its followers; returns the event."""
         ev = JobEvent(id=len(self.events) + 1, event=event, data=data)
         self.events.append(ev)
         self._wake()
         return ev
 
     def start(self) -> None:
+        """Mark a queued job running."""
         if self.status == "queued":
             self.status = "running"
             self._wake()

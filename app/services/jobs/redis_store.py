@@ -99,6 +99,7 @@ return redis.call('HGET', KEYS[1], 'cancel') == '1' and 1 or 0
 
 
 def job_keys(job_id: str) -> tuple[str, str]:
+    """The Redis keys of a job's state and of its event stream."""
     base = f"vg:job:{{{job_id}}}"
     return base, f"{base}:events"
 
@@ -223,6 +224,7 @@ class RedisJobs:
         self._alive: asyncio.Task | None = None
 
     async def call(self, aw, op: str):
+        """Await a Redis command, counting a failure against the store's health (StoreUnavailable)."""
         return await guarded(aw, op, self.health)
 
     # ------------------------------------------------------------------ this replica's jobs

@@ -54,6 +54,7 @@ class Progress:
         self._timer: asyncio.TimerHandle | None = None
 
     async def advance(self, n: int = 1, **info: Any) -> None:
+        """Count ``n`` more items done (with extra progress fields); readers see it at once, Redis soon."""
         self.done += n
         self._info.update(info)
         self.job.progress = {"done": self.done, "total": self.total, **self._info}  # GET sees it at once

@@ -28,12 +28,15 @@ class _Key:
 
 
 class MemoryLimitStore:
+    """Keys' limits, reservations and usage in this process's memory (no Redis: one process only)."""
     def __init__(self) -> None:
         self._keys: dict[str, _Key] = defaultdict(_Key)
         self._spend: dict[tuple[str, str], float] = defaultdict(float)  # (key, "d:2026-12-02" | "m:2026-12")
         self._usage: dict[tuple[str, str, str], list] = {}  # (day, key, model) -> [requests, prompt, completion, $]
 
     async def admit(self, key: str, limits: Limits, lease: str, lease_s: float, periods: Periods) -> Verdict:
+        """Admit a request of the key (rpm, max_concurrent, budgets) and take a concurrency lease, or say which limit
+        refuses."""
         now = time.time()
         k = self._prune(key, now)
         v = self._state(key, k, periods)
@@ -56,15 +59,18 @@ class MemoryLimitStore:
         return v
 
     async def leave(self, key: str, lease: str) -> None:
+        """Give back a request's concurrency lease."""
         self.leave_soon(key, lease)
 
     def leave_soon(self, key: str, lease: str) -> None:
+        """Give back a request's concurrency lease at once, without awaiting."""
         k = self._keys.get(key)
         if k is not None:
             k.live.pop(lease, None)
 
     async def reserve(self, key: str, limits: Limits, res: str, tokens: int, cost: float, hold_s: float,
                       periods: Periods) -> Verdict:
+        """Reserve a call's estimated tokens and cost against tpm and the budgets, or say which limit refuses."""
         now = time.time()
         k = self._prune(key, now)
         v = self._state(key, k, periods)
@@ -88,6 +94,7 @@ class MemoryLimitStore:
 
     async def settle(self, key: str, res: str | None, model: str, prompt: int, completion: int, cost: float,
                      count_tokens: bool, served: bool, periods: Periods) -> None:
+        """Replace a call's reservation with its real usage, and add it to the usage report."""
         self.record(key, res, model, prompt, completion, cost, count_tokens, served, periods)
 
     async def drain(self) -> None:
@@ -120,6 +127,7 @@ class MemoryLimitStore:
             row[3] += cost
 
     async def usage(self, since: str, until: str, key: str | None, model: str | None) -> list[dict]:
+        """Usage rows by UTC day, key and model, filtered by the range, key and model given."""
         rows = []
         for (day, k, m), (n, p, c, usd) in sorted(self._usage.items()):
             if since <= day <= until and (key is None or k == key) and (model is None or m == model):
@@ -128,6 +136,7 @@ class MemoryLimitStore:
         return rows
 
     async def ping(self) -> bool:
+        """Always reachable."""
         return True
 
     # ------------------------------------------------------------------ inside

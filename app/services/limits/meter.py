@@ -47,6 +47,7 @@ class Admission:
 
 
 class Meter:
+    """Applies API keys' limits and budgets: admits requests, reserves and settles upstream calls, reports usage."""
     def __init__(self, settings, metrics) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -161,6 +162,7 @@ class Meter:
         await self.store.drain()
 
     async def usage(self, since: str, until: str, key: str | None, model: str | None) -> list[dict]:
+        """Usage rows by day, key and model, after every pending settlement has reached the store."""
         await self.drain()
         return await self.store.usage(since, until, key, model)
 

@@ -35,6 +35,7 @@ class Limits:
 
     @classmethod
     def of(cls, obj) -> Limits:
+        """The limits of a key's configuration or policy object."""
         return cls(rpm=obj.rpm, tpm=obj.tpm, max_concurrent=obj.max_concurrent,
                    budget_usd_daily=obj.budget_usd_daily, budget_usd_monthly=obj.budget_usd_monthly)
 
@@ -53,6 +54,7 @@ class Periods:
 
     @classmethod
     def at(cls, now: float | None = None) -> Periods:
+        """The UTC day and month a time falls in, and seconds until each resets."""
         now = time.time() if now is None else now
         t = time.gmtime(now)
         day_end = calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0)) + 86400
@@ -97,6 +99,7 @@ class Verdict:
 
     @property
     def ok(self) -> bool:
+        """Whether nothing refused the request."""
         return self.limit is None
 
 
@@ -111,6 +114,7 @@ class LimitExceeded(VGateError):
         self.limit_headers = limit_headers or []
 
     def headers(self) -> dict[str, str]:
+        """Retry-After plus the remaining-limit headers of the refused key."""
         return {**super().headers(), **{k.decode(): v.decode() for k, v in self.limit_headers}}
 
 

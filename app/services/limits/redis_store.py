@@ -211,6 +211,7 @@ def _verdict(raw) -> Verdict:
 
 
 class RedisLimitStore:
+    """Keys' limits, reservations and usage in Redis, each check one atomic Lua script (shared by replicas)."""
     def __init__(self, redis, health: Health | None = None) -> None:
         self.redis = redis
         self.health = health
@@ -287,6 +288,8 @@ class RedisLimitStore:
             await asyncio.shield(self._flushing)
 
     async def admit(self, key: str, limits: Limits, lease: str, lease_s: float, periods: Periods) -> Verdict:
+        """Admit a request of the key (rpm, max_concurrent, budgets) and take a concurrency lease, or say which limit
+        refuses."""
         raw = await guarded(self._admit(keys=_keys(key, periods), args=[
             WINDOW_S, lease, lease_s, _arg(limits.rpm), _arg(limits.tpm), _arg(limits.max_concurrent),
             _arg(limits.budget_usd_daily), _arg(limits.budget_usd_monthly), periods.day_reset_s,
@@ -294,10 +297,12 @@ class RedisLimitStore:
         return _verdict(raw)
 
     async def leave(self, key: str, lease: str) -> None:
+        """Give back a request's concurrency lease."""
         await guarded(self.redis.zrem(f"vg:k:{{{key}}}:live", lease), "limits_leave", self.health)
 
     async def reserve(self, key: str, limits: Limits, res: str, tokens: int, cost: float, hold_s: float,
                       periods: Periods) -> Verdict:
+        """Reserve a call's estimated tokens and cost against tpm and the budgets, or say which limit refuses."""
         raw = await guarded(self._reserve(keys=_keys(key, periods), args=[
             WINDOW_S, res, tokens, repr(float(cost)), hold_s, _arg(limits.tpm), _arg(limits.budget_usd_daily),
             _arg(limits.budget_usd_monthly), periods.day_reset_s, periods.month_reset_s]), "limits_reserve",
@@ -306,6 +311,7 @@ class RedisLimitStore:
 
     async def settle(self, key: str, res: str | None, model: str, prompt: int, completion: int, cost: float,
                      count_tokens: bool, served: bool, periods: Periods) -> None:
+        """Replace a call's reservation with its real usage, and add it to the usage report."""
         keys, args = self._settle_call(key, res, model, prompt, completion, cost, count_tokens, served, periods)
         await guarded(self._settle(keys=keys, args=args), "limits_settle", self.health)
 
@@ -317,6 +323,7 @@ class RedisLimitStore:
                       key, SPEND_TTL_S["d"], SPEND_TTL_S["m"], "1" if served else "0"]
 
     async def usage(self, since: str, until: str, key: str | None, model: str | None) -> list[dict]:
+        """Usage rows by UTC day, key and model, filtered by the range, key and model given."""
         if key is not None:
             keys = [key]
         else:
@@ -347,5 +354,6 @@ class RedisLimitStore:
         return rows
 
     async def ping(self) -> bool:
+        """Whether Redis answers (a failure raises StoreUnavailable)."""
         await guarded(self.redis.ping(), "ping", self.health)
         return True

@@ -71,6 +71,7 @@ class _Children:
 
 
 class CallBooks:
+    """The books of upstream calls: their metrics, log lines, cost, and the key's usage settled through the meter."""
     def __init__(self, metrics: Metrics, settings: Settings, meter=None) -> None:
         self.metrics = metrics
         self.settings = settings
@@ -93,6 +94,7 @@ class CallBooks:
         return c
 
     def cost(self, call: Call, usage: Usage) -> float:
+        """The call's cost in USD at its model's price."""
         return self.settings.price_for(call.model).cost(usage.prompt_tokens, usage.completion_tokens)
 
     @staticmethod

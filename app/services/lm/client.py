@@ -100,11 +100,13 @@ class LMClient:
         self.pool.start()
 
     async def aclose(self) -> None:
+        """Close every upstream's connections and stop the monitor."""
         await self.pool.aclose()
 
     # ------------------------------------------------------------------ models & health
 
     async def list_models(self, *, refresh: bool = False) -> list[UpstreamModel]:
+        """The models every upstream serves (cached for models_refresh_s unless ``refresh``)."""
         return await self.pool.list_models(refresh=refresh)
 
     async def resolve_model(self, model: str | None) -> str:
@@ -116,6 +118,7 @@ class LMClient:
         return resolved
 
     async def admit_batch(self, model: str | None, size: int, priority_route: str) -> str:
+        """The model a batch of ``size`` calls will use, or a 429 for the whole batch when it would be refused now."""
         return await self.dispatch.admit_batch(model, size, priority_route)
 
     async def health(self) -> bool:
@@ -124,6 +127,7 @@ class LMClient:
         return any(results)
 
     def model_label(self, model: str) -> str:
+        """The model's metrics label: its name when configured or served, else "other"."""
         return self.pool.label(model)
 
     # ------------------------------------------------------------------ calls

@@ -31,6 +31,7 @@ T = TypeVar("T")
 
 
 class Dispatcher:
+    """Sends each call: reserves the key's limits, waits for a slot, picks an upstream, retries, settles."""
     def __init__(self, pool: UpstreamPool, settings: Settings, metrics: Metrics, meter=None) -> None:
         self.pool = pool
         self.meter = meter  # the caller's key's tpm and budgets, reserved before a call goes
@@ -53,6 +54,7 @@ class Dispatcher:
         return default
 
     def affinity(self, model: str, messages: list[dict[str, Any]], tools: Any) -> int | None:
+        """The prefix key that keeps calls sharing a prefix (or a session) on one upstream, or None."""
         ctx = request_context.get()
         session = ctx.session if ctx is not None else None
         return prefix_key(model, messages, tools, session)

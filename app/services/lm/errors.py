@@ -46,6 +46,7 @@ class AttemptFailed(Exception):
 
 
 def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header, or None when absent or an HTTP date."""
     if not value:
         return None
     try:
@@ -70,6 +71,7 @@ def upstream_message(body: bytes) -> str:
 
 
 def status_failure(status: int, body: bytes, retry_after: float | None, *, model: str) -> AttemptFailed:
+    """What an upstream's error status means for the attempt: the error to raise and whether to retry."""
     msg = upstream_message(body)
     log.warning("upstream_error_response", upstream_status=status, upstream_message=msg[:MAX_LOGGED_BODY_CHARS])
     if status in (400, 413, 422):  # about the client's own request: it says what to fix
@@ -109,6 +111,7 @@ def dropped(exc: BaseException) -> bool:
 
 def transport_failure(exc: Exception, upstream: str) -> AttemptFailed:
     # Messages go to API clients: no internal addresses in them (the log line has the upstream).
+    """What a transport failure means for the attempt: the error (no internal address in it) and whether to retry."""
     log.info("upstream_transport_error", upstream=upstream, error=f"{type(exc).__name__}: {exc}")
     if dropped(exc):
         return AttemptFailed(UpstreamError("upstream connection dropped", type="upstream_disconnected"),

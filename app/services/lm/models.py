@@ -34,6 +34,8 @@ class _ModelList(pydantic.BaseModel):
 
 
 class ModelCatalog:
+    """One upstream's model list from its /v1/models, refreshed every models_refresh_s (a failure remembered
+    briefly)."""
     def __init__(self, http: httpx.AsyncClient, settings: Settings, upstream: str) -> None:
         self._http = http
         self.settings = settings
@@ -77,9 +79,11 @@ class ModelCatalog:
         return self._models
 
     def invalidate(self) -> None:
+        """Forget when the list was fetched, so the next lookup fetches it again."""
         self._listed_at = float("-inf")
 
     def fresh(self, max_age_s: float | None = None) -> bool:
+        """Whether the list (or the last failure) is recent enough to use without fetching again."""
         ttl = self.settings.models_refresh_s if max_age_s is None else min(max_age_s, self.settings.models_refresh_s)
         if self._error is not None:
             ttl = ERROR_TTL_S

@@ -22,6 +22,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
+    """How many times a failed attempt is retried, and the exponential backoff between attempts."""
     max_retries: int  # after the first attempt
     backoff_initial_s: float
     backoff_max_s: float

@@ -23,17 +23,20 @@ Count = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class FunctionDelta(msgspec.Struct):
+    """A fragment of a streamed tool call's function: its name and a piece of its arguments."""
     name: str | None = None
     arguments: str | None = None
 
 
 class ToolCallChunk(msgspec.Struct):
+    """One tool call's fragment in a streamed chunk, by its index."""
     index: Count = 0
     id: str | None = None
     function: FunctionDelta | None = None
 
 
 class Delta(msgspec.Struct):
+    """The new text, reasoning and tool-call fragments of one streamed choice."""
     content: str | None = None
     reasoning: str | None = None
     reasoning_content: str | None = None  # vLLM before 0.10
@@ -41,17 +44,20 @@ class Delta(msgspec.Struct):
 
 
 class Choice(msgspec.Struct):
+    """One choice of a streamed chunk: its delta and, at the end, its finish reason."""
     index: Count = 0
     delta: Delta | None = None
     finish_reason: str | None = None
 
 
 class ChunkUsage(msgspec.Struct):
+    """The token counts of a stream's usage chunk."""
     prompt_tokens: Count = 0
     completion_tokens: Count = 0
 
 
 class Chunk(msgspec.Struct):
+    """One chunk of an OpenAI-style chat or completion stream, decoded by msgspec."""
     id: str | None = None
     model: str | None = None
     choices: list[Choice] = []
@@ -67,6 +73,7 @@ class EndOfStream(Exception):
 
 
 def parse_chunk(data: str) -> Chunk:
+    """Decode one SSE data payload into a Chunk; a payload of another shape is an upstream_malformed error."""
     try:
         return _decoder.decode(data)
     except (msgspec.DecodeError, UnicodeError):  # ValidationError is a DecodeError
@@ -116,6 +123,7 @@ class Accumulator:
         self.others: dict[int, OtherChoice] | None = None  # choices 1.. (n > 1)
 
     def feed(self, chunk: Chunk) -> list[StreamEvent]:
+        """Add a chunk to the call's text, reasoning, tool calls and usage; return the events it yields."""
         if chunk.error is not None:
             err = chunk.error
             log.warning("upstream_stream_error", upstream_message=str(err.get("message") if isinstance(err, dict)
@@ -197,6 +205,7 @@ class Accumulator:
         return out
 
     def tool_calls(self) -> list[ToolCall]:
+        """The tool calls assembled from the streamed fragments, in index order."""
         return [
             ToolCall(id=tid or f"call_{idx}", name=name or "", arguments="".join(frags) or "{}")
             for idx, (tid, name, frags) in sorted(self.tools.items())

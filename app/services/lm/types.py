@@ -8,18 +8,22 @@ from typing import Any
 
 @dataclass(slots=True)
 class Usage:
+    """Token counts of one or more upstream calls."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
+        """Prompt plus completion tokens."""
         return self.prompt_tokens + self.completion_tokens
 
     def add(self, other: Usage) -> None:
+        """Add another call's tokens to these."""
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
 
     def as_dict(self) -> dict[str, int]:
+        """The counts as the API reports them, total included."""
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
@@ -41,11 +45,13 @@ class CallUsage:
 
 @dataclass(slots=True)
 class ToolCall:
+    """A tool call the model made: its id, the tool's name and the arguments as JSON text."""
     id: str
     name: str
     arguments: str  # JSON text, as the model wrote it
 
     def as_openai(self) -> dict[str, Any]:
+        """The call in OpenAI's message form (an assistant message's tool_calls item)."""
         return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
 
 
@@ -84,16 +90,19 @@ class LMResult:
 # Stream events handed to callers of ``stream_chat``.
 @dataclass(slots=True)
 class ContentDelta:
+    """Streamed assistant text."""
     text: str
 
 
 @dataclass(slots=True)
 class ReasoningDelta:
+    """Streamed reasoning text."""
     text: str
 
 
 @dataclass(slots=True)
 class ToolCallDelta:
+    """A fragment of a streamed tool call."""
     index: int
     id: str | None
     name: str | None
@@ -102,6 +111,7 @@ class ToolCallDelta:
 
 @dataclass(slots=True)
 class Done:
+    """The end of a stream, with the call's whole result."""
     result: LMResult
 
 
@@ -110,6 +120,7 @@ StreamEvent = ContentDelta | ReasoningDelta | ToolCallDelta | Done
 
 @dataclass
 class UpstreamModel:
+    """A model as an upstream lists it, with its context length when given."""
     id: str
     max_model_len: int | None = None
     raw: dict[str, Any] = field(default_factory=dict)

@@ -18,10 +18,12 @@ OnCall = Callable[[ExampleResult], Awaitable[None]]
 
 
 def passes(result: ExampleResult, threshold: float) -> bool:
+    """Whether a teacher's run succeeded and scored at least the threshold (it may become a demo)."""
     return result.error is None and result.prediction is not None and result.score >= threshold
 
 
 def as_demo(result: ExampleResult) -> dict[str, Any]:
+    """A passing result as a demo: its inputs and the teacher's outputs."""
     assert result.prediction is not None
     return {**result.inputs, **result.prediction}
 

@@ -18,6 +18,7 @@ from app.services.lm import Usage
 
 @dataclass
 class Budget:
+    """An optimization's spending bound (program runs, USD) and what it has spent."""
     max_calls: int | None = None
     max_cost_usd: float | None = None
     calls: int = 0
@@ -35,10 +36,12 @@ class Budget:
         return max(0, self.max_calls - self.calls - reserve)
 
     def affords(self, calls: int, reserve: int = 0) -> bool:
+        """Whether ``calls`` more runs fit the budget, keeping ``reserve`` runs back."""
         room = self.room(reserve)
         return room is None or room >= calls
 
     def record(self, result: ExampleResult) -> None:
+        """Count one program run and its usage and cost."""
         self.calls += 1
         self.cost_usd += result.cost_usd
         self.usage.add(result.usage)

@@ -36,6 +36,8 @@ Advance = Callable[..., Awaitable[None]]
 
 @dataclass
 class Options:
+    """An optimization's settings: strategy, demos at most, the pass threshold, candidates, seed, teacher and
+    budgets."""
     strategy: Strategy
     k: int = 4
     threshold: float = 1.0
@@ -50,6 +52,7 @@ class Options:
 
 @dataclass
 class Plan:
+    """A checked optimization, ready to run: the program as scored and as teacher, the metric, the sets, the budget."""
     run: Run  # the program as it is scored
     teacher: Run  # the program as it bootstraps (the teacher model, when given)
     metric: Metric

@@ -129,6 +129,7 @@ class StreamReader:
 
     @property
     def has_partial(self) -> bool:
+        """Whether a partial event is buffered (the stream broke mid-event)."""
         return bool(self._pending.strip())
 
     def _event(self, event: bytes) -> bytes | None:

@@ -23,6 +23,7 @@ GUIDED_OPTIONS = ("guided_decoding_backend", "guided_whitespace_pattern", "guide
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
+    """One relayed OpenAI endpoint: its path, metrics route, and whether it streams and ends with usage."""
     path: str  # on the upstream, and on the gateway
     route: str  # the metrics' route label
     streams: bool  # the API has a stream form
@@ -37,6 +38,7 @@ RESPONSES = Endpoint("/v1/responses", "openai_responses", True, False)
 
 @dataclass(slots=True)
 class Prepared:
+    """A client's passthrough request, parsed and rewritten: what goes upstream and what routing and books need."""
     body: dict[str, Any]
     content: bytes  # what goes upstream
     model: str | None
@@ -123,6 +125,7 @@ def with_model(prep: Prepared, model: str) -> None:
 
 
 def encode(body: dict[str, Any]) -> bytes:
+    """The body as compact JSON bytes."""
     return msgspec.json.encode(body)
 
 

@@ -74,12 +74,14 @@ class _Opened:
 
 
 class PassthroughService:
+    """Relays vLLM's OpenAI-compatible API: checks, routing, retries, accounting and stream relay."""
     def __init__(self, lm: LMClient, settings: Settings, metrics: Metrics) -> None:
         self.lm = lm
         self.settings = settings
         self.metrics = metrics
 
     async def models(self) -> dict:
+        """The models the caller may use, in vLLM's /v1/models shape."""
         listed = await self.lm.list_models(refresh=True)
         principal = current_principal()
         if principal is not None and principal.models is not None:  # the ones this key may use

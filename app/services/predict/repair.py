@@ -44,12 +44,14 @@ class Spent:
     cost_usd: float = 0.0
 
     def add(self, r: LMResult) -> None:
+        """Add a call's usage and cost."""
         self.usage.add(r.usage)
         self.cost_usd += r.cost_usd
 
 
 @dataclass(slots=True)
 class Repaired:
+    """Outputs that matched the signature after repairs: the first and the matching call, and what all of them spent."""
     outputs: dict[str, Any]
     first: LMResult  # the first call (its time to first token is the prediction's)
     last: LMResult  # the call whose reply matched
@@ -58,6 +60,7 @@ class Repaired:
 
 
 def truncated(raw: str, max_tokens: int) -> OutputTruncatedError:
+    """The 502 output_truncated for a reply cut at max_tokens (its raw text kept)."""
     return OutputTruncatedError(
         f"the model hit max_tokens={max_tokens} before finishing its answer; raise config.max_tokens or shorten "
         "the task",

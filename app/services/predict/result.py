@@ -11,6 +11,7 @@ from app.services.lm import Usage
 
 @dataclass(slots=True)
 class Prediction:
+    """One prediction: typed outputs, reasoning, vote and repair details, usage, cost and timing."""
     outputs: dict[str, Any]
     reasoning: str | None
     usage: Usage  # every upstream call it made: repairs included, all the samples of a vote
@@ -24,6 +25,7 @@ class Prediction:
     valid_samples: int | None = None  # ... and how many matched the signature (those voted)
 
     def as_dict(self) -> dict[str, Any]:
+        """The prediction as /predict answers it (fields that do not apply left out)."""
         d: dict[str, Any] = {"outputs": self.outputs}
         if self.reasoning is not None:
             d["reasoning"] = self.reasoning
@@ -43,6 +45,7 @@ class Prediction:
 
 @dataclass(slots=True)
 class BatchResult:
+    """A batch's items in input order (a prediction or an error each), with their summed usage and cost."""
     items: list[Prediction | VGateError]
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
@@ -50,4 +53,5 @@ class BatchResult:
 
     @property
     def failed(self) -> int:
+        """How many items failed."""
         return sum(isinstance(i, VGateError) for i in self.items)

@@ -47,6 +47,7 @@ def sample_count(module: Module, config: PredictConfig) -> int:
 
 
 class PredictService:
+    """Runs signatures against the model: prompt, constrained call, validation, repairs, votes and batches."""
     def __init__(self, lm: LMClient, settings: Settings, metrics: Metrics) -> None:
         self.lm = lm
         self.settings = settings

@@ -35,6 +35,7 @@ def _number(text: str) -> int | float:
 
 @dataclass(frozen=True, slots=True)
 class Vote:
+    """A majority vote's outcome: the winning value per field, its agreement, and where each first appeared."""
     outputs: dict[str, Any]  # the winning value per field
     agreement: dict[str, float]  # per field: the share of samples that gave the winner
     first: dict[str, int]  # per field: the position (in ``samples``) of the first sample that gave it

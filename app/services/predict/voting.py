@@ -34,6 +34,7 @@ SampleAsk = Callable[[list[dict[str, Any]], int], Awaitable[LMResult]]
 
 @dataclass(slots=True)
 class Voted:
+    """A vote done in one upstream call of n samples: the call, the vote, and the winner's reasoning."""
     result: LMResult  # the one call
     vote: Vote
     reasoning: str | None

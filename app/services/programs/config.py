@@ -33,6 +33,7 @@ class PredictConfig(BaseModel):
                           "or chain_of_thought with n > 1)")
 
     def merged(self, override: PredictConfig | None) -> PredictConfig:
+        """These settings with the fields the override sets replacing them."""
         if override is None:
             return self
         return self.model_copy(update=override.model_dump(exclude_unset=True))

@@ -39,6 +39,7 @@ STEPS_MODULE = "steps"  # what a multi-step program's responses and listings say
 
 
 class Program(BaseModel):
+    """A named program: a signature (or steps), its module, demos, model and settings, at one version."""
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")
@@ -85,6 +86,7 @@ class Program(BaseModel):
 
     @property
     def module_name(self) -> str:
+        """The module that runs it: the program's, or the steps' pipeline."""
         return STEPS_MODULE if self.steps is not None else self.module
 
     def plan(self, resolve: Callable[[str, str], Program] | None = None) -> Plan:
@@ -108,6 +110,7 @@ class Program(BaseModel):
         return self._signature
 
     def summary(self) -> dict[str, Any]:
+        """The program as GET /predict/programs lists it."""
         sig = self.parsed()
         out = {
             "name": self.name,

@@ -52,6 +52,7 @@ class PipelineResult:
     ttft_ms: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """The pipeline's result as /predict answers it: outputs, usage, cost, latency and each step's trace."""
         return {
             "outputs": self.outputs,
             "usage": self.usage.as_dict(),
@@ -105,6 +106,8 @@ class Pipeline:
         config: PredictConfig | None = None,
         priority_route: str = "predict",
     ) -> PipelineResult:
+        """Run a multi-step program's steps in order (mapped steps item by item) and return the outputs with their
+        trace."""
         plan: Plan = program.plan()
         started = time.perf_counter()
         values = plan.signature.validate_inputs(inputs)  # a 422 before any step runs

@@ -30,6 +30,7 @@ _REF = re.compile(r"^(?P<name>[A-Za-z0-9_\-]{1,64})(?:@(?P<version>[1-9][0-9]{0,
 
 
 class ProgramRegistry:
+    """The named programs and their versions: from files at start, and saved by /optimize (to files or Redis)."""
     def __init__(self, programs: dict[str, Program] | None = None, *, directory: Path | None = None) -> None:
         """``directory``: where ``save_version`` writes files (without it, and without Redis, a saved
         version lives in this process only)."""
@@ -118,12 +119,14 @@ class ProgramRegistry:
         return self.get(program.name, version)  # type: ignore[return-value]
 
     def add(self, program: Program) -> None:
+        """Register a program version (two with one name and version is a ValueError)."""
         versions = self._versions.setdefault(program.name, {})
         if program.version in versions:
             raise ValueError(f"program {program.name!r} has two version {program.version}s")
         versions[program.version] = program
 
     def names(self) -> list[str]:
+        """The programs' names, sorted."""
         return sorted(self._versions)
 
     def __len__(self) -> int:
@@ -138,6 +141,7 @@ class ProgramRegistry:
         return [self.versions(name)[-1] for name in self.names()]
 
     def get(self, name: str, version: int | None = None) -> Program | None:
+        """A program by name: the given version, else the newest; None if unknown."""
         versions = self._versions.get(name)
         if not versions:
             return None

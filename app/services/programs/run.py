@@ -32,6 +32,7 @@ def refuse_step_overrides(program: Program, **overrides: Any) -> None:
 
 
 class ProgramRunner:
+    """Runs programs, single-signature or multi-step, through the predict service."""
     def __init__(self, predict: PredictService, registry: ProgramRegistry | None = None) -> None:
         """``registry``: where a multi-step program's step finds the newest version of the program it
         runs (without it, the version bound at load)."""
@@ -50,6 +51,7 @@ class ProgramRunner:
         instructions: str | None = None,
         priority_route: str = "predict",
     ) -> Prediction | PipelineResult:
+        """Run a program on one example and return its result (a multi-step one with its trace)."""
         if program.steps is not None:
             refuse_step_overrides(program, module=module, demos=demos, instructions=instructions)
             return await self.pipeline.run(program, inputs, model=model, config=config,

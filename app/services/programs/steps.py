@@ -53,6 +53,8 @@ class ProgramError(InvalidRequestError):
 
 
 class Step(BaseModel):
+    """One step of a multi-step program: a signature or a program, its inputs wired from earlier fields, maybe
+    mapped."""
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -82,6 +84,7 @@ class Step(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Ref:
+    """A reference to a field: of the program's inputs, or of an earlier step's outputs."""
     source: str  # INPUTS or a step's name
     field: str
 
@@ -90,6 +93,7 @@ class Ref:
 
 
 def parse_ref(text: Any, where: str) -> Ref:
+    """Parse 'inputs.<field>' or '<step>.<field>'; anything else is a ProgramError naming ``where``."""
     m = _REF.match(text) if isinstance(text, str) else None
     if m is None:
         raise ProgramError(f"{where}: {text!r} is not a reference; write 'inputs.<field>' or '<step>.<field>'")
@@ -98,6 +102,7 @@ def parse_ref(text: Any, where: str) -> Ref:
 
 @dataclass(frozen=True, slots=True)
 class CompiledStep:
+    """A step checked and bound: its signature, the program it runs (if any), and its input wiring."""
     step: Step
     signature: Signature  # the fields the step takes and gives (a program step: that program's)
     program: Any  # the Program a program step runs, else None
@@ -107,6 +112,7 @@ class CompiledStep:
 
     @property
     def name(self) -> str:
+        """The step's name."""
         return self.step.name
 
 

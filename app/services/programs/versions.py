@@ -32,6 +32,7 @@ REV_KEY = "vg:{programs}:rev"
 
 
 def program_key(name: str) -> str:
+    """The Redis key of a program's saved versions."""
     return f"vg:{{programs}}:p:{name}"
 
 
@@ -52,6 +53,7 @@ class FileVersions:
         self.directory = directory
 
     async def save(self, program: Program, floor: int) -> int:
+        """Write the program as the first free version above ``floor``; returns that version."""
         return await asyncio.to_thread(self._write, program, floor)
 
     def _write(self, program: Program, floor: int) -> int:
@@ -82,6 +84,7 @@ class FileVersions:
                 pass  # the directory itself is not there
 
     async def load(self) -> list[Program]:
+        """Nothing: saved files are loaded with the program directory at start."""
         return []
 
 
@@ -99,6 +102,7 @@ return n
 
 
 class RedisVersions:
+    """Program versions kept in Redis, shared by every replica."""
     shared = True
 
     def __init__(self, redis: Any, health: Health | None = None) -> None:
@@ -108,6 +112,7 @@ class RedisVersions:
         self._rev: bytes | None = None
 
     async def save(self, program: Program, floor: int) -> int:
+        """Save the program as the first free version above ``floor`` (one atomic script); returns that version."""
         body = program.to_file()
         body.pop("version", None)
         n = await guarded(self._save(keys=[program_key(program.name), NAMES_KEY, REV_KEY],

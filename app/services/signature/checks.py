@@ -79,6 +79,7 @@ def field_detail(name: Any) -> dict[str, str]:
 
 
 def check_field_name(name: Any) -> str:
+    """The name if it is a valid field name; else a SignatureError saying why."""
     problem = field_name_problem(name)
     if problem is not None:
         raise SignatureError(problem, **field_detail(name))
@@ -100,6 +101,7 @@ class FieldNames:
         return None
 
     def too_many(self) -> str | None:
+        """A message if more than MAX_FIELDS fields were seen, else None."""
         n = len(self._seen)
         return f"too many fields ({n}; max {MAX_FIELDS})" if n > MAX_FIELDS else None
 

@@ -47,6 +47,7 @@ class Parser(Lexer):
     # -- signature -------------------------------------------------------------
 
     def signature(self) -> tuple[list[tuple[Field, int]], list[tuple[Field, int]]]:
+        """Parse the whole signature: its input and output fields, each with its position."""
         if "->" not in self.text:
             raise SignatureError(
                 "missing '->' between inputs and outputs (e.g. 'question -> answer')",
@@ -58,6 +59,7 @@ class Parser(Lexer):
         return inputs, outputs
 
     def fields(self, end: str) -> list[tuple[Field, int]]:
+        """Parse comma-separated field definitions up to the ``end`` token."""
         out: list[tuple[Field, int]] = []
         if self.peek().kind == end:
             return out
@@ -81,6 +83,7 @@ class Parser(Lexer):
             self.next()
 
     def field_def(self) -> tuple[Field, int]:
+        """Parse one field: its name and, after a colon, its type (str when none)."""
         self.field = None
         tok = self.next()
         if tok.kind != "NAME":
@@ -99,6 +102,7 @@ class Parser(Lexer):
     # -- types -----------------------------------------------------------------
 
     def whole_type(self) -> TypeSpec:
+        """Parse a type that must fill the rest of the text."""
         spec = self.type_expr(0)
         tok = self.peek()
         if tok.kind != "EOF":
@@ -106,6 +110,7 @@ class Parser(Lexer):
         return spec
 
     def type_expr(self, depth: int) -> TypeSpec:
+        """Parse a type expression: members joined by ``|``."""
         start = self.peek()
         return self.union_of(self.members(depth), start)
 
@@ -118,6 +123,7 @@ class Parser(Lexer):
         return members
 
     def union_of(self, members: list[TypeSpec | None], start: Token) -> TypeSpec:
+        """The type of members joined by ``|`` (None among them makes it Optional)."""
         if all(m is None for m in members):
             raise self.error("'None' alone is not a type (use Optional[T])", start.pos)
         try:
@@ -126,6 +132,7 @@ class Parser(Lexer):
             raise self.error(exc.message, start.pos) from None
 
     def open_bracket(self, name_tok: Token, depth: int, example: str) -> None:
+        """Consume the ``[`` after a generic type's name; its absence is an error with an example."""
         tok = self.peek()
         if tok.kind != "[":
             raise self.error(f"'{name_tok.value}' needs type arguments", name_tok.pos, tail=f" (e.g. {example})")
@@ -135,6 +142,7 @@ class Parser(Lexer):
         self.next()
 
     def close_bracket(self, name_tok: Token, hint: str) -> None:
+        """Consume the ``]`` closing a generic type's arguments; its absence is an error with a hint."""
         tok = self.next()
         if tok.kind != "]":
             raise self.error(
@@ -144,6 +152,7 @@ class Parser(Lexer):
             )
 
     def primary(self, depth: int) -> TypeSpec | None:
+        """Parse one type name with its arguments (None for the None type)."""
         tok = self.next()
         if tok.kind != "NAME":
             raise self.error("expected a type", tok.pos, tail=f", found {self.describe(tok)}")
@@ -227,6 +236,7 @@ class Parser(Lexer):
         return TypeSpec.tuple_of(*items)
 
     def literal_value(self) -> tuple[LiteralValue, Token]:
+        """Parse one Literal[...] value: a string, number, True, False or None."""
         tok = self.next()
         if tok.kind in ("STRING", "NUMBER"):
             return tok.value, tok

@@ -17,6 +17,7 @@ from app.errors import SignatureError
 
 @dataclass(frozen=True, slots=True)
 class Token:
+    """One token of a signature string: its kind, value and offset."""
     kind: str  # NAME STRING NUMBER -> ... [ ] , : | EOF
     value: Any
     pos: int  # 0-based offset into the parsed text
@@ -71,21 +72,25 @@ class Lexer:
 
     @staticmethod
     def describe(tok: Token) -> str:
+        """A token as error messages show it."""
         return "end of input" if tok.kind == "EOF" else repr(tok.text)
 
     # -- reading -------------------------------------------------------------
 
     def peek(self) -> Token:
+        """The next token, not consumed."""
         if self.lookahead is None:
             self.lookahead = self._lex()
         return self.lookahead
 
     def next(self) -> Token:
+        """The next token, consumed."""
         tok = self.peek()
         self.lookahead = None
         return tok
 
     def expect(self, kind: str, what: str) -> Token:
+        """The next token if it is of ``kind``; else a SignatureError expecting ``what``."""
         tok = self.next()
         if tok.kind != kind:
             raise self.error(f"expected {what}", tok.pos, tail=f", found {self.describe(tok)}")

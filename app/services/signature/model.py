@@ -51,10 +51,12 @@ class Signature:
 
     @property
     def input_names(self) -> tuple[str, ...]:
+        """The input fields' names, in order."""
         return tuple(f.name for f in self.inputs)
 
     @property
     def output_names(self) -> tuple[str, ...]:
+        """The output fields' names, in order."""
         return tuple(f.name for f in self.outputs)
 
     @property
@@ -97,6 +99,7 @@ class Signature:
     # -- derived signatures ----------------------------------------------------
 
     def with_instructions(self, instructions: str | None) -> Signature:
+        """The same fields with other instructions."""
         return Signature(instructions=instructions, inputs=self.inputs, outputs=self.outputs)
 
     def with_reasoning(self) -> Signature:

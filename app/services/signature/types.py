@@ -143,14 +143,17 @@ class TypeSpec:
 
     @classmethod
     def scalar(cls, name: str) -> TypeSpec:
+        """A scalar type: str, int, float, bool or Any."""
         return cls(name)  # type: ignore[arg-type]
 
     @classmethod
     def list_of(cls, item: TypeSpec) -> TypeSpec:
+        """list[item]."""
         return cls("list", (item,))
 
     @classmethod
     def dict_of(cls, value: TypeSpec) -> TypeSpec:
+        """dict[str, value]."""
         return cls("dict", (value,))
 
     @classmethod
@@ -160,6 +163,7 @@ class TypeSpec:
 
     @classmethod
     def optional(cls, inner: TypeSpec) -> TypeSpec:
+        """Optional[inner] (inner itself when already optional)."""
         return inner if inner.kind == "optional" else cls("optional", (inner,))
 
     @classmethod
@@ -183,10 +187,12 @@ class TypeSpec:
 
     @classmethod
     def literal(cls, *values: LiteralValue) -> TypeSpec:
+        """Literal[values]."""
         return cls("literal", values)
 
     @classmethod
     def of_object(cls, obj: ObjectType) -> TypeSpec:
+        """A named object type."""
         return cls("object", (obj,))
 
     # -- identity ------------------------------------------------------------
@@ -209,6 +215,7 @@ class TypeSpec:
 
     @property
     def is_optional(self) -> bool:
+        """Whether None is allowed."""
         return self.kind == "optional"
 
     @property
@@ -319,6 +326,7 @@ class ObjectType:
         return f"ObjectType({self.name!r}, {', '.join(str(f) for f in self.fields)})"
 
     def to_dict(self) -> dict[str, Any]:
+        """The object type's fields in the JSON signature form."""
         return {f.name: f.to_dict() for f in self.fields}
 
 
@@ -365,6 +373,7 @@ class Field:
         return f"{self.name}: {self.type}"
 
     def to_dict(self) -> dict[str, Any]:
+        """The field in the JSON signature form: its type, description and constraints."""
         out: dict[str, Any] = {"type": str(self.type)}
         if self.desc is not None:
             out["desc"] = self.desc

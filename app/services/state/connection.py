@@ -29,6 +29,7 @@ REDIS_CONNECTIONS = 64  # per process
 
 
 class StoreUnavailable(VGateError):
+    """The shared store (Redis) cannot be reached (503 ``store_unavailable``, retryable)."""
     status_code = 503
     type = "store_unavailable"
     retryable = True
@@ -66,9 +67,11 @@ class Health:
         self.failed_at = float("-inf")
 
     def resting(self) -> bool:
+        """Whether commands should fail at once: Redis refused or dropped a connection less than a second ago."""
         return not self.up and time.monotonic() - self.failed_at < self.quiet_s
 
     def ok(self) -> None:
+        """A command succeeded: mark the store reachable (logged and in the gauge once)."""
         if not self.up:
             self.up = True
             log.info("store_reachable", after_s=round(time.monotonic() - self.since, 2))
@@ -77,6 +80,7 @@ class Health:
                 self.metrics.store_up.set(1)
 
     def failed(self, op: str, exc: BaseException) -> None:
+        """A command failed: count it, mark the store down (logged once) and rest after a refusal."""
         if not isinstance(exc, RedisTimeout):  # refused or dropped: Redis is away. A timeout may be this
             self.failed_at = time.monotonic()  # process's own busy loop, and must not refuse the next second
         if self.metrics is not None:

@@ -17,6 +17,7 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 
 class Breaker:
+    """An upstream's circuit breaker: closed, open after repeated failures, half-open for one probe after a cooldown."""
     __slots__ = ("failures", "cooldown_s", "state", "consecutive", "_opened_at", "_current_cooldown",
                  "_probing", "_probe_at", "_on_change")
 
@@ -57,12 +58,14 @@ class Breaker:
             self._probe_at = time.monotonic()
 
     def success(self) -> None:
+        """A call or probe succeeded: close the breaker and reset the failure count and cooldown."""
         self.consecutive = 0
         self._probing = False
         self._current_cooldown = self.cooldown_s
         self._set(CLOSED)
 
     def failure(self, *, at_once: bool = False) -> None:
+        """A call or probe failed: open the breaker after enough failures (at once for a refused connection)."""
         self.consecutive += 1
         if self.state == HALF_OPEN:
             self._open(self._current_cooldown * 2)

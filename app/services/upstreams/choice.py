@@ -25,6 +25,7 @@ AFFINITY_SLACK = 8  # requests (per unit of weight) a prefix's upstream may carr
 
 
 class Chooser:
+    """Picks an upstream for a call: prefix affinity first, then the routing policy (power of two choices on load)."""
     def __init__(self, policy: str, affinity_entries: int, *, rng: random.Random | None = None) -> None:
         self.policy = policy
         self.affinity_entries = affinity_entries

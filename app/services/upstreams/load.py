@@ -23,6 +23,7 @@ _GAUGES = {
 
 @dataclass(frozen=True, slots=True)
 class LoadReport:
+    """vLLM's load as its /metrics reports it: requests waiting and running, KV-cache use."""
     waiting: float = 0.0
     running: float = 0.0
     kv_usage: float = 0.0
@@ -57,4 +58,5 @@ def parse_vllm_metrics(text: str) -> LoadReport | None:
 
 
 def saturation(report: LoadReport, queue_threshold: float, kv_threshold: float) -> float:
+    """How close an upstream is to saturated: the larger of queue and KV use over their thresholds (1: saturated)."""
     return max(report.waiting / queue_threshold, report.kv_usage / kv_threshold)

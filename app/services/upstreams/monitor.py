@@ -27,6 +27,7 @@ ABSENT_RETRY_S = 60.0  # a server without /metrics is asked again this rarely
 
 
 class Monitor:
+    """Background health checks and /metrics scrapes of every upstream, feeding routing and the breakers."""
     def __init__(self, upstreams: Sequence[Upstream], settings: Settings, on_news: Callable[[], None]) -> None:
         self.upstreams = upstreams
         self.settings = settings
@@ -34,9 +35,11 @@ class Monitor:
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
+        """Start one watcher task per upstream."""
         self._tasks = [asyncio.create_task(self._watch(u), name=f"monitor {u.name}") for u in self.upstreams]
 
     async def aclose(self) -> None:
+        """Stop the watcher tasks and wait for them to end."""
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -83,6 +86,7 @@ class Monitor:
         return None
 
     async def check_health(self, u: Upstream) -> bool:
+        """Probe an upstream's /health; update its breaker and return whether it answered."""
         was = u.breaker.state
         u.breaker.probe_started()
         try:

@@ -30,6 +30,7 @@ MISS_REFRESH_INTERVAL_S = 1.0  # an unknown name refetches the lists at most thi
 
 
 class UpstreamPool:
+    """The upstreams behind the gateway: their models, health, routing and the scheduler that hands out slots."""
     def __init__(self, settings: Settings, metrics: Metrics, *,
                  transport: httpx.AsyncBaseTransport | None = None, rng: random.Random | None = None) -> None:
         self.settings = settings
@@ -56,6 +57,7 @@ class UpstreamPool:
         self.monitor.start()
 
     async def aclose(self) -> None:
+        """Stop the monitor and close every upstream's connections."""
         await self.monitor.aclose()
         await asyncio.gather(*(u.aclose() for u in self.upstreams))
 
@@ -72,9 +74,11 @@ class UpstreamPool:
         return up or serving
 
     def failed(self, upstream: Upstream, *, at_once: bool) -> None:
+        """Count a failed call against the upstream's breaker (``at_once``: open it now)."""
         upstream.breaker.failure(at_once=at_once)
 
     def succeeded(self, upstream: Upstream) -> None:
+        """Count a successful call for the upstream's breaker."""
         if upstream.breaker.state != CLOSED or upstream.breaker.consecutive:
             upstream.breaker.success()
 

@@ -12,6 +12,7 @@ from typing import Any
 
 
 def prefix_key(model: str, messages: list[dict[str, Any]], tools: Any, session: str | None) -> int | None:
+    """A hash of what makes calls share vLLM's prefix cache (the session, or the system prompt and tools), or None."""
     if session is not None:
         return hash(("session", model, session))
     lead: list[Any] = []

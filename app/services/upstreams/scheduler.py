@@ -76,6 +76,7 @@ class _Model:
 
 
 class Scheduler:
+    """Hands out upstream slots per model: interactive calls first, batch calls their share, a bounded queue."""
     def __init__(self, candidates: Callable[[str], Sequence[Upstream]], chooser: Chooser, *, max_queued: int,
                  batch_min_share: float, metrics: Metrics, label: Callable[[str], str],
                  batch_max_share: float = 1.0) -> None:
@@ -89,12 +90,14 @@ class Scheduler:
         self._models: dict[str, _Model] = {}
 
     def queued(self, model: str | None = None) -> int:
+        """Calls waiting for a slot, for one model or all."""
         if model is not None:
             m = self._models.get(model)
             return m.waiting() if m is not None else 0
         return sum(m.waiting() for m in self._models.values())
 
     def running(self, model: str) -> dict[str, int]:
+        """Calls holding a slot for the model, per priority class."""
         m = self._models.get(model)
         return dict(m.running) if m is not None else dict.fromkeys(PRIORITIES, 0)
 
@@ -164,6 +167,7 @@ class Scheduler:
             gauge.dec()
 
     def release(self, lease: Lease, held_s: float | None = None) -> None:
+        """Give back a lease's slot and hand it to the next waiting call."""
         lease.upstream.released(held_s)
         m = self._models.get(lease.model)
         if m is not None:

@@ -17,6 +17,7 @@ _EWMA_ALPHA = 0.2
 
 
 class Upstream:
+    """One vLLM server: its connection pool, model list, breaker, load figures and in-flight count."""
     def __init__(self, config: UpstreamConfig, settings: Settings, *,
                  transport: httpx.AsyncBaseTransport | None = None, on_breaker=None) -> None:
         self.url = config.url
@@ -53,12 +54,15 @@ class Upstream:
         return f"Upstream({self.name!r})"
 
     async def aclose(self) -> None:
+        """Close the upstream's connections."""
         await self.http.aclose()
 
     def took(self) -> None:
+        """Count a call taking a slot here."""
         self.in_use += 1
 
     def released(self, held_s: float | None) -> None:
+        """Count a call giving its slot back; its holding time feeds the moving average."""
         self.in_use -= 1
         if held_s is not None:
             self.hold_s = held_s if self.hold_s is None else self.hold_s + _EWMA_ALPHA * (held_s - self.hold_s)

@@ -34,6 +34,7 @@ class WireResponse:
         self._httpx = hx
 
     async def read(self) -> bytes:
+        """The whole response body."""
         if self._aio is not None:
             with _mapped():
                 return await self._aio.read()
@@ -41,6 +42,7 @@ class WireResponse:
         return await self._httpx.aread()
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        """The response body as it arrives, chunk by chunk, undecoded."""
         if self._aio is not None:
             with _mapped():
                 async for chunk in self._aio.content.iter_any():
@@ -68,6 +70,7 @@ class UpstreamTransport(AiohttpTransport):
     those would reach the caller as a 500 and pass the breaker by."""
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send the request; an aiohttp error becomes an httpx transport error, as the callers expect."""
         try:
             return await super().handle_async_request(request)
         except aiohttp.ClientError as exc:
@@ -84,6 +87,7 @@ def _mapped() -> Iterator[None]:
 
 
 class Wire:
+    """Raw POSTs to one upstream (aiohttp directly when possible, else httpx), bodies relayed as bytes."""
     def __init__(self, base_url: str, headers: dict[str, str], transport: httpx.AsyncBaseTransport) -> None:
         self.base_url = base_url
         self.headers = headers
@@ -101,6 +105,7 @@ class Wire:
         return t.client
 
     async def post(self, path: str, content: bytes, headers: dict[str, str], timeout: httpx.Timeout) -> WireResponse:
+        """POST bytes to a path on the upstream and return the response unread."""
         url = self._urls.get(path)
         if url is None:
             url = self._urls[path] = self.base_url + path

@@ -104,6 +104,7 @@ class ErrorEvent(Event):
     retry_after_s: float | None = None
 
     def exception(self) -> VGateError:
+        """This error event as the exception the client would raise for it (its status's class, else AgentError)."""
         error = self.model_dump(exclude={"event", "event_id"}, exclude_none=True)
         cls = error_class(self.status, self.type) if self.status else AgentError
         return error_from_body(error, status=self.status, cls=cls)
@@ -116,6 +117,7 @@ _EVENTS: dict[str, type[Event]] = {
 
 
 def parse_event(sse: ServerSentEvent) -> Event:
+    """Decode one server-sent event into its typed Event (a payload that is not a JSON object is kept under data)."""
     try:
         data = json.loads(sse.data)
     except ValueError:
@@ -153,6 +155,7 @@ class Agent:
         self.max_reconnects = max_reconnects
 
     def request_body(self, input: str | Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """The JSON body of POST /agent for this agent's settings and the given input or messages."""
         body: dict[str, Any] = {"input": input} if isinstance(input, str) else {"messages": [dict(m) for m in input]}
         for key, value in (("tools", self.tools), ("model", self.model), ("instructions", self.system),
                            ("max_steps", self.max_steps), ("session_id", self.session_id), ("mode", self.mode)):
@@ -179,6 +182,7 @@ class Agent:
         return self._follow(client, None, run_id, after)
 
     def run(self, input: str | Sequence[Mapping[str, Any]]) -> FinalEvent:
+        """Run to the end and return the final event; an error event raises its exception."""
         return _finish(self.stream(input))
 
     def _follow(self, client: Client, first: tuple[str, str, dict] | None, run_id: str | None,
@@ -205,14 +209,17 @@ class Agent:
 
     # --- async --------------------------------------------------------------------------------
     def astream(self, input: str | Sequence[Mapping[str, Any]]) -> AsyncIterator[Event]:
+        """The run's events as they happen, asynchronously: run first, final or error last."""
         client = async_client(self.client, "Agent")
         return self._afollow(client, ("POST", "/agent", self.request_body(input)), None, 0)
 
     def aresume(self, run_id: str, *, after: int = 0) -> AsyncIterator[Event]:
+        """The events of a run already started, after event id ``after`` (0: all), asynchronously."""
         client = async_client(self.client, "Agent")
         return self._afollow(client, None, run_id, after)
 
     async def arun(self, input: str | Sequence[Mapping[str, Any]]) -> FinalEvent:
+        """Run to the end asynchronously and return the final event; an error event raises its exception."""
         events = [event async for event in self.astream(input)]
         return _finish(iter(events))
 

@@ -103,9 +103,11 @@ class Client(_Base):
         raise AssertionError("unreachable")
 
     def get(self, path: str, **kw: Any) -> Any:
+        """GET a path and return the decoded JSON answer (an error answer raises)."""
         return self.request("GET", path, **kw).json()
 
     def post(self, path: str, json: Any = None, **kw: Any) -> Any:
+        """POST a JSON body to a path and return the decoded JSON answer (an error answer raises)."""
         return self.request("POST", path, json=json, **kw).json()
 
     @contextmanager
@@ -137,6 +139,7 @@ class Client(_Base):
         return self.post(f"/tools/{name}", {"arguments": arguments})
 
     def close(self) -> None:
+        """Close the pooled connections."""
         self._http.close()
 
     def __enter__(self) -> Client:
@@ -159,6 +162,8 @@ class AsyncClient(_Base):
 
     async def request(self, method: str, path: str, *, json: Any = None, headers: Mapping[str, str] | None = None,
                       params: Mapping[str, Any] | None = None) -> httpx.Response:
+        """Send a request, resending it as the retry policy allows; return the successful response or raise its
+        error."""
         for attempt in itertools.count():
             try:
                 response = await self._http.request(method, path, json=json, headers=headers, params=params)
@@ -172,14 +177,17 @@ class AsyncClient(_Base):
         raise AssertionError("unreachable")
 
     async def get(self, path: str, **kw: Any) -> Any:
+        """GET a path and return the decoded JSON answer (an error answer raises)."""
         return (await self.request("GET", path, **kw)).json()
 
     async def post(self, path: str, json: Any = None, **kw: Any) -> Any:
+        """POST a JSON body to a path and return the decoded JSON answer (an error answer raises)."""
         return (await self.request("POST", path, json=json, **kw)).json()
 
     @asynccontextmanager
     async def stream(self, method: str, path: str, *, json: Any = None,
                      headers: Mapping[str, str] | None = None) -> AsyncIterator[httpx.Response]:
+        """A streamed response, its status checked (an error answer raises before the block runs)."""
         try:
             async with self._http.stream(method, path, json=json, headers=headers,
                                          timeout=self._stream_timeout()) as response:
@@ -191,15 +199,19 @@ class AsyncClient(_Base):
             raise transport_error(e, f"{self.base_url}{path}") from e
 
     async def programs(self) -> list[dict[str, Any]]:
+        """The gateway's named programs (GET /predict/programs)."""
         return (await self.get("/predict/programs"))["programs"]
 
     async def tools(self) -> list[dict[str, Any]]:
+        """The gateway's tools with their schemas and availability (GET /tools)."""
         return (await self.get("/tools"))["tools"]
 
     async def call_tool(self, name: str, **arguments: Any) -> dict[str, Any]:
+        """Call a tool directly (POST /tools/{name}) and return {name, result, latency_ms}."""
         return await self.post(f"/tools/{name}", {"arguments": arguments})
 
     async def aclose(self) -> None:
+        """Close the pooled connections."""
         await self._http.aclose()
 
     async def __aenter__(self) -> AsyncClient:
@@ -254,6 +266,7 @@ def default_async_client() -> AsyncClient:
 
 
 def sync_client(client: Client | AsyncClient | None, what: str) -> Client:
+    """The sync client to use: the given one, else the default; an AsyncClient is a TypeError naming ``what``."""
     if client is None:
         return default_client()
     if isinstance(client, AsyncClient):
@@ -263,6 +276,7 @@ def sync_client(client: Client | AsyncClient | None, what: str) -> Client:
 
 
 def async_client(client: Client | AsyncClient | None, what: str) -> AsyncClient:
+    """The async client to use: the given one, else the default; a sync Client is a TypeError naming ``what``."""
     if client is None:
         return default_async_client()
     if isinstance(client, Client):

@@ -33,6 +33,7 @@ class VGateError(Exception):
 
     @property
     def error(self) -> dict[str, Any]:
+        """The gateway's error object (the body's "error"), or {} when the body has none."""
         inner = self.body.get("error") if isinstance(self.body, dict) else None
         return inner if isinstance(inner, dict) else {}
 
@@ -88,10 +89,12 @@ class OutputValidationError(UpstreamError):
 
     @property
     def raw(self) -> str | None:
+        """The model's raw text that failed validation, when the gateway returned it."""
         return self.error.get("raw")
 
     @property
     def errors(self) -> list[dict[str, Any]]:
+        """The validation errors the gateway reported, one dict per problem."""
         return list(self.error.get("errors") or [])
 
 
@@ -142,6 +145,7 @@ _BY_STATUS: dict[int, type[VGateError]] = {
 
 
 def error_class(status: int | None, type_: str | None) -> type[VGateError]:
+    """The exception class for an HTTP status and error type (unknown 5xx: UpstreamError, 4xx: InvalidRequest)."""
     if type_ == "output_validation_error":
         return OutputValidationError
     if status is None:
@@ -185,6 +189,7 @@ def error_from_response(response: httpx.Response) -> VGateError:
 
 
 def transport_error(exc: httpx.TransportError, url: str) -> ConnectionError:
+    """An httpx transport failure as a vgate Timeout or ConnectionError naming the URL."""
     cls = Timeout if isinstance(exc, httpx.TimeoutException) else ConnectionError
     kind, type_ = ("timed out", "timeout") if cls is Timeout else ("failed", "connection_error")
     return cls(f"the request to {url} {kind}: {type(exc).__name__}: {exc}", type=type_)

@@ -121,6 +121,7 @@ def _dataset(name: str, examples: Sequence[Example]) -> list[dict[str, Any]]:
 def evaluation_body(program: Any, dataset: Sequence[Example], metric: Metric, *, version: int | None = None,
                     model: str | None = None, config: Mapping[str, Any] | None = None, job: bool | None = None,
                     **extra: Any) -> dict[str, Any]:
+    """The JSON body of POST /evaluate for a program, dataset and metric."""
     body = _program_fields(program)
     if version is not None:
         body["version"] = version
@@ -137,6 +138,7 @@ def evaluation_body(program: Any, dataset: Sequence[Example], metric: Metric, *,
 def optimization_body(program: str | Program, strategy: str, trainset: Sequence[Example],
                       valset: Sequence[Example] | None, metric: Metric, k: int | None, *,
                       job: bool | None = None, **extra: Any) -> dict[str, Any]:
+    """The JSON body of POST /optimize; only a named program can be optimized (else a TypeError)."""
     if isinstance(program, Program):
         fields = _program_fields(program)
     elif isinstance(program, str) and "->" not in program:
@@ -243,4 +245,5 @@ def get_job(job_id: str, *, client: Client | None = None) -> Job:
 
 
 async def aget_job(job_id: str, *, client: AsyncClient | None = None) -> AsyncJob:
+    """Fetch a job by id (GET /jobs/{id}) as an AsyncJob with its current state."""
     return await AsyncJob(async_client(client, "aget_job"), job_id).refresh()

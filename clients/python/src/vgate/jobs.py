@@ -74,6 +74,7 @@ class Job(_JobBase):
         self.client = client
 
     def refresh(self) -> Job:
+        """Fetch the job's current state from the gateway; returns self."""
         self._update(self.client.get(f"/jobs/{self.id}"))
         return self
 
@@ -93,6 +94,7 @@ class Job(_JobBase):
             time.sleep(pause)
 
     def cancel(self) -> Job:
+        """Ask the gateway to cancel the job, then return its refreshed state."""
         self.client.request("DELETE", f"/jobs/{self.id}")
         return self.refresh()
 
@@ -124,11 +126,14 @@ class AsyncJob(_JobBase):
         self.client = client
 
     async def refresh(self) -> AsyncJob:
+        """Fetch the job's current state from the gateway; returns self."""
         self._update(await self.client.get(f"/jobs/{self.id}"))
         return self
 
     async def wait(self, timeout: float | None = None, *, poll_interval: float = 2.0,
                    on_progress: Callable[[dict[str, Any]], None] | None = None) -> Any:
+        """Wait until the job ends (at most ``timeout`` seconds: then TimeoutError) and return its result or raise
+        its error."""
         deadline = None if timeout is None else time.monotonic() + timeout
         for attempt in itertools.count():
             await self.refresh()
@@ -142,10 +147,13 @@ class AsyncJob(_JobBase):
             await asyncio.sleep(pause)
 
     async def cancel(self) -> AsyncJob:
+        """Ask the gateway to cancel the job, then return its refreshed state."""
         await self.client.request("DELETE", f"/jobs/{self.id}")
         return await self.refresh()
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """The job's events from the start (progress, then result or error); a dropped stream resumes after the last
+        id."""
         resume = _resumption()
         while True:
             try:

@@ -70,6 +70,7 @@ class Predict:
         return self.forward(config=config, **inputs)
 
     def forward(self, *, config: Mapping[str, Any] | None = None, **inputs: Any) -> Prediction:
+        """Run the signature once on these inputs (POST /predict) and return the typed Prediction."""
         client = sync_client(self.client, type(self).__name__)
         return Prediction(client.post("/predict", self.request_body(inputs=inputs, config=config)))
 
@@ -94,6 +95,7 @@ class Predict:
 
     # --- async --------------------------------------------------------------------------------
     async def acall(self, *, config: Mapping[str, Any] | None = None, **inputs: Any) -> Prediction:
+        """Run the signature once on these inputs, asynchronously, and return the typed Prediction."""
         client = async_client(self.client, type(self).__name__)
         return Prediction(await client.post("/predict", self.request_body(inputs=inputs, config=config)))
 
@@ -101,6 +103,7 @@ class Predict:
 
     async def abatch(self, examples: Sequence[Mapping[str, Any]], *, return_exceptions: bool = True,
                      config: Mapping[str, Any] | None = None) -> BatchResult:
+        """Every example in one request, asynchronously; answers in input order, a failed item a PredictionError."""
         client = async_client(self.client, type(self).__name__)
         examples = _examples(examples)
         try:
@@ -167,6 +170,7 @@ class Program(Predict):
         return client.get(f"/predict/programs/{self.name.partition('@')[0]}")
 
     async def ainfo(self) -> dict[str, Any]:
+        """The program's description from the gateway (GET /predict/programs/{name}), asynchronously."""
         client = async_client(self.client, "Program")
         return await client.get(f"/predict/programs/{self.name.partition('@')[0]}")
 

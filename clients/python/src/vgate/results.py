@@ -15,6 +15,7 @@ from vgate.errors import PredictionError
 
 
 class Usage(BaseModel):
+    """Token counts of an answer (prompt, completion, total), as the gateway reported them."""
     model_config = ConfigDict(extra="allow", frozen=True)
 
     prompt_tokens: int = 0
@@ -82,15 +83,19 @@ class Prediction(_Accounted):
         return iter(self.outputs)
 
     def keys(self):  # noqa: ANN201 - dict's views
+        """The output field names."""
         return self.outputs.keys()
 
     def values(self):  # noqa: ANN201
+        """The output values."""
         return self.outputs.values()
 
     def items(self):  # noqa: ANN201
+        """The (name, value) pairs of the outputs."""
         return self.outputs.items()
 
     def get(self, key: str, default: Any = None) -> Any:
+        """One output's value, or ``default`` when the prediction has no such field."""
         return self.outputs.get(key, default)
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,38 +108,47 @@ class Prediction(_Accounted):
     # --- what it cost, and where it came from ---------------------------------------------------
     @property
     def reasoning(self) -> str | None:
+        """The chain-of-thought reasoning, or None for modules without one."""
         return self.raw.get("reasoning")
 
     @property
     def ttft_ms(self) -> float | None:
+        """Milliseconds to the upstream's first token, when measured."""
         return self.raw.get("ttft_ms")
 
     @property
     def model(self) -> str | None:
+        """The model that answered."""
         return self.raw.get("model")
 
     @property
     def program(self) -> str | None:
+        """The named program (with its version) that ran, if any."""
         return self.raw.get("program")
 
     @property
     def agreement(self) -> dict[str, float] | None:
+        """Per output field, the share of valid samples that voted for the answer (majority votes only)."""
         return self.raw.get("agreement")
 
     @property
     def samples(self) -> int | None:
+        """Samples drawn for a majority vote, if one ran."""
         return self.raw.get("samples")
 
     @property
     def valid_samples(self) -> int | None:
+        """Samples that passed validation and took part in the vote."""
         return self.raw.get("valid_samples")
 
     @property
     def repairs(self) -> int:
+        """Repair calls made before the output matched the signature (0: none)."""
         return int(self.raw.get("repairs") or 0)
 
     @property
     def trace(self) -> list[TraceStep] | None:
+        """A multi-step program's steps, in order, or None for a single prediction."""
         steps = self.raw.get("trace")
         if not isinstance(steps, list):
             return None
@@ -158,10 +172,12 @@ class TraceStep(Prediction):
 
     @property
     def name(self) -> str | None:
+        """The step's name in the program."""
         return self.raw.get("name") or self.raw.get("step")
 
     @property
     def inputs(self) -> Any:
+        """The inputs the step was given, when the gateway reported them."""
         return self.raw.get("inputs")
 
     @property
@@ -207,13 +223,16 @@ class BatchResult(_Accounted, list):
 
     @property
     def succeeded(self) -> int:
+        """How many items were answered."""
         return sum(1 for item in self if isinstance(item, Prediction))
 
     @property
     def failed(self) -> int:
+        """How many items failed."""
         return len(self) - self.succeeded
 
     @property
     def errors(self) -> list[PredictionError]:
+        """The failed items' errors, in input order."""
         return [item for item in self if isinstance(item, PredictionError)]
 

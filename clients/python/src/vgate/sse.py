@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ServerSentEvent:
+    """One server-sent event: its type, data, the last event id in effect, and the retry hint."""
     event: str = "message"
     data: str = ""
     id: str | None = None  # the last event id in effect when the event was dispatched
@@ -22,6 +23,7 @@ class ServerSentEvent:
 
 
 class SSEDecoder:
+    """An incremental text/event-stream parser: feed it lines, get events as they complete."""
     def __init__(self) -> None:
         self._event = ""
         self._data: list[str] = []
@@ -58,6 +60,7 @@ class SSEDecoder:
 
 
 def iter_sse(lines: Iterable[str]) -> Iterator[ServerSentEvent]:
+    """The server-sent events in an iterable of lines."""
     decoder = SSEDecoder()
     for line in lines:
         event = decoder.feed(line.rstrip("\r\n"))
@@ -66,6 +69,7 @@ def iter_sse(lines: Iterable[str]) -> Iterator[ServerSentEvent]:
 
 
 async def aiter_sse(lines: AsyncIterable[str]) -> AsyncIterator[ServerSentEvent]:
+    """The server-sent events in an async iterable of lines."""
     decoder = SSEDecoder()
     async for line in lines:
         event = decoder.feed(line.rstrip("\r\n"))
