@@ -26,11 +26,13 @@ router = APIRouter(include_in_schema=False)
 
 @router.get("/playground")
 async def page() -> FileResponse:
+    """The playground page: static HTML whose script calls this gateway's own API with the user's key."""
     return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8", headers=HEADERS)
 
 
 @router.get("/playground/{name}")
 async def asset(name: str) -> FileResponse:
+    """One of the page's own files (its script or stylesheet); any other name is a 404."""
     media_type = FILES.get(name)
     if media_type is None:
         raise NotFoundError(f"no playground file {name!r}")
