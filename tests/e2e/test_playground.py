@@ -163,6 +163,16 @@ def test_evaluation_shows_each_example(page, keyed_gateway, shots):
     assert page.text_content(tid("meta-score")) == "1"
     page.screenshot(path=f"{shots}/evaluate.png", full_page=True)
 
+    # The same evaluation as a job: the page follows /jobs/{id}/events and shows the job's result.
+    page.check(tid("evaluate-job"))
+    page.click(tid("evaluate-run"))
+    page.wait_for_selector(tid("meta-job_id"))
+    page.wait_for_selector(tid("meta-score"))
+    assert page.text_content(tid("meta-job_id")).startswith("job_")
+    assert page.text_content(tid("meta-count")) == "3" and page.text_content(tid("meta-score")) == "1"
+    assert page.locator(f"{tid('evaluate-results')} tbody tr").count() == 3
+    assert not page.is_visible(tid("evaluate-error"))
+
 
 def agent_tab(page, url: str) -> None:
     open_page(page, url)

@@ -150,32 +150,54 @@ async function runEvaluate(event) {
     else payload.signature = target;
     const metric = $("#evaluate-metric").value.trim();
     if (metric) payload.metric = metric.startsWith("{") ? parseJSONField("#evaluate-metric", "Metric") : metric;
+    if ($("#evaluate-job").checked) payload.job = true;
     const r = await postJSON("evaluate", payload);
-    if (r.job_id) { // a large dataset runs as a job
-      fillMeta(meta, [["job_id", r.job_id], ["status", r.status], ["location", r.location]]);
-      return;
-    }
-    const tbody = table.tBodies[0];
-    tbody.replaceChildren();
-    for (const x of r.results) {
-      const row = el("tr", { "data-testid": `evaluate-row-${x.index}`, "data-score": String(x.score) });
-      row.append(el("td", {}, String(x.index)), el("td", { class: "value" }, JSON.stringify(x.inputs)),
-                 el("td", { class: "value" }, JSON.stringify(x.expected)),
-                 el("td", { class: "value", "data-testid": "evaluate-prediction" },
-                    x.prediction === null ? "—" : JSON.stringify(x.prediction)),
-                 el("td", { "data-testid": "evaluate-score" }, String(x.score)),
-                 el("td", { class: "error" }, x.error ? `${x.error.type}: ${x.error.message}` : ""));
-      tbody.append(row);
-    }
-    table.hidden = false;
-    fillMeta(meta, [["score", r.score], ["count", r.count], ["failed", r.failed], ["metric", r.metric],
-                    ["model", r.model], ["usage", usageText(r.usage)], ["cost_usd", r.cost_usd],
-                    ["latency_ms", r.latency_ms]]);
+    if (r.job_id) await followJob(r, meta); // a large dataset (or a request for one) runs as a job
+    else showEvaluation(r);
   } catch (e) {
     showError("evaluate-error", e.message);
   } finally {
     button.disabled = false;
   }
+}
+
+// Follows an evaluation job's events: progress as it goes, then its result (the 200's body) or its error.
+async function followJob(job, meta) {
+  const shown = [["job_id", job.job_id]];
+  fillMeta(meta, [...shown, ["status", job.status]]);
+  const response = await fetch(`jobs/${encodeURIComponent(job.job_id)}/events`,
+                               { headers: headers({ Accept: "text/event-stream" }) });
+  if (!response.ok) throw new Error(errorText(response.status, await response.text()));
+  let outcome = null;
+  await readEvents(response, (event, data) => {
+    if (event === "progress") fillMeta(meta, [...shown, ["status", "running"], ["progress", `${data.done}/${data.total}`]]);
+    else if (event === "result" || event === "error") outcome = [event, data];
+  });
+  if (!outcome) throw new Error(`job ${job.job_id}: its event stream ended without a result`);
+  const [event, data] = outcome;
+  if (event === "error") throw new Error(`job ${job.job_id}: ${errorText("failed", data)}`);
+  showEvaluation(data, shown);
+}
+
+function showEvaluation(r, extra = []) {
+  const table = $('[data-testid="evaluate-results"]');
+  const meta = $('[data-testid="evaluate-meta"]');
+  const tbody = table.tBodies[0];
+  tbody.replaceChildren();
+  for (const x of r.results) {
+    const row = el("tr", { "data-testid": `evaluate-row-${x.index}`, "data-score": String(x.score) });
+    row.append(el("td", {}, String(x.index)), el("td", { class: "value" }, JSON.stringify(x.inputs)),
+               el("td", { class: "value" }, JSON.stringify(x.expected)),
+               el("td", { class: "value", "data-testid": "evaluate-prediction" },
+                  x.prediction === null ? "—" : JSON.stringify(x.prediction)),
+               el("td", { "data-testid": "evaluate-score" }, String(x.score)),
+               el("td", { class: "error" }, x.error ? `${x.error.type}: ${x.error.message}` : ""));
+    tbody.append(row);
+  }
+  table.hidden = false;
+  fillMeta(meta, [...extra, ["score", r.score], ["count", r.count], ["failed", r.failed], ["metric", r.metric],
+                  ["model", r.model], ["usage", usageText(r.usage)], ["cost_usd", r.cost_usd],
+                  ["latency_ms", r.latency_ms]]);
 }
 
 // --- agent --------------------------------------------------------------------------------
@@ -254,7 +276,7 @@ function onEvent(event, data, id) {
 }
 
 // Reads a text/event-stream body (EventSource cannot POST, nor send an Authorization header).
-async function readEvents(response) {
+async function readEvents(response, handler = onEvent) {
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   for (;;) {
@@ -276,7 +298,7 @@ async function readEvents(response) {
         else if (field === "data") lines.push(v);
         else if (field === "id") id = v;
       }
-      if (lines.length) onEvent(event, JSON.parse(lines.join("\n")), id);
+      if (lines.length) handler(event, JSON.parse(lines.join("\n")), id);
     }
   }
 }
