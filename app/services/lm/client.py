@@ -1,6 +1,7 @@
 """The LM client: every model call of the gateway goes through :class:`LMClient`.
 
-- httpx's API over aiohttp's connection pool (``httpx-aiohttp``): the shared perf notes measure
+- aiohttp's connection pool under httpx's errors and timeouts (``httpx-aiohttp``'s transport, called
+  through ``Wire``, as the passthrough does, without httpx's client layer): the shared perf notes measure
   plain httpx at ~1/4 of the throughput at 64 concurrent calls.
 - Several upstreams (``app.services.upstreams``): each call takes a slot on the upstream the pool
   chooses (load, prefix affinity, health), waiting in its model's queue by priority class when none
@@ -20,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -40,9 +41,10 @@ from app.services.access import current_principal
 from app.services.lm.calls import Call, CallBooks, UsageCallback
 from app.services.lm.dispatch import Dispatcher
 from app.services.lm.errors import AttemptFailed, dropped, parse_retry_after, status_failure, transport_failure
-from app.services.lm.stream import Chunk, EndOfStream, next_chunk
+from app.services.lm.stream import Chunk, EndOfStream, next_chunk, sse_lines
 from app.services.lm.types import Done, LMResult, StreamEvent, UpstreamModel
 from app.services.upstreams import Upstream, UpstreamPool
+from app.services.upstreams.wire import WireResponse
 from app.settings import Settings
 
 log = structlog.get_logger("vgate.lm")
@@ -52,9 +54,18 @@ BATCH_ADMITTED = frozenset({"predict_batch", "evaluate", "optimize"})
 
 @dataclass(slots=True)
 class _Opened:
-    response: httpx.Response
-    lines: AsyncIterator[str]
+    response: WireResponse
+    lines: AsyncGenerator[bytes, None]
     first: Chunk | None  # None: [DONE] at once
+
+    async def close(self) -> None:
+        await self.lines.aclose()
+        await self.response.close()
+
+
+async def _close(lines: AsyncGenerator[bytes, None], response: WireResponse) -> None:
+    await lines.aclose()
+    await response.close()
 
 
 def _encode(body: dict[str, Any]) -> bytes:
@@ -247,7 +258,7 @@ class LMClient:
                     self.dispatch.broke(call)
                     raise StreamBroke("upstream connection broke mid-stream", call.upstream, call.label) from exc
                 finally:
-                    await call.opened.response.aclose()
+                    await call.opened.close()
             finally:
                 if call.timing and timer is not None:
                     timer.exit()
@@ -271,38 +282,38 @@ class LMClient:
     async def _open_once(self, call: Call, upstream: Upstream, path: str, content: bytes, request_id: str | None,
                          extra_headers: dict[str, str] | None, deadline: float) -> _Opened:
         timeout, headers = self.dispatch.attempt_setup(call, deadline, request_id, extra_headers)
-        http = upstream.http
         try:
-            request = http.build_request("POST", path, content=content, headers=headers, timeout=timeout)
-            response = await http.send(request, stream=True)
+            # The upstream's aiohttp session directly (as the passthrough's calls): httpx's client
+            # layer over it (request building, cookies, text and line decoding) was a fifth of the
+            # gateway's CPU per /predict.
+            response = await upstream.wire.post(path, content, headers, timeout)
         except httpx.HTTPError as exc:
             raise transport_failure(exc, upstream.name) from exc
+        lines = sse_lines(response.chunks())
         try:
-            if response.status_code != 200:
-                body = await response.aread()
-                if response.status_code == 404:
+            if response.status != 200:
+                body = await response.read()
+                if response.status == 404:
                     upstream.models.invalidate()  # the served list changed: fetch it again next time
-                raise status_failure(response.status_code, body,
-                                     parse_retry_after(response.headers.get("retry-after")), model=call.model)
+                raise status_failure(response.status, body, parse_retry_after(response.retry_after), model=call.model)
             call.taken = True  # vLLM admitted it: prefill is under way, whatever happens next
-            lines = response.aiter_lines()
             first = await next_chunk(lines)
         except AttemptFailed:
-            await response.aclose()
+            await _close(lines, response)
             raise
         except EndOfStream:
-            await response.aclose()  # closed before a single chunk: nothing was passed on, so retry
+            await _close(lines, response)  # closed before a single chunk: nothing was passed on, so retry
             raise AttemptFailed(UpstreamError("upstream closed the stream before finishing",
                                               type="upstream_stream_error"), retry=True, reason="disconnect") from None
         except httpx.HTTPError as exc:
             # Nothing reached our caller yet: a timeout or drop before the first chunk is retryable.
-            await response.aclose()
+            await _close(lines, response)
             raise transport_failure(exc, upstream.name) from exc
         except VGateError as exc:  # malformed first chunk
-            await response.aclose()
+            await _close(lines, response)
             raise AttemptFailed(exc, retry=False, reason=exc.type) from exc
         except BaseException:
-            await response.aclose()
+            await _close(lines, response)
             raise
         return _Opened(response=response, lines=lines, first=first)
 

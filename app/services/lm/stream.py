@@ -10,7 +10,7 @@ fold. Unknown fields are ignored, as vLLM adds fields between releases.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any
 
 import msgspec
@@ -72,21 +72,41 @@ class EndOfStream(Exception):
     """The connection closed without ``[DONE]``."""
 
 
-def parse_chunk(data: str) -> Chunk:
+def parse_chunk(data: str | bytes) -> Chunk:
     """Decode one SSE data payload into a Chunk; a payload of another shape is an upstream_malformed error."""
     try:
         return _decoder.decode(data)
     except (msgspec.DecodeError, UnicodeError):  # ValidationError is a DecodeError
-        raise malformed("a chunk of an unexpected shape", data) from None
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        raise malformed("a chunk of an unexpected shape", text) from None
 
 
-async def next_chunk(lines: AsyncIterator[str]) -> Chunk | None:
+async def sse_lines(chunks: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+    """The lines of a byte stream, without their endings (``\\n``, ``\\r\\n`` or ``\\r``, as SSE allows).
+
+    Split as bytes, never decoded to text: the JSON decoder takes bytes, and httpx's text and line
+    decoders (``aiter_lines``) cost more than the rest of a chunk's handling. A ``\\r\\n`` split
+    between two reads gives one extra empty line (an SSE no-op). A last line without an ending is
+    yielded when the stream ends."""
+    tail = b""
+    async for chunk in chunks:
+        if tail:
+            chunk = tail + chunk
+        lines = chunk.splitlines()  # bytes: only \n, \r\n and \r end a line
+        tail = b"" if chunk.endswith((b"\n", b"\r")) else lines.pop() if lines else b""
+        for line in lines:
+            yield line
+    if tail:
+        yield tail
+
+
+async def next_chunk(lines: AsyncIterator[bytes]) -> Chunk | None:
     """The next chunk; None after ``[DONE]``. Raises ``EndOfStream`` if the connection ended without it."""
     async for line in lines:
-        if not line.startswith("data:"):
+        if not line.startswith(b"data:"):
             continue  # blank lines, comments (": keep-alive"), other SSE fields
-        data = line[5:].lstrip(" ")
-        if data == "[DONE]":
+        data = line[5:].lstrip(b" ")
+        if data == b"[DONE]":
             return None
         return parse_chunk(data)
     raise EndOfStream

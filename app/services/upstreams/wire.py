@@ -49,6 +49,10 @@ class WireResponse:
                     yield chunk
             return
         assert self._httpx is not None
+        if self._httpx.is_stream_consumed:  # a transport that answered with the body read (httpx.MockTransport)
+            if self._httpx.content:
+                yield self._httpx.content
+            return
         async for chunk in self._httpx.aiter_raw():
             yield chunk
 
@@ -79,11 +83,11 @@ class UpstreamTransport(AiohttpTransport):
 
 @contextmanager
 def _mapped() -> Iterator[None]:
-    with map_aiohttp_exceptions():
-        try:
+    try:
+        with map_aiohttp_exceptions():
             yield
-        except aiohttp.ClientError as exc:  # what the map leaves out (see UpstreamTransport)
-            raise httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}") from exc
+    except aiohttp.ClientError as exc:  # what the map leaves out (see UpstreamTransport); the map goes first
+        raise httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}") from exc
 
 
 class Wire:
