@@ -1,7 +1,7 @@
 """One run, side by side: vgate against direct, a minimal proxy, LiteLLM and DSPy (the numbers of BENCHMARKS.md).
 
     bash benchmarks/litellm_env.sh                                              # once: LiteLLM's own venv
-    python3 -m venv benchmarks/.dspy-venv && benchmarks/.dspy-venv/bin/pip install dspy   # once: DSPy's
+    bash benchmarks/dspy_env.sh                                                 # once: DSPy's own venv
     .venv/bin/python benchmarks/compare.py            # ~12 min on 2 cores
     .venv/bin/python benchmarks/compare.py --quick    # ~4 min: shorter windows, fewer DSPy thread counts
     .venv/bin/python benchmarks/compare.py --sections overhead,memory
@@ -231,7 +231,7 @@ def section_predict(args, tmp: str, results: dict) -> str:
     rows, ideal_fixed = [], math.ceil(n / CAP) * delay
     have_dspy = os.path.exists(DSPY_PY)
     if not have_dspy:
-        say(f"dspy: skipped, {DSPY_PY} is missing (python3 -m venv benchmarks/.dspy-venv && ... pip install dspy)")
+        say(f"dspy: skipped, {DSPY_PY} is missing (bash benchmarks/dspy_env.sh)")
     for mode in ("fixed", "batching"):
         with contextlib.ExitStack() as stack:
             port = free_port()

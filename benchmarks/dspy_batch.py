@@ -1,8 +1,7 @@
 """DSPy's side of the /predict benchmark: ``Predict.batch`` of N typed predictions, in-process.
 
-Runs in DSPy's own venv (benchmarks/.dspy-venv: ``python3 -m venv benchmarks/.dspy-venv &&
-benchmarks/.dspy-venv/bin/pip install dspy``), never the project's. benchmarks/compare.py starts it pinned
-to the core the gateway gets, against the same upstream:
+Runs in DSPy's own venv (benchmarks/.dspy-venv, made by ``bash benchmarks/dspy_env.sh``), never the
+project's. benchmarks/compare.py starts it pinned to the core the gateway gets, against the same upstream:
 
     benchmarks/.dspy-venv/bin/python benchmarks/dspy_batch.py --api-base http://127.0.0.1:8300/v1 \
         --n 1000 --threads default,32,64,128
