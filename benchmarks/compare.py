@@ -2,7 +2,7 @@
 
     bash benchmarks/litellm_env.sh                                              # once: LiteLLM's own venv
     bash benchmarks/dspy_env.sh                                                 # once: DSPy's own venv
-    .venv/bin/python benchmarks/compare.py            # ~12 min on 2 cores
+    .venv/bin/python benchmarks/compare.py            # ~15 min on 2 cores
     .venv/bin/python benchmarks/compare.py --quick    # ~4 min: shorter windows, fewer DSPy thread counts
     .venv/bin/python benchmarks/compare.py --sections overhead,memory
 
