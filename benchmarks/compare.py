@@ -271,12 +271,12 @@ def section_predict(args, tmp: str, results: dict) -> str:
                         best = run
                 results["predict"][f"{mode}/dspy"] = d
             if mode == "fixed":
-                results["checks"]["batch of 1,000, 0.2 s fixed delay: vgate / ideal"] = (
+                results["checks"][f"batch of {n:,}, 0.2 s fixed delay: vgate / ideal"] = (
                     v["wall_s"] / ideal, "<= 1.5", lambda x: x <= 1.5)
-                results["checks"]["batch of 1,000, 0.2 s fixed delay: DSPy best / vgate"] = (
+                results["checks"][f"batch of {n:,}, 0.2 s fixed delay: DSPy best / vgate"] = (
                     best["wall_s"] / v["wall_s"] if best else float("nan"), ">= 1.8", lambda x: x >= 1.8)
             else:
-                results["checks"]["batch of 1,000, batching sim: DSPy best / vgate (context)"] = (
+                results["checks"][f"batch of {n:,}, batching sim: DSPy best / vgate (context)"] = (
                     best["wall_s"] / v["wall_s"] if best else float("nan"), "–", None)
     head = ["upstream", "client", "wall s", "ideal s", "× ideal", "answered (int)", "client CPU ms/item"]
     return (f"### `/predict` against DSPy in-process (a batch of {n} `question -> answer: int`)\n\n"
