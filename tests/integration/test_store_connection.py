@@ -70,3 +70,28 @@ async def test_a_task_cancelled_while_redis_drops_its_connections_is_cancelled()
     server.close()
     await client.aclose()
     assert lost == 0
+
+
+async def test_a_burst_waits_for_a_pooled_connection_longer_than_one_command_may_take(redis_clean, monkeypatch):
+    """Every pooled connection busy (a burst of calls on a loaded loop) is congestion, not an outage:
+    a command waits for one to come free for several command timeouts before it is refused (the pool
+    used to give up after two, and 200 concurrent calls saw 503s on a loaded 2-core machine)."""
+    import asyncio
+
+    from app.services.state import connection
+
+    monkeypatch.setattr(connection, "REDIS_CONNECTIONS", 1)
+    client = connect(Settings(redis_url=redis_clean, redis_timeout_s=1.0))
+    pool = client.connection_pool
+    held = await pool.get_connection()  # the only connection, taken for 3 s: three command timeouts
+
+    async def give_back() -> None:
+        await asyncio.sleep(3.0)
+        await pool.release(held)
+
+    releasing = asyncio.create_task(give_back())
+    try:
+        assert await guarded(client.ping(), "ping", Health()) is True
+    finally:
+        await releasing
+        await client.aclose()
