@@ -35,9 +35,14 @@ def _state(name: str) -> Any:
     return get
 
 
-async def get_request_id(request: Request) -> str:
+def request_id_of(request: Request) -> str:
     """The request's id, as the middleware set it."""
     return request.scope.get("state", {}).get("request_id", "")
+
+
+async def get_request_id(request: Request) -> str:
+    """The request's id, as the middleware set it (as a dependency)."""
+    return request_id_of(request)
 
 
 SettingsDep = Annotated[Settings, Depends(_state("settings"))]

@@ -16,9 +16,11 @@ from app.routers.deps import (
     RunnerDep,
     SettingsDep,
     cancel_on_disconnect,
+    read_routing_hints,
+    request_id_of,
     routing_hints,
 )
-from app.routers.json_body import JSONBodyRoute
+from app.routers.direct import DirectRoute, direct
 from app.routers.schemas import (
     BatchPredictResponse,
     PredictResponse,
@@ -31,7 +33,7 @@ from app.services.programs import Module, PredictConfig, Program, ProgramRunner
 from app.services.programs.run import refuse_step_overrides
 from app.services.signature import parse_signature, parse_signature_cached
 
-router = APIRouter(tags=["predict"], route_class=JSONBodyRoute, dependencies=[Depends(routing_hints)])
+router = APIRouter(tags=["predict"], route_class=DirectRoute, dependencies=[Depends(routing_hints)])
 
 
 class PredictRequest(BaseModel):
@@ -65,6 +67,14 @@ class PredictRequest(BaseModel):
         return self
 
 
+async def _predict_direct(request: Request, body: PredictRequest) -> dict[str, Any]:
+    """POST /predict as ``DirectRoute`` runs it: what the dependencies below would give, taken by hand."""
+    read_routing_hints(request)
+    state = request.app.state
+    return await predict(body, request, state.predict, state.programs, state.runner, state.settings,
+                         request_id_of(request))
+
+
 @router.post(
     "/predict",
     response_model=PredictResponse | BatchPredictResponse,
@@ -76,6 +86,7 @@ class PredictRequest(BaseModel):
              "(output_validation_error, output_truncated; the raw text is in the error)",
     ),
 )
+@direct(_predict_direct)
 async def predict(
     body: PredictRequest,
     request: Request,
