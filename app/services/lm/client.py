@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +41,7 @@ from app.services.access import current_principal
 from app.services.lm.calls import Call, CallBooks, UsageCallback
 from app.services.lm.dispatch import Dispatcher
 from app.services.lm.errors import AttemptFailed, dropped, parse_retry_after, status_failure, transport_failure
-from app.services.lm.stream import Chunk, EndOfStream, next_chunk, sse_lines
+from app.services.lm.stream import Chunk, ChunkReader, EndOfStream
 from app.services.lm.types import Done, LMResult, StreamEvent, UpstreamModel
 from app.services.upstreams import Upstream, UpstreamPool
 from app.services.upstreams.wire import WireResponse
@@ -55,7 +55,7 @@ BATCH_ADMITTED = frozenset({"predict_batch", "evaluate", "optimize"})
 @dataclass(slots=True)
 class _Opened:
     response: WireResponse
-    lines: AsyncGenerator[bytes, None]
+    lines: ChunkReader
     first: Chunk | None  # None: [DONE] at once
 
     async def close(self) -> None:
@@ -63,7 +63,7 @@ class _Opened:
         await self.response.close()
 
 
-async def _close(lines: AsyncGenerator[bytes, None], response: WireResponse) -> None:
+async def _close(lines: ChunkReader, response: WireResponse) -> None:
     await lines.aclose()
     await response.close()
 
@@ -171,7 +171,7 @@ class LMClient:
         while True:
             stream = self.stream_chat(messages, model=model, route=route, priority_route=priority_route,
                                       request_id=request_id, headers=headers, on_usage=on_usage,
-                                      _deadline=deadline, _exclude=exclude, **params)
+                                      _deadline=deadline, _exclude=exclude, _deltas=False, **params)
             try:
                 async with aclosing(stream):
                     async for event in stream:
@@ -200,6 +200,7 @@ class LMClient:
         on_usage: UsageCallback | None = None,
         _deadline: float | None = None,
         _exclude: set[Upstream] | None = None,
+        _deltas: bool = True,
         **params: Any,
     ) -> AsyncIterator[StreamEvent]:
         """Stream one chat completion: deltas as they come, then ``Done`` with the accounting.
@@ -207,7 +208,8 @@ class LMClient:
         Closing the iterator early (client gone, task cancelled) closes the upstream
         connection, which makes vLLM abort the sequence and free its KV cache. ``on_usage`` gets
         the call's tokens and cost once, whether it completed or was cut short. ``priority_route``
-        names the route whose priority class applies (default: ``route``).
+        names the route whose priority class applies (default: ``route``). ``_deltas=False``
+        (``chat``, which wants the result alone): only ``Done`` is yielded, not a resumption per token.
         """
         model = await self.resolve_model(model)
         body: dict[str, Any] = {
@@ -242,11 +244,12 @@ class LMClient:
                         events = acc.feed(chunk)
                         if call.ttft is None and events:
                             call.ttft = time.perf_counter() - call.started
-                        for ev in events:
-                            yield ev
+                        if _deltas:
+                            for ev in events:
+                                yield ev
                         if time.perf_counter() > deadline:
                             raise UpstreamTimeoutError("upstream call exceeded its deadline")
-                        chunk = await next_chunk(call.opened.lines)
+                        chunk = await call.opened.lines.next()
                 except EndOfStream:
                     if not acc.finished(call.outputs):  # cut off: never pass half an answer as whole
                         self.dispatch.broke(call)
@@ -289,7 +292,7 @@ class LMClient:
             response = await upstream.wire.post(path, content, headers, timeout)
         except httpx.HTTPError as exc:
             raise transport_failure(exc, upstream.name) from exc
-        lines = sse_lines(response.chunks())
+        lines = ChunkReader(response.chunks())
         try:
             if response.status != 200:
                 body = await response.read()
@@ -297,7 +300,7 @@ class LMClient:
                     upstream.models.invalidate()  # the served list changed: fetch it again next time
                 raise status_failure(response.status, body, parse_retry_after(response.retry_after), model=call.model)
             call.taken = True  # vLLM admitted it: prefill is under way, whatever happens next
-            first = await next_chunk(lines)
+            first = await lines.next()
         except AttemptFailed:
             await _close(lines, response)
             raise

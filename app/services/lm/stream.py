@@ -1,4 +1,4 @@
-"""vLLM's stream, read: SSE lines → typed chunks → events, folded into one result.
+"""vLLM's stream, read: SSE bytes → typed chunks → events, folded into one result.
 
 Chunks are decoded straight from JSON into typed ``msgspec`` structs: 0.4 µs a chunk against
 2.6–2.8 µs for ``json.loads`` and walking the dicts, and 2.5 µs for pydantic's
@@ -10,7 +10,7 @@ fold. Unknown fields are ignored, as vLLM adds fields between releases.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import msgspec
@@ -81,35 +81,59 @@ def parse_chunk(data: str | bytes) -> Chunk:
         raise malformed("a chunk of an unexpected shape", text) from None
 
 
-async def sse_lines(chunks: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
-    """The lines of a byte stream, without their endings (``\\n``, ``\\r\\n`` or ``\\r``, as SSE allows).
+class ChunkReader:
+    """The chunks of an SSE stream of bytes, one ``await next()`` at a time; None after ``[DONE]``.
 
-    Split as bytes, never decoded to text: the JSON decoder takes bytes, and httpx's text and line
-    decoders (``aiter_lines``) cost more than the rest of a chunk's handling. A ``\\r\\n`` split
-    between two reads gives one extra empty line (an SSE no-op). A last line without an ending is
-    yielded when the stream ends."""
-    tail = b""
-    async for chunk in chunks:
-        if tail:
-            chunk = tail + chunk
+    Lines are split as bytes, never decoded to text (the JSON decoder takes bytes), on ``\\n``,
+    ``\\r\\n`` or ``\\r`` as SSE allows; a ``\\r\\n`` split between two reads gives one extra empty
+    line (an SSE no-op), and a last line without an ending is read when the stream ends. Only
+    ``data:`` lines count: blank lines, comments (``: keep-alive``) and other fields are skipped.
+    The lines of one network read are kept in a list and handed out from it: an async generator
+    per line (and another per chunk over it) cost a resumption each, twice per streamed token."""
+
+    __slots__ = ("_reads", "_lines", "_at", "_tail", "_ended")
+
+    def __init__(self, reads: AsyncIterator[bytes]) -> None:
+        self._reads = reads
+        self._lines: list[bytes] = []
+        self._at = 0
+        self._tail = b""
+        self._ended = False
+
+    async def next(self) -> Chunk | None:
+        """The next chunk; None after ``[DONE]``. Raises ``EndOfStream`` if the stream ended without it."""
+        while True:
+            lines, at = self._lines, self._at
+            while at < len(lines):
+                line = lines[at]
+                at += 1
+                if line.startswith(b"data:"):
+                    self._at = at
+                    data = line[5:].lstrip(b" ")
+                    return None if data == b"[DONE]" else parse_chunk(data)
+            self._at = at
+            await self._read()
+
+    async def _read(self) -> None:
+        if self._ended:
+            raise EndOfStream
+        try:
+            chunk = await anext(self._reads)
+        except StopAsyncIteration:
+            self._ended = True
+            self._lines, self._at, self._tail = ([self._tail] if self._tail else []), 0, b""
+            return
+        if self._tail:
+            chunk = self._tail + chunk
         lines = chunk.splitlines()  # bytes: only \n, \r\n and \r end a line
-        tail = b"" if chunk.endswith((b"\n", b"\r")) else lines.pop() if lines else b""
-        for line in lines:
-            yield line
-    if tail:
-        yield tail
+        self._tail = b"" if chunk.endswith((b"\n", b"\r")) else lines.pop() if lines else b""
+        self._lines, self._at = lines, 0
 
-
-async def next_chunk(lines: AsyncIterator[bytes]) -> Chunk | None:
-    """The next chunk; None after ``[DONE]``. Raises ``EndOfStream`` if the connection ended without it."""
-    async for line in lines:
-        if not line.startswith(b"data:"):
-            continue  # blank lines, comments (": keep-alive"), other SSE fields
-        data = line[5:].lstrip(b" ")
-        if data == b"[DONE]":
-            return None
-        return parse_chunk(data)
-    raise EndOfStream
+    async def aclose(self) -> None:
+        """Close the reads under it (the connection's body)."""
+        aclose = getattr(self._reads, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 class OtherChoice:
