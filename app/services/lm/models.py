@@ -89,6 +89,12 @@ class ModelCatalog:
             ttl = ERROR_TTL_S
         return (self._models is not None or self._error is not None) and time.monotonic() - self._listed_at < ttl
 
+    def first_fresh(self) -> str | None:
+        """The first listed model's name while the list is fresh (nothing to fetch), else None."""
+        if self._models and self._error is None and self.fresh():
+            return self._models[0].id
+        return None
+
     def _cached(self) -> list[UpstreamModel]:
         if self._error is not None:
             # A fresh copy each time: re-raising one object would grow its traceback with every

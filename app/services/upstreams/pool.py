@@ -129,6 +129,9 @@ class UpstreamPool:
         if name is not None and any(name in u.models.served and u.models.fresh() for u in self.upstreams):
             return name  # the hot path: a listed name, the list not yet due for a refresh
         if name is None:
+            first = self.upstreams[0].models.first_fresh()
+            if first is not None:  # what list_models would put first, with no task per upstream to get it
+                return first
             models = await self.list_models()
             if not models:
                 raise UpstreamError("the upstream serves no model")
