@@ -19,10 +19,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from app.routers.deps import PassthroughDep, cancel_on_disconnect, read_routing_hints
+from app.routers.direct import PlainRoute
 from app.routers.schemas import REF, ModelList, OpenAIErrorResponse, error_responses
 from app.services.passthrough import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Endpoint, PassthroughService
 from app.services.passthrough.relay import error_event
@@ -145,10 +145,8 @@ class _Endpoint:
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
-        self.path = endpoint.path  # the route label RequestContextMiddleware reads from scope["route"]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope["route"] = self
         request = Request(scope, receive)
         response = await _relay(self.endpoint, request, request.app.state.passthrough)
         await response(scope, receive, send)
@@ -160,7 +158,7 @@ _SUMMARIES = {
     EMBEDDINGS: "Embeddings, as vLLM's",
     RESPONSES: "The Responses API, relayed when an upstream serves it",
 }
-routes = [Route(e.path, _Endpoint(e), methods=["POST"]) for e in _SUMMARIES]
+routes = [PlainRoute(e.path, _Endpoint(e), methods=["POST"]) for e in _SUMMARIES]
 
 
 @router.get("/v1/models", response_model=ModelList, responses=error_responses(

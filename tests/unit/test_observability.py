@@ -60,3 +60,13 @@ async def test_unexpected_error_is_a_json_500_with_the_request_id(capsys):
     assert crash["request_id"] == "rid-500" and "RuntimeError" in crash["exception"]
     assert weird.status_code == 405
     assert gw.metric("vgate_requests_total", route="/predict", method="OTHER", status="405") == 1
+
+
+async def test_a_wrong_method_on_a_plain_route_is_counted_under_its_route():
+    """The passthrough's routes and POST /predict's are plain Starlette routes: a 405 there is labelled
+    with the route, as on FastAPI's routes, not as "unmatched"."""
+    async with gateway("http://up", default_model="m") as gw:
+        answers = [await gw.client.get(path) for path in ("/v1/chat/completions", "/predict")]
+    assert [r.status_code for r in answers] == [405, 405]
+    for path in ("/v1/chat/completions", "/predict"):
+        assert gw.metric("vgate_requests_total", route=path, method="GET", status="405") == 1, path

@@ -19,7 +19,6 @@ def _first_match(app, method: str, path: str) -> int:
 
 def test_the_passthrough_and_predict_are_the_first_routes_tested():
     app = create_app(Settings())
-    assert [getattr(r, "path", None) for r in app.router.routes[:4]] == [
-        "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]
-    first_router = next(i for i, r in enumerate(app.router.routes) if not hasattr(r, "path"))
-    assert _first_match(app, "POST", "/predict") == first_router
+    assert [getattr(r, "path", None) for r in app.router.routes[:5]] == [
+        "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/predict"]
+    assert _first_match(app, "POST", "/predict") == 4
