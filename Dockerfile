@@ -3,9 +3,8 @@
 #   gateway (default, the last stage)  docker build -t vgate .
 #   sim     the vLLM simulator, for the compose stack without a GPU (docker compose --profile sim)
 # The gateway image holds the installed package and its dependencies only: no pip, no compiler, no
-# source tree, no local model (app/local_llm.py, app/demo.py) and no simulator engine. `vgate`'s
-# parser builds the `sim` subcommand's flags from app/sim/cli.py and app/sim/config.py, so those two
-# small files (and the package's __init__) stay; `vgate serve` never imports anything else of app/sim.
+# source tree, no local model (app/local_llm.py, app/demo.py) and no simulator (app/sim: `vgate sim`
+# there says which image has it).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -19,7 +18,7 @@ RUN pip install --prefix=/install . \
  && cp -a /install /install-gateway \
  && cd /install-gateway/lib/python3.11/site-packages/app \
  && rm -f local_llm.py demo.py \
- && find sim -type f ! -name __init__.py ! -name cli.py ! -name config.py -delete \
+ && rm -rf sim \
  && find /install /install-gateway -name __pycache__ -type d -prune -exec rm -rf {} + \
  && python -m compileall -q /install/lib /install-gateway/lib
 

@@ -150,6 +150,12 @@ def _sim(args: argparse.Namespace) -> None:
     sim_cli.run(args)
 
 
+def _no_sim(args: argparse.Namespace) -> None:
+    """``vgate sim`` where the simulator was left out (the gateway image): say where it is."""
+    sys.exit("vgate sim: the simulator is not in this installation (the gateway image leaves it out); "
+             "use the image's sim target (docker build --target sim) or install vgate from source")
+
+
 def _local_llm(args: argparse.Namespace) -> None:
     """``vgate local-llm``: the real local model on llama.cpp; exits 1 first if its port is taken."""
     from app import local_llm
@@ -184,11 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "worker routes on its own view of the upstreams")
     p.set_defaults(func=_serve)
 
-    p = sub.add_parser("sim", help="run the vLLM simulator")
-    from app.sim import cli as sim_cli
-
-    sim_cli.add_arguments(p)
-    p.set_defaults(func=_sim)
+    try:
+        from app.sim import cli as sim_cli
+    except ImportError:  # the gateway image leaves the simulator out: its own image (target sim) has it
+        p = sub.add_parser("sim", help="the vLLM simulator (not in this installation)", add_help=False,
+                           prefix_chars="\0")  # every flag a plain word: whatever follows gets the message
+        p.add_argument("args", nargs="*")
+        p.set_defaults(func=_no_sim)
+    else:
+        p = sub.add_parser("sim", help="run the vLLM simulator")
+        sim_cli.add_arguments(p)
+        p.set_defaults(func=_sim)
 
     p = sub.add_parser("local-llm", help="run the real local model (llama.cpp, SmolLM2-135M, CPU)")
     p.add_argument("--host", default="127.0.0.1")
