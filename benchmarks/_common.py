@@ -5,6 +5,7 @@ Nothing here imports the gateway: the scripts stay runnable on their own with th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import platform
@@ -74,6 +75,24 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{url} did not answer 200 within {timeout}s")
+
+
+async def post_many(url: str, body: bytes, n: int, c: int, timeout: float = 600) -> int:
+    """``n`` POSTs of ``body`` (JSON) to ``url`` from ``c`` closed-loop workers on one aiohttp session;
+    the number answered 200."""
+    import aiohttp
+
+    ok, left = 0, n
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
+        async def worker() -> None:
+            nonlocal ok, left
+            while left > 0:
+                left -= 1
+                async with s.post(url, data=body, headers={"content-type": "application/json"}) as r:
+                    await r.read()
+                    ok += r.status == 200
+        await asyncio.gather(*(worker() for _ in range(c)))
+    return ok
 
 
 @dataclass

@@ -27,27 +27,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._common import free_port  # noqa: E402
+from benchmarks._common import free_port, post_many  # noqa: E402
 
 QUESTION = "What is the capital of France?"
 BODY = json.dumps({"signature": "question -> answer", "inputs": {"question": QUESTION}}).encode()
-
-
-async def send(url: str, n: int, c: int) -> int:
-    import aiohttp
-
-    ok = 0
-    left = n
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
-        async def worker() -> None:
-            nonlocal ok, left
-            while left > 0:
-                left -= 1
-                async with s.post(url, data=BODY, headers={"content-type": "application/json"}) as r:
-                    await r.read()
-                    ok += r.status == 200
-        await asyncio.gather(*(worker() for _ in range(c)))
-    return ok
 
 
 def wait(url: str, timeout: float = 300) -> None:
@@ -79,10 +62,10 @@ def measure(root: str, n: int, c: int) -> float:
         wait(f"http://127.0.0.1:{sp}/health")
         wait(f"http://127.0.0.1:{gp}/healthz")
         url = f"http://127.0.0.1:{gp}/predict"
-        asyncio.run(send(url, 50, c))
+        asyncio.run(post_many(url, BODY, 50, c))
         subprocess.run(["callgrind_control", "-i", "on", str(gw.pid)], check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
-        ok = asyncio.run(send(url, n, c))
+        ok = asyncio.run(post_many(url, BODY, n, c))
         subprocess.run(["callgrind_control", "-i", "off", str(gw.pid)], check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
         subprocess.run(["callgrind_control", "-d", str(gw.pid)], check=True, stdout=subprocess.DEVNULL,

@@ -26,7 +26,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks._common import cpu_for, free_port, pin_self  # noqa: E402
+from benchmarks._common import cpu_for, free_port, pin_self, post_many, wait_http  # noqa: E402
 
 BODIES = {
     "predict": ("/predict", {"signature": "question -> answer",
@@ -44,41 +44,12 @@ main(sys.argv[2:])
 """
 
 
-async def load(url: str, body: bytes, n: int, c: int) -> int:
-    import aiohttp
-
-    ok, left = 0, n
-    async with aiohttp.ClientSession() as s:
-        async def worker() -> None:
-            nonlocal ok, left
-            while left > 0:
-                left -= 1
-                async with s.post(url, data=body, headers={"content-type": "application/json"}) as r:
-                    await r.read()
-                    ok += r.status == 200
-        await asyncio.gather(*(worker() for _ in range(c)))
-    return ok
-
-
 def start(cmd: list[str], role: str, env: dict[str, str]) -> subprocess.Popen:
     cpu = cpu_for(role)
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu), *cmd]
     return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT, **env},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def wait(url: str, timeout: float = 60) -> None:
-    import urllib.request
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            urllib.request.urlopen(url, timeout=5).read()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def main() -> None:
@@ -98,12 +69,12 @@ def main() -> None:
     gw = start([sys.executable, "-c", SHIM, stats, "serve", "--upstream", f"http://127.0.0.1:{sp}", "--port", str(gp)],
                "target", env)
     try:
-        wait(f"http://127.0.0.1:{sp}/health")
-        wait(f"http://127.0.0.1:{gp}/healthz")
+        wait_http(f"http://127.0.0.1:{sp}/health", sim)
+        wait_http(f"http://127.0.0.1:{gp}/healthz", gw)
         url = f"http://127.0.0.1:{gp}{path}"
-        asyncio.run(load(url, raw, 500, args.concurrency))
+        asyncio.run(post_many(url, raw, 500, args.concurrency))
         gw.send_signal(signal.SIGUSR1)
-        ok = asyncio.run(load(url, raw, args.requests, args.concurrency))
+        ok = asyncio.run(post_many(url, raw, args.requests, args.concurrency))
         gw.send_signal(signal.SIGUSR2)
         for _ in range(100):
             if os.path.exists(stats):
