@@ -7,14 +7,14 @@ not: solving a tree of ``Depends``, two exit stacks, a second exception wrapper,
 hooks, and matching the request against every route of every included router before it.
 
 - The OpenAPI document is FastAPI's, from the endpoint's signature as declared.
-- The body is read as JSON whatever its Content-Type (as ``JSONBodyRoute``); a bad body is the
+- The body is read as JSON whatever its Content-Type (as ``json_body.JSONBodyRoute``); a bad body is the
   ``RequestValidationError`` FastAPI raises (so the same 400/422 answers); the answer is validated against
   ``response_model`` and serialised as FastAPI would (``exclude_unset`` and all). A client cannot tell.
 - An endpoint opts in with ``@direct(fn)``: ``fn(request, body)`` does the work with the validated body,
   and takes what the declared dependencies would give from ``request.app.state`` itself.
-- Under ``DirectRoute`` the handler runs inside FastAPI's route (its exit stacks and wrappers);
-  ``head_routes`` gives the same handlers as plain routes to put at the head of the app's route list,
-  matched and run before FastAPI's (which stay for the document, and answer any other method).
+- ``head_routes`` gives the handlers as plain routes to put at the head of the app's route list, matched
+  and run before FastAPI's. FastAPI's routes stay for the document and answer any other method; were the
+  head routes left out, they would answer the same requests the same way, through FastAPI's machinery.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ from fastapi.exceptions import HTTPException, RequestValidationError, ResponseVa
 from fastapi.routing import APIRoute
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
-
-from app.routers.json_body import JSONBodyRoute
 
 F = TypeVar("F", bound=Callable[..., Any])
 DirectCall = Callable[[Request, Any], Awaitable[Any]]
@@ -85,14 +83,6 @@ def direct_handler(route: APIRoute) -> Handler | None:
                         status_code=status_code, media_type="application/json")
 
     return handler
-
-
-class DirectRoute(JSONBodyRoute):
-    """A JSON-body route whose endpoint carries a ``direct_call`` runs it; any other runs as FastAPI's."""
-
-    def get_route_handler(self) -> Handler:
-        """The hand-written handler when the endpoint asks for one, else FastAPI's."""
-        return direct_handler(self) or super().get_route_handler()
 
 
 class PlainRoute(Route):

@@ -20,7 +20,8 @@ from app.routers.deps import (
     request_id_of,
     routing_hints,
 )
-from app.routers.direct import DirectRoute, direct
+from app.routers.direct import direct
+from app.routers.json_body import JSONBodyRoute
 from app.routers.schemas import (
     BatchPredictResponse,
     PredictResponse,
@@ -33,7 +34,7 @@ from app.services.programs import Module, PredictConfig, Program, ProgramRunner
 from app.services.programs.run import refuse_step_overrides
 from app.services.signature import parse_signature, parse_signature_cached
 
-router = APIRouter(tags=["predict"], route_class=DirectRoute, dependencies=[Depends(routing_hints)])
+router = APIRouter(tags=["predict"], route_class=JSONBodyRoute, dependencies=[Depends(routing_hints)])
 
 
 class PredictRequest(BaseModel):
@@ -68,7 +69,8 @@ class PredictRequest(BaseModel):
 
 
 async def _predict_direct(request: Request, body: PredictRequest) -> dict[str, Any]:
-    """POST /predict as ``DirectRoute`` runs it: what the dependencies below would give, taken by hand."""
+    """POST /predict as its head route runs it (``app.routers.direct``): what the dependencies below would
+    give, taken by hand."""
     read_routing_hints(request)
     state = request.app.state
     return await predict(body, request, state.predict, state.programs, state.runner, state.settings,
