@@ -18,7 +18,6 @@ import json
 import os
 import pstats
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks._common import cpu_for, free_port, pin_self, post_many, wait_http  # noqa: E402
+from benchmarks._common import free_port, pin_self, post_many, spawn, spawn_cmd  # noqa: E402
 
 BODIES = {
     "predict": ("/predict", {"signature": "question -> answer",
@@ -44,14 +43,6 @@ main(sys.argv[2:])
 """
 
 
-def start(cmd: list[str], role: str, env: dict[str, str]) -> subprocess.Popen:
-    cpu = cpu_for(role)
-    if cpu is not None:
-        cmd = ["taskset", "-c", str(cpu), *cmd]
-    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT, **env},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--route", choices=sorted(BODIES), default="predict")
@@ -65,26 +56,19 @@ def main() -> None:
     stats = os.path.join(tempfile.mkdtemp(prefix="vgate-prof-"), "gateway.prof")
     sp, gp = free_port(), free_port()
     env = {"VGATE_LOG_LEVEL": "WARNING", "VGATE_LOG_FORMAT": "json"}
-    sim = start([sys.executable, "-m", "app.sim", "--port", str(sp)], "harness", {})
-    gw = start([sys.executable, "-c", SHIM, stats, "serve", "--upstream", f"http://127.0.0.1:{sp}", "--port", str(gp)],
-               "target", env)
-    try:
-        wait_http(f"http://127.0.0.1:{sp}/health", sim)
-        wait_http(f"http://127.0.0.1:{gp}/healthz", gw)
-        url = f"http://127.0.0.1:{gp}{path}"
+    gw_cmd = [sys.executable, "-c", SHIM, stats, "serve", "--upstream", f"http://127.0.0.1:{sp}", "--port", str(gp)]
+    with spawn("sim", ["sim", "--port", str(sp)], sp, role="harness"), \
+            spawn_cmd("vgate", gw_cmd, gp, role="target", env=env, health="/healthz") as gw:
+        url = gw.url + path
         asyncio.run(post_many(url, raw, 500, args.concurrency))
-        gw.send_signal(signal.SIGUSR1)
+        os.kill(gw.pid, signal.SIGUSR1)
         ok = asyncio.run(post_many(url, raw, args.requests, args.concurrency))
-        gw.send_signal(signal.SIGUSR2)
+        os.kill(gw.pid, signal.SIGUSR2)
         for _ in range(100):
             if os.path.exists(stats):
                 break
             time.sleep(0.1)
         time.sleep(0.5)  # the dump finishing
-    finally:
-        for p in (gw, sim):
-            p.terminate()
-            p.wait(30)
     print(f"{args.route}: {ok}/{args.requests} answered 200 at c={args.concurrency}; stats in {stats}\n")
     pstats.Stats(stats).sort_stats("cumulative").print_stats(args.top)
 
