@@ -226,8 +226,8 @@ def create_app(settings: Settings | None = None, *, lm_transport: httpx.AsyncBas
     # POST /predict's direct handler; its FastAPI route stays for the document). At the end of the list, the
     # passthrough's requests spent a fifth of their CPU being matched.
     app.router.routes[0:0] = [*openai.routes, *head_routes(predict.router)]
-    app.include_router(predict.router)
     app.include_router(health.router)
+    app.include_router(predict.router)
     app.include_router(agent.router)
     app.include_router(tools.router)
     app.include_router(openai.router)
